@@ -1,0 +1,1 @@
+//! bench layer (work in progress).

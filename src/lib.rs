@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod pool;
+pub mod topology;
+
+#[cfg(not(shardpool_loom))]
+pub mod baseline;
+
+#[cfg(all(feature = "runtime", not(shardpool_loom)))]
+pub mod runtime;
+
+#[cfg(all(feature = "server", not(shardpool_loom)))]
+pub mod server;
+
+#[cfg(all(feature = "upstream", not(shardpool_loom)))]
+pub mod upstream;
+
+#[cfg(all(feature = "bench", not(shardpool_loom)))]
+pub mod bench;
+
+pub use pool::{
+    Clock, Config, ConfigError, ConnectionPool, Error, Manage, ManualClock, Pooled, PooledConn,
+    ShardStats, ShardedPool, Stats,
+};

@@ -1,0 +1,1 @@
+//! runtime layer (work in progress).
