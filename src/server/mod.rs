@@ -1,1 +1,1037 @@
-//! server layer (work in progress).
+//! The thread-per-core gRPC server: hyper HTTP/2 (h2c) on glommio, one SO_REUSEPORT listener
+//! per shard, hand-written unary gRPC framing ([`grpc`]) and hand-written prost messages
+//! ([`proto`]).
+//!
+//! Services: `helloworld.Greeter/SayHello`, `grpc.health.v1.Health/Check` and
+//! `shardpool.v1.Admin/PoolMetrics`; Prometheus text on an admin HTTP/1.1 port (`/metrics`).
+//!
+//! # Hooks for embedders and for the gateway
+//!
+//! The server knows the pool only through its public API. Two hooks plug behaviour in:
+//!
+//! 1. **The greeting** comes from a per-shard [`GreetHandler`], built on each shard by the
+//!    factory given to [`Server::greeter`]. Its future runs on the shard's own executor, so it
+//!    may be `!Send` and may use shard-local state (a pool checkout with
+//!    `ConnectionPool::get`, which uses this thread's shard). The default, [`DirectGreeter`],
+//!    answers `"Hello, <name>!"` itself (`--upstream none`). A handler's `Err(Status)` is sent to
+//!    the client as is (for example `UNAVAILABLE` when no upstream is reachable).
+//! 2. **Pool metrics** come from a [`StatsSource`] given to [`Server::pool_stats`]: any closure
+//!    returning [`crate::pool::Stats`], typically `Arc::new(move || pool.stats())` over any
+//!    `ConnectionPool`. It feeds both `shardpool.v1.Admin/PoolMetrics` and `/metrics`. Without
+//!    one, PoolMetrics answers `FAILED_PRECONDITION` and `/metrics` has server metrics only.
+//!
+//! Health: [`Server::health`] returns the shared [`Health`] table; a gateway can mark
+//! `helloworld.Greeter` NOT_SERVING when it has no healthy backend. Shutdown marks everything
+//! NOT_SERVING. After [`RunningServer::shutdown`] returns, every shard has finished, so the
+//! owner closes its pool (`pool.close()`) then.
+//!
+//! ```no_run
+//! use shardpool::runtime::{RuntimeOptions, ShardContext};
+//! use shardpool::server::{GreetHandler, Server, ServerConfig, Status};
+//! use shardpool::topology::{Placement, Topology};
+//! use std::time::Duration;
+//!
+//! struct Shouting(usize);
+//! impl GreetHandler for Shouting {
+//!     async fn say_hello(&self, name: String) -> Result<String, Status> {
+//!         Ok(format!("HELLO, {} (from shard {})", name.to_uppercase(), self.0))
+//!     }
+//! }
+//!
+//! let map = Topology::detect().place(&Placement::AllCores, None).unwrap();
+//! let server = Server::new(ServerConfig::default())
+//!     .greeter(|ctx: ShardContext| Shouting(ctx.shard))
+//!     .start(&map, &RuntimeOptions::default())
+//!     .unwrap();
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown(Duration::from_secs(5)).unwrap();
+//! ```
+
+pub mod grpc;
+pub mod io;
+pub mod proto;
+
+mod admin;
+
+pub use grpc::{Code, Status};
+
+use crate::pool::Stats;
+use crate::runtime::{LocalEvent, RuntimeOptions, ShardContext, ShardHandles, Shutdown};
+use crate::topology::ShardMap;
+use crossbeam_utils::CachePadded;
+use grpc::{GrpcBody, http_error, ok_response, read_unary, status_response};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prost::Message;
+use proto::{
+    HealthCheckRequest, HealthCheckResponse, HelloReply, HelloRequest, PoolMetricsRequest,
+    PoolMetricsResponse, ServingStatus, ShardPoolMetrics,
+};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+/// Produces the reply of `helloworld.Greeter/SayHello` on one shard.
+///
+/// One handler is built per shard (see [`Server::greeter`]); its future runs on that shard's
+/// executor and need not be `Send`.
+///
+/// ```
+/// use shardpool::server::{Code, GreetHandler, Status};
+///
+/// struct Polite;
+/// impl GreetHandler for Polite {
+///     async fn say_hello(&self, name: String) -> Result<String, Status> {
+///         if name.is_empty() {
+///             return Err(Status::new(Code::InvalidArgument, "name is empty"));
+///         }
+///         Ok(format!("Good day, {name}."))
+///     }
+/// }
+/// let reply = futures_lite::future::block_on(Polite.say_hello("Ada".into())).unwrap();
+/// assert_eq!(reply, "Good day, Ada.");
+/// ```
+pub trait GreetHandler: 'static {
+    /// The greeting for `name`, or the status to answer with.
+    fn say_hello(&self, name: String) -> impl Future<Output = Result<String, Status>>;
+}
+
+/// The default greeter: `"Hello, <name>!"`, computed on the shard (no upstream).
+///
+/// ```
+/// # use shardpool::server::{DirectGreeter, GreetHandler};
+/// let reply = futures_lite::future::block_on(DirectGreeter.say_hello("Bob".into()));
+/// assert_eq!(reply.unwrap(), "Hello, Bob!");
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DirectGreeter;
+
+impl GreetHandler for DirectGreeter {
+    async fn say_hello(&self, name: String) -> Result<String, Status> {
+        let mut s = String::with_capacity(name.len() + 8);
+        s.push_str("Hello, ");
+        s.push_str(&name);
+        s.push('!');
+        Ok(s)
+    }
+}
+
+/// A source of pool statistics for the metrics RPC and `/metrics`.
+pub type StatsSource = Arc<dyn Fn() -> Stats + Send + Sync>;
+
+/// Server knobs. Every field has a CLI flag, a `SHARDPOOL_*` environment variable and a TOML
+/// key in `shardpool serve` (see docs/deployment.md); the defaults are below.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// gRPC address (default `127.0.0.1:50051`). Port 0 picks a free port for all shards.
+    pub listen: SocketAddr,
+    /// Admin HTTP/1.1 address for `/metrics` (default `None`: off).
+    pub admin_listen: Option<SocketAddr>,
+    /// TCP_NODELAY on accepted connections (default true).
+    pub tcp_nodelay: bool,
+    /// TCP keepalive idle time (default 60 s; `None`: off).
+    pub tcp_keepalive: Option<Duration>,
+    /// listen(2) backlog per shard (default 1024).
+    pub listen_backlog: i32,
+    /// Deadline for calls that carry no `grpc-timeout` and cap for those that do (default 30 s;
+    /// `None`: none).
+    pub request_timeout: Option<Duration>,
+    /// Calls served at once per connection; more wait (default 256; `None`: no limit beyond
+    /// `max_concurrent_streams`).
+    pub concurrency_limit_per_connection: Option<usize>,
+    /// HTTP/2 initial stream window, bytes (default 1 MiB).
+    pub initial_stream_window: u32,
+    /// HTTP/2 initial connection window, bytes (default 1 MiB).
+    pub initial_connection_window: u32,
+    /// HTTP/2 BDP-based adaptive flow control; overrides the windows (default false).
+    pub adaptive_window: bool,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (default 1000).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval (default `None`: no pings).
+    pub http2_keepalive_interval: Option<Duration>,
+    /// Close the connection when a PING is not acknowledged within this (default 20 s).
+    pub http2_keepalive_timeout: Duration,
+    /// Largest request message accepted, bytes (default 4 MiB); larger → RESOURCE_EXHAUSTED.
+    pub max_message_size: usize,
+    /// Open connections per shard; further ones are closed at once (default 16384).
+    pub max_connections_per_shard: usize,
+    /// On shutdown, how long in-flight calls may take before they are answered UNAVAILABLE
+    /// (default 10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_listen: None,
+            tcp_nodelay: true,
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            listen_backlog: 1024,
+            request_timeout: Some(Duration::from_secs(30)),
+            concurrency_limit_per_connection: Some(256),
+            initial_stream_window: 1 << 20,
+            initial_connection_window: 1 << 20,
+            adaptive_window: false,
+            max_concurrent_streams: 1000,
+            http2_keepalive_interval: None,
+            http2_keepalive_timeout: Duration::from_secs(20),
+            max_message_size: 4 << 20,
+            max_connections_per_shard: 16384,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Service names this server implements (as used by the health service).
+pub const SERVICES: [&str; 3] = [
+    "helloworld.Greeter",
+    "grpc.health.v1.Health",
+    "shardpool.v1.Admin",
+];
+
+/// The health table behind `grpc.health.v1.Health/Check`, shared by all shards.
+///
+/// ```
+/// # use shardpool::server::Health;
+/// # use shardpool::server::proto::ServingStatus;
+/// let h = Health::new();
+/// assert_eq!(h.check("helloworld.Greeter"), Some(ServingStatus::Serving));
+/// h.set_serving("helloworld.Greeter", false);
+/// assert_eq!(h.check("helloworld.Greeter"), Some(ServingStatus::NotServing));
+/// assert_eq!(h.check(""), Some(ServingStatus::Serving));
+/// assert_eq!(h.check("no.such.Service"), None);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Health {
+    table: Arc<RwLock<BTreeMap<String, ServingStatus>>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new()
+    }
+}
+
+impl Health {
+    /// Every service of [`SERVICES`], and the server as a whole (`""`), SERVING.
+    pub fn new() -> Health {
+        let table = std::iter::once("")
+            .chain(SERVICES)
+            .map(|s| (s.to_string(), ServingStatus::Serving))
+            .collect();
+        Health {
+            table: Arc::new(RwLock::new(table)),
+        }
+    }
+
+    /// Sets one service (or `""`, the whole server) SERVING or NOT_SERVING; an unknown name is
+    /// added.
+    pub fn set_serving(&self, service: &str, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(service.to_string(), status);
+    }
+
+    /// Marks every service NOT_SERVING (shutdown).
+    pub fn set_all_not_serving(&self) {
+        for status in self
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values_mut()
+        {
+            *status = ServingStatus::NotServing;
+        }
+    }
+
+    /// The status of a service, `None` if unknown.
+    pub fn check(&self, service: &str) -> Option<ServingStatus> {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(service)
+            .copied()
+    }
+}
+
+/// Per-shard server counters, readable from any thread (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    /// Connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// Connections closed at once because the shard was at `max_connections_per_shard`.
+    pub connections_rejected: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Calls answered, by gRPC status code.
+    pub calls_by_code: [AtomicU64; 17],
+    /// Calls answered UNAVAILABLE because the shutdown grace ran out.
+    pub calls_abandoned: AtomicU64,
+}
+
+impl ServerCounters {
+    fn bump(counter: &AtomicU64) {
+        // Ordering: Relaxed, a statistic; readers want eventual values, nothing is published.
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn drop_one(counter: &AtomicU64) {
+        // Ordering: Relaxed, as in `bump`.
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        // Ordering: Relaxed, as in `bump`.
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A server ready to start: config, greeter factory, optional pool stats.
+pub struct Server<F> {
+    config: ServerConfig,
+    greeter: F,
+    stats: Option<StatsSource>,
+    health: Health,
+}
+
+type DirectFactory = fn(ShardContext) -> DirectGreeter;
+
+impl Server<DirectFactory> {
+    /// A server with the [`DirectGreeter`] and no pool stats.
+    pub fn new(config: ServerConfig) -> Server<DirectFactory> {
+        Server {
+            config,
+            greeter: |_| DirectGreeter,
+            stats: None,
+            health: Health::new(),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServeError {
+    /// Binding a listener failed.
+    Bind(std::io::Error),
+    /// Starting shard executors failed.
+    Runtime(crate::runtime::RuntimeError),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Bind(e) => write!(f, "{e}"),
+            ServeError::Runtime(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl<F, H> Server<F>
+where
+    F: Fn(ShardContext) -> H + Send + Sync + 'static,
+    H: GreetHandler,
+{
+    /// Uses `factory` to build each shard's [`GreetHandler`].
+    pub fn greeter<F2, H2>(self, factory: F2) -> Server<F2>
+    where
+        F2: Fn(ShardContext) -> H2 + Send + Sync + 'static,
+        H2: GreetHandler,
+    {
+        Server {
+            config: self.config,
+            greeter: factory,
+            stats: self.stats,
+            health: self.health,
+        }
+    }
+
+    /// Attaches a pool statistics source (PoolMetrics RPC and `/metrics`).
+    #[must_use]
+    pub fn pool_stats(mut self, source: StatsSource) -> Self {
+        self.stats = Some(source);
+        self
+    }
+
+    /// The health table (clone it to flip services on and off while serving).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Binds one listener per shard and starts serving on the shards of `map`.
+    pub fn start(
+        self,
+        map: &ShardMap,
+        runtime: &RuntimeOptions,
+    ) -> Result<RunningServer, ServeError> {
+        let cfg = Arc::new(self.config);
+        let sock_opts = io::SocketOptions {
+            nodelay: cfg.tcp_nodelay,
+            keepalive: cfg.tcp_keepalive,
+            backlog: cfg.listen_backlog,
+        };
+        let (listeners, addr) =
+            io::reuseport_listeners(cfg.listen, map.len(), &sock_opts).map_err(ServeError::Bind)?;
+        let admin = match cfg.admin_listen {
+            Some(a) => {
+                let (mut socks, bound) =
+                    io::reuseport_listeners(a, 1, &sock_opts).map_err(ServeError::Bind)?;
+                Some((socks.remove(0), bound))
+            }
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|(_, a)| *a);
+        let counters: Arc<Vec<CachePadded<ServerCounters>>> = Arc::new(
+            (0..map.len())
+                .map(|_| CachePadded::new(ServerCounters::default()))
+                .collect(),
+        );
+        let shutdown = Shutdown::new();
+        // Each shard takes its listener (and shard 0 the admin listener) out of these slots.
+        let slots: Arc<Vec<std::sync::Mutex<Option<socket2::Socket>>>> = Arc::new(
+            listeners
+                .into_iter()
+                .map(|s| std::sync::Mutex::new(Some(s)))
+                .collect(),
+        );
+        let admin_slot = Arc::new(std::sync::Mutex::new(admin.map(|(s, _)| s)));
+        let shared = Arc::new(Shared {
+            cfg,
+            stats: self.stats,
+            health: self.health.clone(),
+            counters,
+            map: map.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let greeter = self.greeter;
+        let handles = crate::runtime::spawn_shards(map, runtime, move |ctx| {
+            let listener = take(&slots[ctx.shard]);
+            let admin = if ctx.shard == 0 {
+                take(&admin_slot)
+            } else {
+                None
+            };
+            run_shard(Arc::clone(&shared), ctx, greeter(ctx), listener, admin)
+        })
+        .map_err(ServeError::Runtime)?;
+        Ok(RunningServer {
+            addr,
+            admin_addr,
+            shutdown,
+            handles,
+            health: self.health,
+        })
+    }
+}
+
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+/// What one shard did, returned when it stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardReport {
+    /// Shard index.
+    pub shard: usize,
+    /// Connections accepted over the shard's life.
+    pub connections: u64,
+    /// Calls answered.
+    pub calls: u64,
+    /// Calls answered UNAVAILABLE because the shutdown grace ran out.
+    pub calls_abandoned: u64,
+}
+
+/// A started server.
+#[must_use = "a server stops only through shutdown(); dropping this detaches its shards"]
+pub struct RunningServer {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: Shutdown,
+    handles: ShardHandles<ShardReport>,
+    health: Health,
+}
+
+impl RunningServer {
+    /// The gRPC address actually bound (the port is resolved if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin (`/metrics`) address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The shutdown switch (for signal handlers): `drain()` starts a graceful stop, `abort()`
+    /// ends the grace period at once.
+    pub fn shutdown_switch(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// The health table.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Graceful stop: stop accepting, send GOAWAY, let in-flight calls finish for up to `grace`,
+    /// then answer the rest UNAVAILABLE and close. Returns when every shard has stopped.
+    pub fn shutdown(
+        self,
+        grace: Duration,
+    ) -> Result<Vec<ShardReport>, crate::runtime::RuntimeError> {
+        self.shutdown.drain();
+        let switch = self.shutdown.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            switch.abort();
+        });
+        self.handles.join()
+    }
+
+    /// Waits for the shards to stop (after someone triggered the [`Shutdown`] switch).
+    pub fn wait(self) -> Result<Vec<ShardReport>, crate::runtime::RuntimeError> {
+        self.handles.join()
+    }
+}
+
+/// State shared by all shards (thread-safe).
+struct Shared {
+    cfg: Arc<ServerConfig>,
+    stats: Option<StatsSource>,
+    health: Health,
+    counters: Arc<Vec<CachePadded<ServerCounters>>>,
+    map: ShardMap,
+    shutdown: Shutdown,
+}
+
+/// One shard's state (shard-local).
+struct Shard<H> {
+    shared: Arc<Shared>,
+    ctx: ShardContext,
+    greeter: H,
+    h2: hyper::server::conn::http2::Builder<io::LocalExec>,
+    /// Set when the drain phase starts / the grace period ends.
+    drain: LocalEvent,
+    abort: LocalEvent,
+    /// Open connections and the event set when they reach zero while draining.
+    open: Cell<usize>,
+    all_closed: LocalEvent,
+}
+
+impl<H> Shard<H> {
+    fn counters(&self) -> &ServerCounters {
+        &self.shared.counters[self.ctx.shard]
+    }
+}
+
+async fn run_shard<H: GreetHandler>(
+    shared: Arc<Shared>,
+    ctx: ShardContext,
+    greeter: H,
+    listener: Option<socket2::Socket>,
+    admin: Option<socket2::Socket>,
+) -> ShardReport {
+    let cfg = Arc::clone(&shared.cfg);
+    let mut h2 = hyper::server::conn::http2::Builder::new(io::LocalExec);
+    h2.timer(io::HyperTimer)
+        .initial_stream_window_size(cfg.initial_stream_window)
+        .initial_connection_window_size(cfg.initial_connection_window)
+        .adaptive_window(cfg.adaptive_window)
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .keep_alive_interval(cfg.http2_keepalive_interval)
+        .keep_alive_timeout(cfg.http2_keepalive_timeout);
+    let shard = Rc::new(Shard {
+        shared: Arc::clone(&shared),
+        ctx,
+        greeter,
+        h2,
+        drain: LocalEvent::new(),
+        abort: LocalEvent::new(),
+        open: Cell::new(0),
+        all_closed: LocalEvent::new(),
+    });
+    // Mirror the process-wide switch into cheap shard-local events.
+    {
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            shard.shared.shutdown.drained().await;
+            shard.shared.health.set_all_not_serving();
+            shard.drain.set();
+            shard.shared.shutdown.aborted().await;
+            shard.abort.set();
+        })
+        .detach();
+    }
+    let opts = io::SocketOptions {
+        nodelay: cfg.tcp_nodelay,
+        keepalive: cfg.tcp_keepalive,
+        backlog: cfg.listen_backlog,
+    };
+    let admin_task = admin.map(|sock| {
+        let listener = io::into_glommio_listener(sock);
+        glommio::spawn_local(admin::serve(Rc::clone(&shard), listener))
+    });
+    if let Some(sock) = listener {
+        tracing::info!(
+            shard = ctx.shard,
+            cpu = ctx.cpu,
+            numa_node = ctx.node,
+            "shard {} serving gRPC on cpu {} (NUMA node {})",
+            ctx.shard,
+            ctx.cpu,
+            ctx.node
+        );
+        accept_loop(&shard, io::into_glommio_listener(sock), &opts).await;
+    }
+    if let Some(t) = admin_task {
+        t.await;
+    }
+    // The listener is closed: wait for open connections to finish (bounded by the abort phase).
+    if shard.open.get() > 0 {
+        shard.all_closed.wait().await;
+    }
+    let c = shard.counters();
+    let calls = c.calls_by_code.iter().map(ServerCounters::get).sum();
+    let report = ShardReport {
+        shard: ctx.shard,
+        connections: ServerCounters::get(&c.connections_accepted),
+        calls,
+        calls_abandoned: ServerCounters::get(&c.calls_abandoned),
+    };
+    tracing::info!(
+        shard = ctx.shard,
+        connections = report.connections,
+        calls = report.calls,
+        abandoned = report.calls_abandoned,
+        "shard {} stopped",
+        ctx.shard
+    );
+    report
+}
+
+async fn accept_loop<H: GreetHandler>(
+    shard: &Rc<Shard<H>>,
+    listener: glommio::net::TcpListener,
+    opts: &io::SocketOptions,
+) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.drain.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // Typically EMFILE/ENFILE: back off instead of spinning.
+                tracing::warn!(shard = shard.ctx.shard, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let counters = shard.counters();
+        if shard.open.get() >= shard.shared.cfg.max_connections_per_shard {
+            ServerCounters::bump(&counters.connections_rejected);
+            tracing::debug!(
+                shard = shard.ctx.shard,
+                "connection limit reached; closing new connection"
+            );
+            continue;
+        }
+        if let Err(e) = io::tune_accepted(&stream, opts) {
+            tracing::debug!(error = %e, "setting socket options failed; closing connection");
+            continue;
+        }
+        ServerCounters::bump(&counters.connections_accepted);
+        ServerCounters::bump(&counters.connections_open);
+        shard.open.set(shard.open.get() + 1);
+        glommio::spawn_local(serve_connection(Rc::clone(shard), stream)).detach();
+    }
+    drop(listener);
+    tracing::debug!(shard = shard.ctx.shard, "listener closed");
+}
+
+/// How long connections may still flush after the grace period before they are dropped.
+const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
+
+async fn serve_connection<H: GreetHandler>(shard: Rc<Shard<H>>, stream: glommio::net::TcpStream) {
+    let svc = ConnService {
+        shard: Rc::clone(&shard),
+        limit: shard
+            .shared
+            .cfg
+            .concurrency_limit_per_connection
+            .map(|n| Rc::new(glommio::sync::Semaphore::new(n as u64))),
+    };
+    let conn = shard.h2.serve_connection(io::GlommioIo::new(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
+        shard.drain.wait().await;
+        None
+    })
+    .await;
+    let result = match finished {
+        Some(r) => r,
+        None => {
+            // Drain: GOAWAY, then let accepted streams finish. After the grace period the calls
+            // answer UNAVAILABLE (see `ConnService`), which needs a moment to be written.
+            conn.as_mut().graceful_shutdown();
+            futures_lite::future::or(conn.as_mut(), async {
+                shard.abort.wait().await;
+                glommio::timer::sleep(FLUSH_AFTER_ABORT).await;
+                Ok(())
+            })
+            .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(shard = shard.ctx.shard, error = %e, "connection ended with an error");
+    }
+    ServerCounters::drop_one(&shard.counters().connections_open);
+    let open = shard.open.get() - 1;
+    shard.open.set(open);
+    if open == 0 && shard.drain.is_set() {
+        shard.all_closed.set();
+    }
+}
+
+/// The hyper service of one connection.
+struct ConnService<H> {
+    shard: Rc<Shard<H>>,
+    /// Per-connection concurrency limit.
+    limit: Option<Rc<glommio::sync::Semaphore>>,
+}
+
+impl<H: GreetHandler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let shard = Rc::clone(&self.shard);
+        let limit = self.limit.clone();
+        Box::pin(async move { Ok(handle(&shard, limit, req).await) })
+    }
+}
+
+/// The methods this server implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    SayHello,
+    HealthCheck,
+    PoolMetrics,
+}
+
+/// Maps `/service/method` to a [`Method`], or the UNIMPLEMENTED status naming what is unknown.
+fn route(path: &str) -> Result<Method, Status> {
+    let (service, method) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .ok_or_else(|| Status::new(Code::Unimplemented, format!("malformed gRPC path `{path}`")))?;
+    let known = |m: &[(&str, Method)]| {
+        m.iter()
+            .find(|(n, _)| *n == method)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                Status::new(
+                    Code::Unimplemented,
+                    format!("unknown method {method} for service {service}"),
+                )
+            })
+    };
+    match service {
+        "helloworld.Greeter" => known(&[("SayHello", Method::SayHello)]),
+        "grpc.health.v1.Health" => known(&[("Check", Method::HealthCheck)]),
+        "shardpool.v1.Admin" => known(&[("PoolMetrics", Method::PoolMetrics)]),
+        _ => Err(Status::new(
+            Code::Unimplemented,
+            format!("unknown service {service}"),
+        )),
+    }
+}
+
+/// Checks the request head; returns the method and the call's deadline, or the response to
+/// send at once.
+fn check_head(
+    cfg: &ServerConfig,
+    req: &Request<Incoming>,
+) -> Result<(Method, Option<Duration>), Response<GrpcBody>> {
+    if req.method() != http::Method::POST {
+        return Err(http_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &Status::new(
+                Code::Internal,
+                format!("gRPC needs POST, got {}", req.method()),
+            ),
+        ));
+    }
+    let ct = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes());
+    let is_grpc = ct.is_some_and(|ct| {
+        ct.strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    });
+    if !is_grpc {
+        let got = ct.map_or("none".into(), |c| String::from_utf8_lossy(c).into_owned());
+        return Err(http_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &Status::new(
+                Code::Internal,
+                format!("content-type must be application/grpc, got {got}"),
+            ),
+        ));
+    }
+    let method = route(req.uri().path()).map_err(|s| status_response(&s))?;
+    if let Some(enc) = req.headers().get("grpc-encoding") {
+        if enc.as_bytes() != b"identity" {
+            return Err(status_response(&Status::new(
+                Code::Unimplemented,
+                format!(
+                    "grpc-encoding {} is not supported; this server accepts identity only",
+                    String::from_utf8_lossy(enc.as_bytes())
+                ),
+            )));
+        }
+    }
+    let timeout = match req.headers().get("grpc-timeout") {
+        Some(v) => Some(grpc::parse_timeout(v.as_bytes()).map_err(|s| status_response(&s))?),
+        None => None,
+    };
+    let deadline = match (timeout, cfg.request_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok((method, deadline))
+}
+
+async fn handle<H: GreetHandler>(
+    shard: &Shard<H>,
+    limit: Option<Rc<glommio::sync::Semaphore>>,
+    req: Request<Incoming>,
+) -> Response<GrpcBody> {
+    let (code, resp) = match check_head(&shard.shared.cfg, &req) {
+        Err(resp) => (Code::Internal, resp),
+        Ok((method, deadline)) => {
+            let body = req.into_body();
+            let work = async {
+                // A closed semaphore cannot happen (nobody closes it); map it anyway.
+                let _permit = match &limit {
+                    Some(sem) => Some(sem.acquire_permit(1).await.map_err(|e| {
+                        Status::new(Code::Unavailable, format!("connection is closing: {e}"))
+                    })?),
+                    None => None,
+                };
+                call(shard, method, body).await
+            };
+            let deadline = async {
+                match deadline {
+                    Some(d) => glommio::timer::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+                Err(Status::new(
+                    Code::DeadlineExceeded,
+                    "deadline exceeded before the call finished",
+                ))
+            };
+            let abort = async {
+                shard.abort.wait().await;
+                ServerCounters::bump(&shard.counters().calls_abandoned);
+                Err(Status::new(
+                    Code::Unavailable,
+                    "server is shutting down and the grace period ended before this call finished",
+                ))
+            };
+            // `or` polls left first: a call that completes at once never creates a timer.
+            match futures_lite::future::or(futures_lite::future::or(work, deadline), abort).await {
+                Ok(resp) => (Code::Ok, resp),
+                Err(status) => (status.code(), status_response(&status)),
+            }
+        }
+    };
+    ServerCounters::bump(&shard.counters().calls_by_code[code as usize]);
+    resp
+}
+
+fn decode<M: Message + Default>(bytes: bytes::Bytes, what: &str) -> Result<M, Status> {
+    M::decode(bytes)
+        .map_err(|e| Status::new(Code::InvalidArgument, format!("cannot decode {what}: {e}")))
+}
+
+async fn call<H: GreetHandler>(
+    shard: &Shard<H>,
+    method: Method,
+    body: Incoming,
+) -> Result<Response<GrpcBody>, Status> {
+    let msg = read_unary(body, shard.shared.cfg.max_message_size).await?;
+    match method {
+        Method::SayHello => {
+            let req: HelloRequest = decode(msg, "helloworld.HelloRequest")?;
+            let message = shard.greeter.say_hello(req.name).await?;
+            Ok(ok_response(&HelloReply { message }))
+        }
+        Method::HealthCheck => {
+            let req: HealthCheckRequest = decode(msg, "grpc.health.v1.HealthCheckRequest")?;
+            match shard.shared.health.check(&req.service) {
+                Some(status) => Ok(ok_response(&HealthCheckResponse {
+                    status: status as i32,
+                })),
+                None => Err(Status::new(
+                    Code::NotFound,
+                    format!("unknown service `{}`", req.service),
+                )),
+            }
+        }
+        Method::PoolMetrics => {
+            let _req: PoolMetricsRequest = decode(msg, "shardpool.v1.PoolMetricsRequest")?;
+            let Some(source) = &shard.shared.stats else {
+                return Err(Status::new(
+                    Code::FailedPrecondition,
+                    "no connection pool is attached to this server (serve --upstream none)",
+                ));
+            };
+            Ok(ok_response(&pool_metrics(&source(), &shard.shared.map)))
+        }
+    }
+}
+
+/// Builds the PoolMetrics reply: every pool shard (with its CPU and node when the pool has one
+/// shard per server shard) and the total.
+fn pool_metrics(stats: &Stats, map: &ShardMap) -> PoolMetricsResponse {
+    let shards = stats
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut m = ShardPoolMetrics::from_stats(i as u32, s);
+            if let Some(p) = map.places().get(i) {
+                m.cpu = Some(p.cpu as u32);
+                m.numa_node = Some(p.node as u32);
+            }
+            m
+        })
+        .collect();
+    PoolMetricsResponse {
+        shards,
+        total: Some(ShardPoolMetrics::from_stats(
+            stats.shards.len() as u32,
+            &stats.total,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_known_methods_and_names_unknown_ones() {
+        assert_eq!(route("/helloworld.Greeter/SayHello"), Ok(Method::SayHello));
+        assert_eq!(
+            route("/grpc.health.v1.Health/Check"),
+            Ok(Method::HealthCheck)
+        );
+        assert_eq!(
+            route("/shardpool.v1.Admin/PoolMetrics"),
+            Ok(Method::PoolMetrics)
+        );
+        let e = route("/helloworld.Greeter/SayGoodbye").unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+        assert!(e.message().contains("SayGoodbye"), "{e}");
+        let e = route("/grpc.health.v1.Health/Watch").unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+        let e = route("/nope.Svc/X").unwrap_err();
+        assert!(e.message().contains("unknown service nope.Svc"), "{e}");
+        assert_eq!(route("nothing").unwrap_err().code(), Code::Unimplemented);
+    }
+
+    #[test]
+    fn pool_metrics_maps_every_field_and_placement() {
+        use crate::pool::ShardStats;
+        use crate::topology::{Placement, Topology};
+        let s = |k: u64| ShardStats {
+            live: k,
+            idle: k + 1,
+            checked_out: k + 2,
+            local_hits: k + 3,
+            steals: k + 4,
+            creates: k + 5,
+            create_errors: k + 6,
+            timeouts: k + 7,
+            wait_p50_us: k + 8,
+            wait_p90_us: k + 9,
+            wait_p99_us: k + 10,
+            wait_max_us: k + 11,
+            checkouts: k + 12,
+            handoffs: k + 13,
+            waits: k + 14,
+            closes: k + 15,
+            ..ShardStats::default()
+        };
+        let stats = Stats {
+            shards: vec![s(100), s(200)],
+            total: s(1000),
+        };
+        let map = Topology::from_nodes(vec![(0, vec![4]), (1, vec![9])])
+            .unwrap()
+            .place(&Placement::AllCores, None)
+            .unwrap();
+        let m = pool_metrics(&stats, &map);
+        assert_eq!(m.shards.len(), 2);
+        let one = &m.shards[1];
+        assert_eq!(
+            (
+                one.shard,
+                one.cpu,
+                one.numa_node,
+                one.live,
+                one.idle,
+                one.checked_out,
+                one.hits
+            ),
+            (1, Some(9), Some(1), 200, 201, 202, 203)
+        );
+        assert_eq!(
+            (
+                one.steals,
+                one.creates,
+                one.errors,
+                one.timeouts,
+                one.wait_p50_us,
+                one.wait_p90_us
+            ),
+            (204, 205, 206, 207, 208, 209)
+        );
+        assert_eq!(
+            (
+                one.wait_p99_us,
+                one.wait_max_us,
+                one.checkouts,
+                one.handoffs,
+                one.waits,
+                one.closes
+            ),
+            (210, 211, 212, 213, 214, 215)
+        );
+        let total = m.total.unwrap();
+        assert_eq!((total.shard, total.live, total.cpu), (2, 1000, None));
+    }
+}
