@@ -5,6 +5,7 @@ pub mod pool;
 pub mod topology;
 
 #[cfg(not(shardpool_loom))]
+/// The `Mutex<HashMap<Key, VecDeque<Idle>>>` baseline pool, for comparison.
 pub mod baseline;
 
 #[cfg(all(feature = "runtime", not(shardpool_loom)))]

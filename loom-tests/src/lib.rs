@@ -1,0 +1,1 @@
+//! loom models of shardpool's checkout/return protocol live in `tests/`.

@@ -1,0 +1,538 @@
+//! The baseline: a `Mutex<HashMap<Key, VecDeque<Idle>>>` pool, the design most projects ship.
+//!
+//! It has the same limits, expiry, validation and waiting behaviour as [`ShardedPool`], behind the
+//! same [`ConnectionPool`] trait, so benches, the server and tests can run either. Like a typical
+//! per-destination proxy pool, every checkout and return takes one global lock, hashes the key
+//! with the standard library's SipHash, and clones the key and the pool's `Arc` into the guard.
+//! Idle connections are reused LIFO, as in the sharded pool, so the two behave alike in tests.
+//!
+//! [`ShardedPool`]: crate::ShardedPool
+
+use crate::pool::metrics::ShardMetrics;
+use crate::pool::sync::{Arc, Mutex, lock};
+use crate::pool::waiters::{Leftover, WaitQueue, Waiter, Wake};
+use crate::pool::{
+    Config, ConfigError, ConnectionPool, Error, Manage, PooledConn, Stats, Validated,
+};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Instant;
+
+/// The `Mutex<HashMap<Key, VecDeque<Idle>>>` baseline pool. Cheap to clone (a handle).
+///
+/// ```
+/// use shardpool::baseline::MutexPool;
+/// use shardpool::{Config, ConnectionPool, Manage};
+/// # struct M;
+/// # impl Manage for M { type Key = u8; type Conn = u32; type Error = std::io::Error;
+/// #     async fn create(&self, _: &u8) -> std::io::Result<u32> { Ok(5) } }
+/// let pool = MutexPool::new(M, Config::default().max_size(2)).unwrap();
+/// let conn = shardpool::pool::block_on(pool.get(&1)).unwrap();
+/// assert_eq!(*conn, 5);
+/// ```
+pub struct MutexPool<M: Manage> {
+    inner: Arc<MutexInner<M>>,
+}
+
+impl<M: Manage> Clone for MutexPool<M> {
+    fn clone(&self) -> Self {
+        MutexPool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<M: Manage> fmt::Debug for MutexPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutexPool")
+            .field("total", &self.stats().total)
+            .finish()
+    }
+}
+
+struct MutexInner<M: Manage> {
+    manager: M,
+    config: Validated,
+    state: Mutex<State<M>>,
+    metrics: [ShardMetrics; 1],
+}
+
+struct State<M: Manage> {
+    keys: HashMap<M::Key, KeyState<M>>,
+    total_idle: usize,
+    closed: bool,
+}
+
+struct KeyState<M: Manage> {
+    /// Idle connections, most recently returned at the back.
+    idle: VecDeque<Idle<M::Conn>>,
+    live: usize,
+    waiters: Arc<WaitQueue<Idle<M::Conn>>>,
+}
+
+impl<M: Manage> Default for KeyState<M> {
+    fn default() -> Self {
+        KeyState {
+            idle: VecDeque::new(),
+            live: 0,
+            waiters: Arc::new(WaitQueue::default()),
+        }
+    }
+}
+
+struct Idle<C> {
+    conn: C,
+    created: u64,
+    idle_since: u64,
+    reused: bool,
+}
+
+/// What a checkout found under the lock.
+enum Found<C> {
+    Idle(Idle<C>),
+    Create,
+    Wait,
+}
+
+/// A waiting checkout's place in its key's queue. Dropping it (on success, timeout or
+/// cancellation) leaves the queue, and a connection handed over meanwhile goes back to the pool.
+struct Registration<'a, M: Manage> {
+    inner: &'a MutexInner<M>,
+    key: &'a M::Key,
+    queue: Arc<WaitQueue<Idle<M::Conn>>>,
+    waiter: Arc<Waiter<Idle<M::Conn>>>,
+}
+
+impl<M: Manage> Drop for Registration<'_, M> {
+    fn drop(&mut self) {
+        if let Leftover::Item(idle) = self.queue.deregister(&self.waiter, &()) {
+            let mut state = lock(&self.inner.state);
+            self.inner.put_back(&mut state, self.key, idle);
+        }
+    }
+}
+
+impl<M: Manage> MutexPool<M> {
+    /// Builds the pool from the same [`Config`] as the sharded pool (its shard settings are
+    /// ignored: this pool has one lock and reports one shard).
+    pub fn new(manager: M, config: Config) -> Result<Self, ConfigError> {
+        let config = config.validate()?;
+        Ok(MutexPool {
+            inner: Arc::new(MutexInner {
+                manager,
+                config,
+                state: Mutex::new(State {
+                    keys: HashMap::new(),
+                    total_idle: 0,
+                    closed: false,
+                }),
+                metrics: [ShardMetrics::default()],
+            }),
+        })
+    }
+
+    async fn checkout(&self, key: &M::Key) -> Result<MutexPooled<M>, Error<M::Error>> {
+        let inner = &self.inner;
+        let counters = &inner.metrics[0].counters;
+        let mut waiting: Option<Registration<'_, M>> = None;
+        let started = Instant::now();
+        let mut sleep = pin!(inner.config.wait_timeout.map(|t| inner.manager.sleep(t)));
+        loop {
+            let found = {
+                let mut state = lock(&inner.state);
+                if state.closed {
+                    return Err(Error::Closed);
+                }
+                let found = inner.find(&mut state, key);
+                if matches!(found, Found::Wait) && waiting.is_none() {
+                    counters.waits.incr();
+                    let queue = Arc::clone(&state.keys[key].waiters);
+                    let waiter = queue.register(&());
+                    waiting = Some(Registration {
+                        inner,
+                        key,
+                        queue,
+                        waiter,
+                    });
+                }
+                found
+            };
+            let registration = match found {
+                Found::Idle(idle) => {
+                    if waiting.take().is_some() {
+                        inner.metrics[0].record_wait(started.elapsed());
+                    }
+                    counters.local_hits.incr();
+                    return Ok(self.guard(key, idle));
+                }
+                Found::Create => {
+                    if waiting.take().is_some() {
+                        inner.metrics[0].record_wait(started.elapsed());
+                    }
+                    return self.create(key).await;
+                }
+                Found::Wait => waiting.as_ref().expect("registered above"),
+            };
+            let woken = poll_fn(|cx| {
+                if let Poll::Ready(wake) = pin!(registration.waiter.wait()).poll(cx) {
+                    return Poll::Ready(Some(wake));
+                }
+                if let Some(sleep) = sleep.as_mut().as_pin_mut()
+                    && sleep.poll(cx).is_ready()
+                {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            let handed = match woken {
+                Some(Wake::Retry) => continue,
+                Some(Wake::Closed) => return Err(Error::Closed),
+                Some(Wake::Handed(idle)) => idle,
+                None => match registration.queue.deregister(&registration.waiter, &()) {
+                    Leftover::Item(idle) => idle,
+                    Leftover::Closed => return Err(Error::Closed),
+                    Leftover::Nothing => {
+                        counters.timeouts.incr();
+                        return Err(Error::Timeout {
+                            waited: started.elapsed(),
+                        });
+                    }
+                },
+            };
+            inner.metrics[0].record_wait(started.elapsed());
+            counters.handoffs.incr();
+            return Ok(self.guard(key, handed));
+        }
+    }
+
+    async fn create(&self, key: &M::Key) -> Result<MutexPooled<M>, Error<M::Error>> {
+        let inner = &self.inner;
+        let counters = &inner.metrics[0].counters;
+        struct Permit<'a, M: Manage>(&'a MutexInner<M>, &'a M::Key);
+        impl<M: Manage> Drop for Permit<'_, M> {
+            fn drop(&mut self) {
+                let mut state = lock(&self.0.state);
+                self.0.release_permit(&mut state, self.1);
+            }
+        }
+        let permit = Permit(inner, key);
+        match inner.manager.create(key).await {
+            Ok(conn) => {
+                std::mem::forget(permit);
+                let now = inner.now();
+                if lock(&inner.state).closed {
+                    drop(conn);
+                    let mut state = lock(&inner.state);
+                    inner.release_permit(&mut state, key);
+                    return Err(Error::Closed);
+                }
+                counters.creates.incr();
+                Ok(self.guard(
+                    key,
+                    Idle {
+                        conn,
+                        created: now,
+                        idle_since: now,
+                        reused: false,
+                    },
+                ))
+            }
+            Err(err) => {
+                drop(permit);
+                counters.create_errors.incr();
+                Err(Error::Create(err))
+            }
+        }
+    }
+
+    fn guard(&self, key: &M::Key, idle: Idle<M::Conn>) -> MutexPooled<M> {
+        MutexPooled {
+            idle: ManuallyDrop::new(idle),
+            key: key.clone(),
+            pool: Arc::clone(&self.inner),
+            discarded: false,
+        }
+    }
+}
+
+impl<M: Manage> MutexInner<M> {
+    fn now(&self) -> u64 {
+        self.config.clock.now()
+    }
+
+    /// Under the lock: an idle connection, a permit to create, or "wait".
+    fn find(&self, state: &mut State<M>, key: &M::Key) -> Found<M::Conn> {
+        if !state.keys.contains_key(key) {
+            state.keys.insert(key.clone(), KeyState::default());
+        }
+        let State {
+            keys, total_idle, ..
+        } = state;
+        let ks = keys.get_mut(key).expect("inserted above");
+        let counters = &self.metrics[0].counters;
+        let now = self.now();
+        while let Some(mut idle) = ks.idle.pop_back() {
+            *total_idle -= 1;
+            if self.config.is_expired(idle.created, idle.idle_since, now) {
+                counters.expirations.incr();
+            } else if !self.manager.is_valid(&mut idle.conn) {
+                counters.validation_failures.incr();
+            } else {
+                return Found::Idle(idle);
+            }
+            drop(idle);
+            counters.closes.incr();
+            ks.live -= 1;
+            ks.waiters.notify_one();
+        }
+        if ks.live < self.config.max_size {
+            ks.live += 1;
+            return Found::Create;
+        }
+        Found::Wait
+    }
+
+    /// Under the lock: frees a permit and wakes a waiter to use it.
+    fn release_permit(&self, state: &mut State<M>, key: &M::Key) {
+        if let Some(ks) = state.keys.get_mut(key) {
+            ks.live -= 1;
+            ks.waiters.notify_one();
+        }
+    }
+
+    /// Under the lock: a returned connection goes to the oldest waiter, or idles if the limits
+    /// allow, or closes.
+    fn put_back(&self, state: &mut State<M>, key: &M::Key, idle: Idle<M::Conn>) {
+        let counters = &self.metrics[0].counters;
+        let max_total = self.config.max_total_idle.unwrap_or(usize::MAX);
+        let max_idle = self.config.max_idle_per_key;
+        let State {
+            keys,
+            total_idle,
+            closed,
+        } = state;
+        let Some(ks) = keys.get_mut(key) else {
+            // The key was removed while the connection was out; its permits went with it.
+            drop(idle);
+            counters.closes.incr();
+            return;
+        };
+        if *closed {
+            drop(idle);
+            counters.closes.incr();
+            ks.live -= 1;
+            return;
+        }
+        let KeyState {
+            idle: shelf,
+            live,
+            waiters,
+        } = ks;
+        waiters.hand_off(idle, &(), |idle| {
+            if shelf.len() < max_idle && *total_idle < max_total {
+                shelf.push_back(idle);
+                *total_idle += 1;
+            } else {
+                // Over the idle limits. No waiter needs the freed permit: the queue is empty.
+                drop(idle);
+                counters.closes.incr();
+                *live -= 1;
+            }
+        });
+    }
+}
+
+impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
+    type Guard = MutexPooled<M>;
+
+    fn get(&self, key: &M::Key) -> impl Future<Output = Result<MutexPooled<M>, Error<M::Error>>> {
+        self.checkout(key)
+    }
+
+    fn get_on(
+        &self,
+        _shard: usize,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<MutexPooled<M>, Error<M::Error>>> {
+        self.checkout(key)
+    }
+
+    async fn maintain(&self, _shard: usize) {
+        let inner = &self.inner;
+        let want = inner.config.min_idle;
+        let mut missing = Vec::new();
+        {
+            let mut state = lock(&inner.state);
+            let now = inner.now();
+            let counters = &inner.metrics[0].counters;
+            let mut reaped = 0;
+            for (key, ks) in state.keys.iter_mut() {
+                let before = ks.idle.len();
+                ks.idle
+                    .retain(|idle| !inner.config.is_expired(idle.created, idle.idle_since, now));
+                let expired = before - ks.idle.len();
+                reaped += expired;
+                ks.live -= expired;
+                counters.expirations.add(expired as u64);
+                counters.closes.add(expired as u64);
+                let short = want
+                    .saturating_sub(ks.idle.len())
+                    .min(inner.config.max_size - ks.live);
+                ks.live += short;
+                missing.push((key.clone(), short));
+            }
+            state.total_idle -= reaped;
+        }
+        for (key, short) in missing {
+            for _ in 0..short {
+                let created = inner.manager.create(&key).await;
+                let mut state = lock(&inner.state);
+                match created {
+                    Ok(conn) => {
+                        inner.metrics[0].counters.prewarms.incr();
+                        let now = inner.now();
+                        let idle = Idle {
+                            conn,
+                            created: now,
+                            idle_since: now,
+                            reused: false,
+                        };
+                        inner.put_back(&mut state, &key, idle);
+                    }
+                    Err(_) => {
+                        inner.metrics[0].counters.create_errors.incr();
+                        inner.release_permit(&mut state, &key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let (idle, live) = {
+            let state = lock(&self.inner.state);
+            let live: usize = state.keys.values().map(|ks| ks.live).sum();
+            (state.total_idle as u64, live as u64)
+        };
+        let shard = self.inner.metrics[0].snapshot(idle, Some(live));
+        Stats::from_shards(&self.inner.metrics, vec![shard], live)
+    }
+
+    fn close(&self) {
+        let drained: Vec<_> = {
+            let mut state = lock(&self.inner.state);
+            state.closed = true;
+            state.total_idle = 0;
+            state
+                .keys
+                .values_mut()
+                .map(|ks| {
+                    let idle: Vec<_> = ks.idle.drain(..).collect();
+                    ks.live -= idle.len();
+                    ks.waiters.close(&());
+                    idle
+                })
+                .collect()
+        };
+        let closed: usize = drained.iter().map(Vec::len).sum();
+        self.inner.metrics[0].counters.closes.add(closed as u64);
+    }
+
+    fn remove_key(&self, key: &M::Key) {
+        let removed = lock(&self.inner.state).keys.remove(key);
+        if let Some(ks) = removed {
+            let mut state = lock(&self.inner.state);
+            state.total_idle -= ks.idle.len();
+            drop(state);
+            self.inner.metrics[0]
+                .counters
+                .closes
+                .add(ks.idle.len() as u64);
+            ks.waiters.close(&());
+        }
+    }
+
+    fn shard_count(&self) -> usize {
+        1
+    }
+}
+
+/// A connection checked out of a [`MutexPool`]; dropping it returns the connection.
+pub struct MutexPooled<M: Manage> {
+    idle: ManuallyDrop<Idle<M::Conn>>,
+    key: M::Key,
+    pool: Arc<MutexInner<M>>,
+    discarded: bool,
+}
+
+impl<M: Manage> Deref for MutexPooled<M> {
+    type Target = M::Conn;
+    fn deref(&self) -> &M::Conn {
+        &self.idle.conn
+    }
+}
+
+impl<M: Manage> DerefMut for MutexPooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Conn {
+        &mut self.idle.conn
+    }
+}
+
+impl<M: Manage> fmt::Debug for MutexPooled<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutexPooled")
+            .field("key", &self.key)
+            .field("reused", &self.idle.reused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Manage> PooledConn<M> for MutexPooled<M> {
+    fn discard(mut self) {
+        self.discarded = true;
+    }
+
+    fn is_reused(&self) -> bool {
+        self.idle.reused
+    }
+
+    fn shard(&self) -> usize {
+        0
+    }
+
+    fn key(&self) -> &M::Key {
+        &self.key
+    }
+}
+
+impl<M: Manage> Drop for MutexPooled<M> {
+    fn drop(&mut self) {
+        // SAFETY: drop runs once and nothing touches `idle` after it.
+        let mut idle = unsafe { ManuallyDrop::take(&mut self.idle) };
+        let pool = &self.pool;
+        let counters = &pool.metrics[0].counters;
+        counters.returns.incr();
+        let now = pool.now();
+        let too_old = pool.config.is_too_old(idle.created, now);
+        if self.discarded || too_old || !pool.manager.recycle(&mut idle.conn) {
+            if too_old {
+                counters.expirations.incr();
+            }
+            drop(idle);
+            counters.closes.incr();
+            let mut state = lock(&pool.state);
+            pool.release_permit(&mut state, &self.key);
+            return;
+        }
+        idle.idle_since = now;
+        idle.reused = true;
+        let mut state = lock(&pool.state);
+        pool.put_back(&mut state, &self.key, idle);
+    }
+}

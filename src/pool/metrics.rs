@@ -1,0 +1,230 @@
+//! Per-shard metrics: cache-padded counters on the hot path, summed into a [`Stats`] snapshot.
+//!
+//! Each checkout bumps exactly one outcome counter (a local hit, a steal, a create or a hand-off)
+//! and each return bumps `returns`, so a checkout/return cycle costs two uncontended increments on
+//! the shard's own cache line. Derived figures (checkouts, checked out) are computed in [`Stats`].
+
+use super::sync::{Counter, MetricMutex};
+use crossbeam_utils::CachePadded;
+use hdrhistogram::Histogram;
+use std::time::Duration;
+
+/// The counters of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct ShardCounters {
+    pub(crate) local_hits: Counter,
+    pub(crate) steals: Counter,
+    pub(crate) creates: Counter,
+    pub(crate) prewarms: Counter,
+    pub(crate) handoffs: Counter,
+    pub(crate) returns: Counter,
+    pub(crate) create_errors: Counter,
+    pub(crate) timeouts: Counter,
+    pub(crate) waits: Counter,
+    pub(crate) validation_failures: Counter,
+    pub(crate) expirations: Counter,
+    pub(crate) closes: Counter,
+}
+
+/// One shard's metrics: counters and the wait-time histogram (microseconds).
+pub(crate) struct ShardMetrics {
+    pub(crate) counters: CachePadded<ShardCounters>,
+    wait_micros: MetricMutex<Histogram<u64>>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            counters: CachePadded::new(ShardCounters::default()),
+            // 1 µs to 1 hour at 3 significant digits; these bounds are valid, so this cannot fail.
+            wait_micros: MetricMutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
+        }
+    }
+}
+
+impl ShardMetrics {
+    /// Records how long a checkout waited (only checkouts that had to wait).
+    pub(crate) fn record_wait(&self, waited: Duration) {
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        let mut hist = self
+            .wait_micros
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hist.saturating_record(micros.max(1));
+    }
+
+    /// A snapshot with the given gauges.
+    pub(crate) fn snapshot(&self, idle: u64, live_hint: Option<u64>) -> ShardStats {
+        let c = &self.counters;
+        let hist = self
+            .wait_micros
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pct = |q: f64| {
+            if hist.is_empty() {
+                0
+            } else {
+                hist.value_at_quantile(q)
+            }
+        };
+        let mut stats = ShardStats {
+            local_hits: c.local_hits.get(),
+            steals: c.steals.get(),
+            creates: c.creates.get(),
+            prewarms: c.prewarms.get(),
+            handoffs: c.handoffs.get(),
+            returns: c.returns.get(),
+            create_errors: c.create_errors.get(),
+            timeouts: c.timeouts.get(),
+            waits: c.waits.get(),
+            validation_failures: c.validation_failures.get(),
+            expirations: c.expirations.get(),
+            closes: c.closes.get(),
+            idle,
+            wait_p50_us: pct(0.50),
+            wait_p90_us: pct(0.90),
+            wait_p99_us: pct(0.99),
+            wait_max_us: if hist.is_empty() { 0 } else { hist.max() },
+            ..ShardStats::default()
+        };
+        stats.checkouts = stats.local_hits + stats.steals + stats.creates + stats.handoffs;
+        // Counters are read one by one while other threads run, so a return may be seen before
+        // its checkout: clamp instead of underflowing.
+        stats.checked_out = stats.checkouts.saturating_sub(stats.returns);
+        stats.live = live_hint.unwrap_or(stats.idle + stats.checked_out);
+        stats
+    }
+}
+
+/// One shard's figures (or the pool's, summed). Counters count since the pool was built; gauges
+/// (`idle`, `checked_out`, `live`) are the state at the snapshot.
+///
+/// Counters are read one at a time while the pool runs, so a snapshot under load is approximate;
+/// at quiescence it is exact.
+///
+/// # Examples
+///
+/// ```
+/// # use shardpool::ShardStats;
+/// let s = ShardStats { local_hits: 9, creates: 1, checkouts: 10, ..ShardStats::default() };
+/// assert_eq!(s.reuse_rate(), 0.9);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Successful checkouts: `local_hits + steals + creates + handoffs`.
+    pub checkouts: u64,
+    /// Checkouts served from the shard's own idle stack.
+    pub local_hits: u64,
+    /// Checkouts served by taking an idle connection from another shard.
+    pub steals: u64,
+    /// Checkouts that created a new connection.
+    pub creates: u64,
+    /// Connections created by maintenance to keep `min_idle` ready (not checkouts).
+    pub prewarms: u64,
+    /// Checkouts that waited and were handed a returned connection directly.
+    pub handoffs: u64,
+    /// Connections given back (returned or discarded) by guards of this shard.
+    pub returns: u64,
+    /// Failed `create` calls.
+    pub create_errors: u64,
+    /// Checkouts that gave up waiting.
+    pub timeouts: u64,
+    /// Checkouts that found the key exhausted and had to wait.
+    pub waits: u64,
+    /// Idle connections closed because `is_valid` said so.
+    pub validation_failures: u64,
+    /// Idle connections closed for idle timeout or lifetime.
+    pub expirations: u64,
+    /// Connections closed for any reason.
+    pub closes: u64,
+    /// Idle connections now in this shard's stacks.
+    pub idle: u64,
+    /// Connections now checked out through this shard.
+    pub checked_out: u64,
+    /// `idle + checked_out` for a shard; for the total, the pool's exact live count.
+    pub live: u64,
+    /// Median wait of checkouts that waited, in microseconds.
+    pub wait_p50_us: u64,
+    /// 90th percentile wait, in microseconds.
+    pub wait_p90_us: u64,
+    /// 99th percentile wait, in microseconds.
+    pub wait_p99_us: u64,
+    /// Longest wait, in microseconds.
+    pub wait_max_us: u64,
+}
+
+impl ShardStats {
+    /// The share of checkouts that reused a pooled connection (0 when there were none).
+    pub fn reuse_rate(&self) -> f64 {
+        if self.checkouts == 0 {
+            0.0
+        } else {
+            1.0 - self.creates as f64 / self.checkouts as f64
+        }
+    }
+
+    fn add(&mut self, other: &ShardStats) {
+        self.checkouts += other.checkouts;
+        self.local_hits += other.local_hits;
+        self.steals += other.steals;
+        self.creates += other.creates;
+        self.prewarms += other.prewarms;
+        self.handoffs += other.handoffs;
+        self.returns += other.returns;
+        self.create_errors += other.create_errors;
+        self.timeouts += other.timeouts;
+        self.waits += other.waits;
+        self.validation_failures += other.validation_failures;
+        self.expirations += other.expirations;
+        self.closes += other.closes;
+        self.idle += other.idle;
+        self.checked_out += other.checked_out;
+        self.live += other.live;
+    }
+}
+
+/// A snapshot of a pool: each shard and the total.
+///
+/// The total's wait percentiles come from the merged histograms of all shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// One entry per shard, in shard order.
+    pub shards: Vec<ShardStats>,
+    /// The sum over shards (wait percentiles merged, `live` exact).
+    pub total: ShardStats,
+}
+
+impl Stats {
+    /// Sums shard snapshots; `live` is the pool's exact live count.
+    pub(crate) fn from_shards(
+        metrics: &[ShardMetrics],
+        shards: Vec<ShardStats>,
+        live: u64,
+    ) -> Self {
+        let mut total = ShardStats::default();
+        for s in &shards {
+            total.add(s);
+        }
+        let mut merged =
+            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+        for m in metrics {
+            let hist = m
+                .wait_micros
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = merged.add(&*hist);
+        }
+        if !merged.is_empty() {
+            total.wait_p50_us = merged.value_at_quantile(0.50);
+            total.wait_p90_us = merged.value_at_quantile(0.90);
+            total.wait_p99_us = merged.value_at_quantile(0.99);
+            total.wait_max_us = merged.max();
+        }
+        total.live = live;
+        total.checked_out = live.saturating_sub(total.idle);
+        Stats { shards, total }
+    }
+}

@@ -1,0 +1,222 @@
+//! The pool core: a lock-free, per-core sharded connection pool, independent of any runtime.
+//!
+//! # Invariants
+//!
+//! Every change to this module keeps these true; the loom models in `loom-tests/` check them under
+//! every interleaving they explore (docs/protocol.md says which model checks which).
+//!
+//! 1. **Capacity.** For every key, `live ≤ max_size` at every instant, where `live` counts
+//!    connections that exist (idle, checked out, or being created). A permit is taken from
+//!    `KeyPool::live` *before* `create` runs and given back only *after* the connection is dropped.
+//! 2. **One place.** A connection is in exactly one place: one shard's idle stack, one guard, one
+//!    waiter's hand-off slot, or closed. Moving it between places is a move of an owned value; no
+//!    code path clones a connection or keeps a second reference to it.
+//! 3. **Nothing lost.** At quiescence, `live == idle + checked out` for every key, and every created
+//!    connection is dropped exactly once: by `close`, by a failed check, by an idle limit, or when
+//!    its pool or key is closed.
+//! 4. **No lost wake-up.** A checkout that waits is woken when a connection is returned or a permit
+//!    freed. The first waiter of a key sets a `WAITING` flag in every idle stack's head word and in
+//!    the permit word, then retries once before sleeping; a return's push CAS or a release's
+//!    `fetch_sub` on the same word either comes first (the retry sees it) or sees the flag (and hands
+//!    the connection straight to the oldest waiter, or notifies one). A notification a waiter does
+//!    not use is passed on (see `waiters`).
+//! 5. **Clean close.** `close` sets the closed flag, then a `CLOSED` flag in every idle stack's head
+//!    word, then drains; a return's push either lands before the flag (and is drained) or is refused
+//!    (and the returner closes the connection). So every connection is dropped exactly once, and no
+//!    checkout succeeds after `close` has returned (every success path re-checks the closed flag
+//!    with the connection in hand).
+//! 6. **Expiry.** A connection past its idle timeout or lifetime is never handed out: every
+//!    checkout checks the connection it popped, and maintenance only drops what it popped itself,
+//!    so expiry racing with checkout or steal can neither hand out nor double-drop a connection.
+//!
+//! # Layout
+//!
+//! * [`ShardedPool`]: shards × keys of [`IdleStack`](stack)s (bounded, lock-free LIFO), a permit
+//!   counter and a waiter queue per key, and per-shard metrics.
+//! * [`crate::baseline::MutexPool`]: the `Mutex<HashMap<Key, VecDeque<Idle>>>` design, behind the
+//!   same [`ConnectionPool`] trait.
+//! * `sync`: the shim through which every atomic, lock, cell and `Arc` above is named, so the
+//!   `shardpool_loom` cfg can swap in loom's.
+
+mod clock;
+mod config;
+mod manage;
+pub(crate) mod metrics;
+mod sharded;
+pub(crate) mod stack;
+pub(crate) mod sync;
+mod timer;
+pub(crate) mod waiters;
+
+pub use clock::{Clock, ManualClock};
+pub use config::{Config, ConfigError, MAX_SHARDS, Validated};
+pub use manage::Manage;
+pub use metrics::{ShardStats, Stats};
+pub use sharded::{Pooled, ShardedPool};
+
+use std::fmt;
+use std::future::Future;
+use std::ops::DerefMut;
+use std::time::Duration;
+
+/// The interface both pools implement, so servers, benches and tests can switch between the
+/// sharded pool and the [`MutexPool`](crate::baseline::MutexPool) baseline at run time (by
+/// instantiating generic code with either).
+///
+/// # Examples
+///
+/// ```
+/// use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+/// use shardpool::baseline::MutexPool;
+/// # use std::convert::Infallible;
+/// # struct Numbers;
+/// # impl Manage for Numbers {
+/// #     type Key = u8; type Conn = u64; type Error = Infallible;
+/// #     async fn create(&self, _: &u8) -> Result<u64, Infallible> { Ok(7) }
+/// # }
+///
+/// async fn use_one<P: ConnectionPool<Numbers>>(pool: &P) -> u64 {
+///     let conn = pool.get(&1).await.expect("a connection");
+///     *conn
+/// }
+///
+/// let config = Config::default().shards(2).max_size(4);
+/// let sharded = ShardedPool::new(Numbers, config.clone()).unwrap();
+/// let mutex = MutexPool::new(Numbers, config).unwrap();
+/// assert_eq!(shardpool::pool::block_on(use_one(&sharded)), 7);
+/// assert_eq!(shardpool::pool::block_on(use_one(&mutex)), 7);
+/// ```
+pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
+    /// The guard a checkout returns; dropping it returns the connection.
+    type Guard: PooledConn<M>;
+
+    /// Checks out a connection to `key` on the current thread's shard (see
+    /// [`bind_thread_to_shard`]).
+    fn get(&self, key: &M::Key) -> impl Future<Output = Result<Self::Guard, Error<M::Error>>>;
+
+    /// Checks out a connection to `key` on shard `shard` (taken modulo the shard count).
+    fn get_on(
+        &self,
+        shard: usize,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<Self::Guard, Error<M::Error>>>;
+
+    /// One maintenance pass over shard `shard`: closes expired idle connections and creates
+    /// connections up to `min_idle`. Call it from a timer on each shard (every second, say); the
+    /// pool starts no thread of its own for it.
+    fn maintain(&self, shard: usize) -> impl Future<Output = ()>;
+
+    /// A snapshot of the pool's metrics.
+    fn stats(&self) -> Stats;
+
+    /// Closes the pool: idle connections are closed now, checked-out ones when they come back,
+    /// waiting and later checkouts fail with [`Error::Closed`].
+    fn close(&self);
+
+    /// Forgets `key`: closes its idle connections; its checked-out ones close when they come back,
+    /// and checkouts waiting on it fail with [`Error::Closed`]. A later checkout starts afresh.
+    fn remove_key(&self, key: &M::Key);
+
+    /// The number of shards.
+    fn shard_count(&self) -> usize;
+}
+
+/// A checked-out connection. Dereferences to the connection; dropping it gives the connection back
+/// to the pool.
+pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send {
+    /// Closes the connection instead of returning it (for example after an I/O error).
+    fn discard(self);
+
+    /// Whether this connection was used before (came from the pool rather than `create`).
+    fn is_reused(&self) -> bool;
+
+    /// The shard this checkout was made on; the connection goes back to that shard.
+    fn shard(&self) -> usize;
+
+    /// The key the connection belongs to.
+    fn key(&self) -> &M::Key;
+}
+
+/// Why a checkout failed.
+#[derive(Debug)]
+pub enum Error<E> {
+    /// The key stayed exhausted for the whole wait timeout.
+    Timeout {
+        /// How long the checkout waited.
+        waited: Duration,
+    },
+    /// Creating a connection failed.
+    Create(E),
+    /// The pool (or the key) was closed.
+    Closed,
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Timeout { waited } => write!(
+                f,
+                "no connection became available within {waited:?}: every allowed connection \
+                 (max_size) was in use; raise max_size or wait_timeout, or reduce load"
+            ),
+            Error::Create(e) => write!(f, "creating a connection failed: {e}"),
+            Error::Closed => write!(f, "the pool or this key was closed"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Create(e) => Some(e),
+            Error::Timeout { .. } | Error::Closed => None,
+        }
+    }
+}
+
+sync::thread_local! {
+    static CURRENT_SHARD: std::cell::Cell<usize> = std::cell::Cell::new(usize::MAX);
+}
+
+/// Hands out shards to threads that never called [`bind_thread_to_shard`], round-robin.
+static NEXT_UNBOUND_SHARD: sync::Counter = sync::Counter::new();
+
+/// Binds the calling thread to shard `shard` for every pool's [`ConnectionPool::get`] (taken modulo
+/// each pool's shard count). Thread-per-core runtimes call it once per executor thread.
+///
+/// Threads that never call it are given shards round-robin on first use.
+///
+/// ```
+/// shardpool::pool::bind_thread_to_shard(1);
+/// assert_eq!(shardpool::pool::current_shard(), Some(1));
+/// ```
+pub fn bind_thread_to_shard(shard: usize) {
+    CURRENT_SHARD.with(|s| s.set(shard));
+}
+
+/// The shard the calling thread is bound to, if it is.
+pub fn current_shard() -> Option<usize> {
+    CURRENT_SHARD.with(|s| Some(s.get()).filter(|&s| s != usize::MAX))
+}
+
+/// The calling thread's shard in a pool of `shards` shards.
+#[inline]
+pub(crate) fn shard_of_current_thread(shards: usize) -> usize {
+    CURRENT_SHARD.with(|s| {
+        let mut shard = s.get();
+        if shard == usize::MAX {
+            shard = NEXT_UNBOUND_SHARD.fetch_incr() as usize % MAX_SHARDS;
+            s.set(shard);
+        }
+        shard % shards
+    })
+}
+
+/// Runs a future to completion on the current thread, for using a pool from plain threads.
+///
+/// ```
+/// assert_eq!(shardpool::pool::block_on(async { 1 + 1 }), 2);
+/// ```
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    sync::block_on(future)
+}

@@ -1,0 +1,897 @@
+//! [`ShardedPool`]: per-shard lock-free idle stacks, stealing, permits, waiting and maintenance.
+//!
+//! # The checkout path
+//!
+//! 1. Look the key up in the shard's own key table (a read lock nobody else writes in steady state).
+//! 2. Pop the shard's own idle stack (warmest first); check expiry and `is_valid`.
+//! 3. Otherwise pop the other shards' stacks in steal order (nearest first).
+//! 4. Otherwise take a permit (`live < max_size`) and `create`.
+//! 5. Otherwise register as a waiter (flagging the key), retry 2–4 once, then sleep until handed a
+//!    connection, told to retry, closed, or timed out.
+//!
+//! The hot path (1–2 and the return) allocates nothing and touches no shared reference count: an idle
+//! entry carries its own `Arc<KeyPool>`, which moves with it between stack and guard.
+//!
+//! # Memory ordering
+//!
+//! The idle stack publishes connections (see `stack`). The handshakes of the module invariants
+//! need no fence, because each pair of racing operations meets on one atomic word:
+//! * waiter vs return: the first waiter sets `WAITING` on every idle stack of its key, then retries;
+//!   a return's push CAS either lands first (the retry pops it) or sees the flag and hands off;
+//! * waiter vs freed permit: the same flag on the permit word, which `release_permit`'s `fetch_sub`
+//!   returns (it notifies) and the waiter's retry reads after setting it;
+//! * close vs return: `close` sets `CLOSED` on every stack, then drains; a push either lands first
+//!   (drained) or is refused (the returner closes its connection).
+//!
+//! A return's successful push is the last thing it touches: from that instant another thread may
+//! pop the entry, close the key and free the key pool.
+
+use super::config::{Config, ConfigError, Validated};
+use super::metrics::{ShardMetrics, Stats};
+use super::stack::{IdleStack, Refused};
+use super::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock, lock, read, write};
+use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
+use super::{ConnectionPool, Error, Manage, PooledConn, shard_of_current_thread};
+use crossbeam_utils::CachePadded;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Instant;
+
+type KeyMap<M> = HashMap<<M as Manage>::Key, Arc<KeyPool<M>>, foldhash::fast::RandomState>;
+
+/// A lock-free, per-core sharded connection pool. Cloning it is cheap and gives another handle to
+/// the same pool; the pool closes when the last handle is dropped.
+///
+/// # Examples
+///
+/// ```
+/// use shardpool::{Config, ConnectionPool, Manage, ShardedPool};
+/// use std::convert::Infallible;
+///
+/// struct Counter(std::sync::atomic::AtomicU64);
+/// impl Manage for Counter {
+///     type Key = &'static str;
+///     type Conn = u64;
+///     type Error = Infallible;
+///     async fn create(&self, _: &&'static str) -> Result<u64, Infallible> {
+///         Ok(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+///     }
+/// }
+///
+/// let pool = ShardedPool::new(Counter(0.into()), Config::default().shards(2)).unwrap();
+/// shardpool::pool::block_on(async {
+///     let first = pool.get_on(0, &"db").await.unwrap();
+///     assert_eq!(*first, 0);
+///     drop(first); // back to shard 0's idle stack
+///     let again = pool.get_on(0, &"db").await.unwrap();
+///     assert_eq!(*again, 0, "reused, not created");
+///     let stolen = { drop(again); pool.get_on(1, &"db").await.unwrap() };
+///     assert_eq!(*stolen, 0, "shard 1 stole shard 0's idle connection");
+/// });
+/// assert_eq!(pool.stats().total.steals, 1);
+/// ```
+pub struct ShardedPool<M: Manage> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: Manage> Clone for ShardedPool<M> {
+    fn clone(&self) -> Self {
+        ShardedPool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<M: Manage> fmt::Debug for ShardedPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardedPool")
+            .field("shards", &self.inner.shared.config.shards)
+            .field("total", &self.stats().total)
+            .finish()
+    }
+}
+
+struct Inner<M: Manage> {
+    shared: Arc<Shared<M>>,
+    /// Every key's pool. The source of truth for keys; locked only to add, remove or list keys.
+    keys: Mutex<KeyMap<M>>,
+    /// Per shard, a read-mostly copy of `keys`, so lookups on different shards share no lock.
+    key_cache: Box<[CachePadded<RwLock<KeyMap<M>>>]>,
+    /// Set once by `close`; read under `keys`' lock before a key is added.
+    closed: AtomicBool,
+}
+
+/// What every key pool of one pool shares.
+struct Shared<M: Manage> {
+    manager: M,
+    config: Validated,
+    metrics: Box<[ShardMetrics]>,
+    /// With `max_total_idle`: per shard, the idle connections it holds across keys (an upper bound:
+    /// a slot is reserved before the push and released after the pop).
+    idle_budget: Option<Box<[CachePadded<AtomicUsize>]>>,
+}
+
+/// One key's pool: an idle stack per shard, its permits and its waiters.
+pub(crate) struct KeyPool<M: Manage> {
+    key: M::Key,
+    shared: Arc<Shared<M>>,
+    stacks: Box<[IdleStack<Entry<M>>]>,
+    /// Permits in use: connections of this key that exist or are being created (invariant 1), plus
+    /// the [`PERMIT_WAITING`] flag while checkouts wait.
+    live: CachePadded<AtomicUsize>,
+    closed: AtomicBool,
+    waiters: WaitQueue<Entry<M>>,
+}
+
+/// An idle or checked-out connection with its bookkeeping. It owns the `Arc` to its key pool, so a
+/// checkout or return moves it without touching a shared reference count.
+pub(crate) struct Entry<M: Manage> {
+    conn: M::Conn,
+    key_pool: Arc<KeyPool<M>>,
+    /// Clock readings (see `Clock`): when the connection was created and last returned.
+    created: u64,
+    idle_since: u64,
+    reused: bool,
+}
+
+/// Set in `KeyPool::live` while checkouts wait, so a freed permit notifies one of them.
+const PERMIT_WAITING: usize = 1 << (usize::BITS - 1);
+
+/// How a checkout got its connection, for the metrics.
+#[derive(Clone, Copy)]
+enum Source {
+    Local,
+    Stolen,
+    Created,
+    HandedOff,
+}
+
+impl<M: Manage> ShardedPool<M> {
+    /// Builds a pool, or says which setting is wrong.
+    ///
+    /// ```
+    /// # use shardpool::{Config, Manage, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+    /// let err = ShardedPool::new(M, Config::default().max_size(0)).unwrap_err();
+    /// assert!(err.to_string().contains("max_size is 0"));
+    /// ```
+    pub fn new(manager: M, config: Config) -> Result<Self, ConfigError> {
+        let config = config.validate()?;
+        let shards = config.shards;
+        let idle_budget = config.max_total_idle.map(|_| {
+            (0..shards)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect()
+        });
+        let shared = Arc::new(Shared {
+            manager,
+            metrics: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            idle_budget,
+            config,
+        });
+        Ok(ShardedPool {
+            inner: Arc::new(Inner {
+                shared,
+                keys: Mutex::new(KeyMap::<M>::default()),
+                key_cache: (0..shards)
+                    .map(|_| CachePadded::new(RwLock::new(KeyMap::<M>::default())))
+                    .collect(),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Validated {
+        &self.inner.shared.config
+    }
+
+    /// The manager the pool was built with.
+    pub fn manager(&self) -> &M {
+        &self.inner.shared.manager
+    }
+
+    /// Checks out a connection from a plain thread, blocking it until done. Uses the thread's shard.
+    pub fn get_blocking(&self, key: &M::Key) -> Result<Pooled<M>, Error<M::Error>> {
+        super::sync::block_on(self.get(key))
+    }
+
+    /// Live and idle connections of `key` now: `(live, idle)`, or `None` for an unknown key.
+    pub fn key_gauges(&self, key: &M::Key) -> Option<(usize, usize)> {
+        let keys = lock(&self.inner.keys);
+        let kp = keys.get(key)?;
+        Some((kp.live_count(), kp.stacks.iter().map(IdleStack::len).sum()))
+    }
+
+    /// Looks `key` up on `shard`: first the shard's cache, then the shared map (adding the key).
+    fn key_pool(&self, shard: usize, key: &M::Key) -> Result<Arc<KeyPool<M>>, Error<M::Error>> {
+        if let Some(kp) = read(&self.inner.key_cache[shard]).get(key) {
+            return Ok(Arc::clone(kp));
+        }
+        let kp = {
+            let mut keys = lock(&self.inner.keys);
+            // Ordering: Relaxed. `closed` is written under this same lock in `close`.
+            if self.inner.closed.load(Ordering::Relaxed) {
+                return Err(Error::Closed);
+            }
+            Arc::clone(
+                keys.entry(key.clone())
+                    .or_insert_with(|| Arc::new(KeyPool::new(key.clone(), &self.inner.shared))),
+            )
+        };
+        write(&self.inner.key_cache[shard]).insert(key.clone(), Arc::clone(&kp));
+        Ok(kp)
+    }
+
+    /// The checkout path (module docs).
+    async fn checkout(&self, shard: usize, key: &M::Key) -> Result<Pooled<M>, Error<M::Error>> {
+        let shard = shard % self.inner.shared.config.shards;
+        // Fast path: a cached key with an idle connection, under the shard's read lock, with no
+        // reference count touched.
+        if let Some(kp) = read(&self.inner.key_cache[shard]).get(key)
+            && let Some((entry, source)) = kp.take_idle(shard)
+        {
+            return kp.finish(shard, entry, source);
+        }
+        let kp = self.key_pool(shard, key)?;
+        if let Some((entry, source)) = kp.take_idle(shard) {
+            return kp.finish(shard, entry, source);
+        }
+        if kp.try_acquire_permit() {
+            return KeyPool::create(kp, shard).await;
+        }
+        KeyPool::wait(kp, shard).await
+    }
+}
+
+impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
+    type Guard = Pooled<M>;
+
+    fn get(&self, key: &M::Key) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> {
+        self.checkout(
+            shard_of_current_thread(self.inner.shared.config.shards),
+            key,
+        )
+    }
+
+    fn get_on(
+        &self,
+        shard: usize,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> {
+        self.checkout(shard, key)
+    }
+
+    async fn maintain(&self, shard: usize) {
+        let shard = shard % self.inner.shared.config.shards;
+        let key_pools: Vec<_> = lock(&self.inner.keys).values().cloned().collect();
+        for kp in key_pools {
+            kp.reap(shard);
+            KeyPool::refill(&kp, shard).await;
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        let mut idle = vec![0u64; shared.config.shards];
+        let mut live = 0u64;
+        for kp in lock(&self.inner.keys).values() {
+            live += kp.live_count() as u64;
+            for (shard, stack) in kp.stacks.iter().enumerate() {
+                idle[shard] += stack.len() as u64;
+            }
+        }
+        let shards = shared
+            .metrics
+            .iter()
+            .zip(idle)
+            .map(|(m, idle)| m.snapshot(idle, None))
+            .collect();
+        Stats::from_shards(&shared.metrics, shards, live)
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    fn remove_key(&self, key: &M::Key) {
+        let Some(kp) = lock(&self.inner.keys).remove(key) else {
+            return;
+        };
+        for cache in self.inner.key_cache.iter() {
+            write(cache).remove(key);
+        }
+        kp.close();
+    }
+
+    fn shard_count(&self) -> usize {
+        self.inner.shared.config.shards
+    }
+}
+
+impl<M: Manage> Inner<M> {
+    fn close(&self) {
+        let key_pools: Vec<_> = {
+            let mut keys = lock(&self.keys);
+            // Ordering: Relaxed; read under the same lock in `key_pool`.
+            self.closed.store(true, Ordering::Relaxed);
+            keys.drain().map(|(_, kp)| kp).collect()
+        };
+        for cache in self.key_cache.iter() {
+            write(cache).clear();
+        }
+        for kp in key_pools {
+            kp.close();
+        }
+    }
+}
+
+impl<M: Manage> Drop for Inner<M> {
+    fn drop(&mut self) {
+        // Idle entries hold their key pool's `Arc`; closing drains them and breaks that cycle.
+        self.close();
+    }
+}
+
+impl<M: Manage> Shared<M> {
+    fn counters(&self, shard: usize) -> &super::metrics::ShardCounters {
+        &self.metrics[shard].counters
+    }
+
+    /// The clock, read only when some expiry rule needs it.
+    #[inline]
+    fn now(&self) -> u64 {
+        if self.config.idle_timeout.is_some() || self.config.max_lifetime.is_some() {
+            self.config.clock.now()
+        } else {
+            0
+        }
+    }
+
+    /// Reserves a slot of shard `shard`'s total-idle budget (always succeeds without one).
+    #[inline]
+    fn reserve_idle(&self, shard: usize) -> bool {
+        let Some(budget) = &self.idle_budget else {
+            return true;
+        };
+        let limit = self
+            .config
+            .share(self.config.max_total_idle.unwrap_or(0), shard);
+        let used = &budget[shard];
+        // Ordering: Relaxed. The budget is an upper bound on idle entries; the stack itself
+        // publishes the entries, so the count orders nothing.
+        let mut current = used.load(Ordering::Relaxed);
+        loop {
+            if current >= limit {
+                return false;
+            }
+            // Ordering: Relaxed, as above.
+            match used.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Gives back a slot reserved by `reserve_idle`.
+    #[inline]
+    fn release_idle(&self, shard: usize) {
+        if let Some(budget) = &self.idle_budget {
+            // Ordering: Relaxed, as in `reserve_idle`.
+            budget[shard].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<M: Manage> KeyPool<M> {
+    fn new(key: M::Key, shared: &Arc<Shared<M>>) -> Self {
+        let config = &shared.config;
+        KeyPool {
+            key,
+            stacks: (0..config.shards)
+                .map(|s| IdleStack::new(config.share(config.max_idle_per_key, s)))
+                .collect(),
+            shared: Arc::clone(shared),
+            live: CachePadded::new(AtomicUsize::new(0)),
+            closed: AtomicBool::new(false),
+            waiters: WaitQueue::default(),
+        }
+    }
+
+    #[inline]
+    fn is_closed(&self) -> bool {
+        // Ordering: Acquire pairs with the Release store in `close`, so a checkout that sees the key
+        // closed also sees the closer's earlier writes. The close/return race itself is settled on
+        // the stack words (module docs), not by this flag.
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Live connections of this key (a gauge).
+    fn live_count(&self) -> usize {
+        // Ordering: Relaxed. A gauge; it publishes nothing.
+        self.live.load(Ordering::Relaxed) & !PERMIT_WAITING
+    }
+
+    /// Pops an acceptable idle entry: the shard's own first, then the other shards' in steal order.
+    /// Expired and invalid entries met on the way are closed.
+    fn take_idle(&self, shard: usize) -> Option<(Entry<M>, Source)> {
+        let config = &self.shared.config;
+        let victims = std::iter::once(shard).chain(config.steal_order[shard].iter().copied());
+        let mut now = None;
+        for victim in victims {
+            while let Some(mut entry) = self.stacks[victim].pop() {
+                self.shared.release_idle(victim);
+                let now = *now.get_or_insert_with(|| self.shared.now());
+                let counters = self.shared.counters(shard);
+                if config.is_expired(entry.created, entry.idle_since, now) {
+                    counters.expirations.incr();
+                    entry.close(shard);
+                } else if !self.shared.manager.is_valid(&mut entry.conn) {
+                    counters.validation_failures.incr();
+                    entry.close(shard);
+                } else {
+                    let source = if victim == shard {
+                        Source::Local
+                    } else {
+                        Source::Stolen
+                    };
+                    return Some((entry, source));
+                }
+            }
+        }
+        None
+    }
+
+    /// Turns an entry into a guard, unless the key closed meanwhile (invariant 5).
+    fn finish(
+        &self,
+        shard: usize,
+        entry: Entry<M>,
+        source: Source,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
+        if self.is_closed() {
+            entry.close(shard);
+            return Err(Error::Closed);
+        }
+        let counters = self.shared.counters(shard);
+        match source {
+            Source::Local => counters.local_hits.incr(),
+            Source::Stolen => counters.steals.incr(),
+            Source::Created => counters.creates.incr(),
+            Source::HandedOff => counters.handoffs.incr(),
+        }
+        Ok(Pooled {
+            entry: ManuallyDrop::new(entry),
+            shard,
+        })
+    }
+
+    /// Takes a permit if fewer than `max_size` are in use (invariant 1).
+    fn try_acquire_permit(&self) -> bool {
+        let max = self.shared.config.max_size;
+        // Ordering: Relaxed for the first look; the CAS below decides.
+        let mut word = self.live.load(Ordering::Relaxed);
+        while word & !PERMIT_WAITING < max {
+            // Ordering: Acquire on success pairs with the Release in `release_permit`, so the
+            // connection whose permit we take over was dropped before we create its successor.
+            match self.live.compare_exchange_weak(
+                word,
+                word + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(current) => word = current,
+            }
+        }
+        false
+    }
+
+    /// Gives a permit back after its connection was dropped, and notifies a waiter if any waits.
+    fn release_permit(&self) {
+        // Ordering: Release pairs with the Acquire in `try_acquire_permit` (the drop happened first).
+        // The flag in the value read settles the race with a registering waiter (module docs).
+        let before = self.live.fetch_sub(1, Ordering::Release);
+        if before & PERMIT_WAITING != 0 {
+            self.waiters.notify_one();
+        }
+    }
+
+    /// Creates a connection with a permit already taken. The permit is given back if creation
+    /// fails or the future is dropped (a cancelled checkout).
+    async fn new_entry(this: &Arc<Self>) -> Result<Entry<M>, M::Error> {
+        struct Permit<'a, M: Manage>(&'a KeyPool<M>);
+        impl<M: Manage> Drop for Permit<'_, M> {
+            fn drop(&mut self) {
+                self.0.release_permit();
+            }
+        }
+        let permit = Permit(this);
+        let conn = this.shared.manager.create(&this.key).await?;
+        std::mem::forget(permit);
+        let now = this.shared.now();
+        Ok(Entry {
+            conn,
+            key_pool: Arc::clone(this),
+            created: now,
+            idle_since: now,
+            reused: false,
+        })
+    }
+
+    /// Creates a connection for a checkout (a permit already taken).
+    async fn create(this: Arc<Self>, shard: usize) -> Result<Pooled<M>, Error<M::Error>> {
+        match KeyPool::new_entry(&this).await {
+            Ok(entry) => this.finish(shard, entry, Source::Created),
+            Err(err) => {
+                this.shared.counters(shard).create_errors.incr();
+                Err(Error::Create(err))
+            }
+        }
+    }
+
+    /// Waits for a connection: the slow path (module docs, step 5).
+    async fn wait(this: Arc<Self>, shard: usize) -> Result<Pooled<M>, Error<M::Error>> {
+        let shared = Arc::clone(&this.shared);
+        shared.counters(shard).waits.incr();
+        let started = Instant::now();
+        let mut sleep = pin!(shared.config.wait_timeout.map(|t| shared.manager.sleep(t)));
+        let mut registration = Registration::new(&this, shard);
+        loop {
+            if this.is_closed() {
+                return Err(Error::Closed);
+            }
+            if let Some((entry, source)) = this.take_idle(shard) {
+                registration.leave(started);
+                return this.finish(shard, entry, source);
+            }
+            if this.try_acquire_permit() {
+                registration.leave(started);
+                return KeyPool::create(Arc::clone(&this), shard).await;
+            }
+            let woken = poll_fn(|cx| {
+                if let Poll::Ready(wake) = pin!(registration.waiter.wait()).poll(cx) {
+                    return Poll::Ready(Some(wake));
+                }
+                if let Some(sleep) = sleep.as_mut().as_pin_mut()
+                    && sleep.poll(cx).is_ready()
+                {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            let handed = match woken {
+                Some(Wake::Retry) => continue,
+                Some(Wake::Closed) => {
+                    registration.left = true;
+                    return Err(Error::Closed);
+                }
+                Some(Wake::Handed(entry)) => {
+                    registration.left = true;
+                    entry
+                }
+                None => {
+                    registration.left = true;
+                    match this.waiters.deregister(&registration.waiter, &*this) {
+                        Leftover::Item(entry) => entry,
+                        Leftover::Closed => return Err(Error::Closed),
+                        Leftover::Nothing => {
+                            shared.counters(shard).timeouts.incr();
+                            return Err(Error::Timeout {
+                                waited: started.elapsed(),
+                            });
+                        }
+                    }
+                }
+            };
+            shared.metrics[shard].record_wait(started.elapsed());
+            let mut entry = handed;
+            // Handed-off entries were just returned, but the rules apply to them too (invariant 6).
+            if shared
+                .config
+                .is_expired(entry.created, entry.idle_since, shared.now())
+                || !shared.manager.is_valid(&mut entry.conn)
+            {
+                shared.counters(shard).validation_failures.incr();
+                entry.close(shard);
+                registration = Registration::new(&this, shard);
+                continue;
+            }
+            return this.finish(shard, entry, Source::HandedOff);
+        }
+    }
+
+    /// Puts a returned (or re-shelved) entry back: onto shard `shard`'s stack, spilling to the other
+    /// shards' stacks when it is full; straight to a waiter if one waits; closed when the key is
+    /// closed or every stack is full (the idle limits).
+    fn put_idle(shard: usize, entry: Entry<M>) {
+        let kp: *const KeyPool<M> = Arc::as_ptr(&entry.key_pool);
+        // SAFETY: `entry` owns an `Arc` to the key pool until `place` pushes it onto a stack. `place`
+        // touches the key pool only before that successful push (the push's CAS is its last
+        // access), and every path that gets the entry back uses the entry's own `Arc` from then on.
+        let kp = unsafe { &*kp };
+        match kp.place(shard, entry) {
+            Ok(()) => {}
+            Err(Refused::Waiting(entry)) => {
+                // Hand-off touches the waiter queue after the entry may be gone: hold the pool.
+                let key_pool = Arc::clone(&entry.key_pool);
+                key_pool.waiters.hand_off(entry, &*key_pool, |entry| {
+                    match key_pool.place(shard, entry) {
+                        Ok(()) => {}
+                        // With the queue locked and empty no stack is flagged WAITING.
+                        Err(Refused::Full(e) | Refused::Closed(e) | Refused::Waiting(e)) => {
+                            e.close(shard)
+                        }
+                    }
+                });
+            }
+            Err(Refused::Full(entry) | Refused::Closed(entry)) => entry.close(shard),
+        }
+    }
+
+    /// Pushes `entry` onto shard `shard`'s stack or, when full, the others' in steal order,
+    /// reserving total-idle budget as it goes. Gives the entry back when a stack is flagged (waiting
+    /// or closed) or every stack is full or over budget.
+    fn place(&self, shard: usize, mut entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
+        let order = &self.shared.config.steal_order[shard];
+        for target in std::iter::once(shard).chain(order.iter().copied()) {
+            if !self.shared.reserve_idle(target) {
+                continue;
+            }
+            match self.stacks[target].push(entry) {
+                // Nothing of `self` may be touched after this (module docs).
+                Ok(()) => return Ok(()),
+                Err(Refused::Full(back)) => {
+                    self.shared.release_idle(target);
+                    entry = back;
+                }
+                Err(flagged) => {
+                    self.shared.release_idle(target);
+                    return Err(flagged);
+                }
+            }
+        }
+        Err(Refused::Full(entry))
+    }
+
+    /// Closes the key: refuses every later push, fails its waiters and drains its stacks
+    /// (invariant 5).
+    fn close(&self) {
+        // Ordering: Release pairs with the Acquire in `is_closed`.
+        self.closed.store(true, Ordering::Release);
+        for stack in self.stacks.iter() {
+            stack.close();
+        }
+        self.waiters.close(self);
+        for (shard, stack) in self.stacks.iter().enumerate() {
+            while let Some(entry) = stack.pop() {
+                self.shared.release_idle(shard);
+                entry.close(shard);
+            }
+        }
+    }
+
+    /// Maintenance, part 1: closes expired entries on shard `shard`, keeping the rest in order.
+    fn reap(&self, shard: usize) {
+        let config = &self.shared.config;
+        if config.idle_timeout.is_none() && config.max_lifetime.is_none() {
+            return;
+        }
+        let now = self.shared.now();
+        let mut keep = Vec::new();
+        while let Some(entry) = self.stacks[shard].pop() {
+            self.shared.release_idle(shard);
+            if config.is_expired(entry.created, entry.idle_since, now) {
+                self.shared.counters(shard).expirations.incr();
+                entry.close(shard);
+            } else {
+                keep.push(entry);
+            }
+        }
+        // Popped newest first: put back oldest first so the newest is on top again.
+        for entry in keep.into_iter().rev() {
+            KeyPool::put_idle(shard, entry);
+        }
+    }
+
+    /// Maintenance, part 2: creates connections until shard `shard` holds its share of `min_idle`.
+    async fn refill(this: &Arc<Self>, shard: usize) {
+        let config = &this.shared.config;
+        let want = config.share(config.min_idle, shard);
+        while this.stacks[shard].len() < want && !this.is_closed() && this.try_acquire_permit() {
+            match KeyPool::new_entry(this).await {
+                Ok(entry) => {
+                    this.shared.counters(shard).prewarms.incr();
+                    KeyPool::put_idle(shard, entry);
+                }
+                Err(_) => {
+                    this.shared.counters(shard).create_errors.incr();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl<M: Manage> WaitSignal for KeyPool<M> {
+    fn set_waiting(&self, waiting: bool) {
+        for stack in self.stacks.iter() {
+            stack.set_waiting(waiting);
+        }
+        // Ordering: Relaxed. The flag and the permit count share this word, so a racing release's
+        // fetch_sub is ordered before or after this RMW in the word's modification order (module
+        // docs); no other memory is published by the flag.
+        if waiting {
+            self.live.fetch_or(PERMIT_WAITING, Ordering::Relaxed);
+        } else {
+            self.live.fetch_and(!PERMIT_WAITING, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<M: Manage> Entry<M> {
+    /// Drops the connection and then frees its permit (in that order: invariant 1).
+    fn close(self, shard: usize) {
+        let Entry { conn, key_pool, .. } = self;
+        drop(conn);
+        key_pool.shared.counters(shard).closes.incr();
+        key_pool.release_permit();
+    }
+}
+
+/// A waiter's place in its key's queue; leaving (or being dropped) deregisters it and puts back
+/// anything handed to it meanwhile.
+struct Registration<'a, M: Manage> {
+    key_pool: &'a KeyPool<M>,
+    waiter: Arc<Waiter<Entry<M>>>,
+    shard: usize,
+    /// Already out of the queue (woken with a hand-off or close, or deregistered).
+    left: bool,
+}
+
+impl<'a, M: Manage> Registration<'a, M> {
+    fn new(key_pool: &'a KeyPool<M>, shard: usize) -> Self {
+        // Registering flags the key's stacks and permit word before the caller's retry reads them
+        // (invariant 4; module docs).
+        let waiter = key_pool.waiters.register(key_pool);
+        Registration {
+            key_pool,
+            waiter,
+            shard,
+            left: false,
+        }
+    }
+
+    /// Leaves the queue after succeeding on our own; records the wait.
+    fn leave(&mut self, started: Instant) {
+        self.key_pool.shared.metrics[self.shard].record_wait(started.elapsed());
+        self.deregister();
+    }
+
+    fn deregister(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        match self
+            .key_pool
+            .waiters
+            .deregister(&self.waiter, self.key_pool)
+        {
+            // Handed a connection we no longer need: pass it on (invariant 2: it is not lost).
+            Leftover::Item(entry) => KeyPool::put_idle(self.shard, entry),
+            Leftover::Closed | Leftover::Nothing => {}
+        }
+    }
+}
+
+impl<M: Manage> Drop for Registration<'_, M> {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+/// A connection checked out of a [`ShardedPool`]. Dereferences to the connection; dropping it
+/// returns the connection to the shard it was checked out on (from any thread).
+///
+/// ```
+/// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+/// # struct M;
+/// # impl Manage for M { type Key = u8; type Conn = Vec<u8>; type Error = std::io::Error;
+/// #     async fn create(&self, _: &u8) -> std::io::Result<Vec<u8>> { Ok(Vec::new()) } }
+/// let pool = ShardedPool::new(M, Config::default().shards(1)).unwrap();
+/// let mut conn = shardpool::pool::block_on(pool.get(&0)).unwrap();
+/// conn.push(1); // use it through DerefMut
+/// conn.discard(); // broken? close it instead of returning it
+/// assert_eq!(pool.stats().total.closes, 1);
+/// ```
+pub struct Pooled<M: Manage> {
+    entry: ManuallyDrop<Entry<M>>,
+    shard: usize,
+}
+
+impl<M: Manage> Pooled<M> {
+    fn key_pool(&self) -> &KeyPool<M> {
+        &self.entry.key_pool
+    }
+}
+
+impl<M: Manage> Deref for Pooled<M> {
+    type Target = M::Conn;
+    fn deref(&self) -> &M::Conn {
+        &self.entry.conn
+    }
+}
+
+impl<M: Manage> DerefMut for Pooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Conn {
+        &mut self.entry.conn
+    }
+}
+
+impl<M: Manage> fmt::Debug for Pooled<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pooled")
+            .field("key", &self.key_pool().key)
+            .field("shard", &self.shard)
+            .field("reused", &self.entry.reused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Manage> PooledConn<M> for Pooled<M> {
+    fn discard(self) {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped (ManuallyDrop), so this is the only take of the entry.
+        let entry = unsafe { ManuallyDrop::take(&mut this.entry) };
+        entry.key_pool.shared.counters(this.shard).returns.incr();
+        entry.close(this.shard);
+    }
+
+    fn is_reused(&self) -> bool {
+        self.entry.reused
+    }
+
+    fn shard(&self) -> usize {
+        self.shard
+    }
+
+    fn key(&self) -> &M::Key {
+        &self.key_pool().key
+    }
+}
+
+impl<M: Manage> Drop for Pooled<M> {
+    fn drop(&mut self) {
+        // SAFETY: drop runs once and nothing touches `entry` after it; `discard` never reaches here.
+        let mut entry = unsafe { ManuallyDrop::take(&mut self.entry) };
+        let shard = self.shard;
+        let shared = &*entry.key_pool.shared;
+        shared.counters(shard).returns.incr();
+        if !shared.manager.recycle(&mut entry.conn) {
+            entry.close(shard);
+            return;
+        }
+        let now = shared.now();
+        if shared.config.is_too_old(entry.created, now) {
+            shared.counters(shard).expirations.incr();
+            entry.close(shard);
+            return;
+        }
+        entry.idle_since = now;
+        entry.reused = true;
+        KeyPool::put_idle(shard, entry);
+    }
+}

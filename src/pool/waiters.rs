@@ -1,0 +1,255 @@
+//! Checkouts waiting for an exhausted key: a FIFO of waiters with direct hand-off.
+//!
+//! Waiting is the slow path, so the queue is a mutex around a deque. The hot path never looks at
+//! it: whether anybody waits is announced through a [`WaitSignal`], which the sharded pool turns
+//! into a flag bit in the very words a return or a freed permit already changes with a CAS (each
+//! idle stack's head, the key's permit counter). The signal is raised when the queue goes from
+//! empty to one waiter and lowered when it empties, always under the queue's lock.
+//!
+//! Three things wake a waiter:
+//! * [`WaitQueue::hand_off`]: a returned connection goes straight to the oldest waiter, which leaves
+//!   the queue holding it (nobody can barge in between the return and the waiter).
+//! * [`WaitQueue::notify_one`]: a permit was freed; the oldest waiter not yet notified retries its
+//!   checkout and stays queued if it still finds nothing.
+//! * [`WaitQueue::close`]: the pool or key closed; every waiter fails with `Closed`.
+//!
+//! # No lost wake-up (invariant 4)
+//!
+//! A waiter registers (raising the signal), then retries its checkout once before it sleeps. The
+//! retry reads the same words the signal flagged, after flagging them, so a return or release that
+//! came first is seen by the retry, and one that came later sees the flag (one word, one modification
+//! order). A notification that its waiter did not act on (it left with a hand-off, succeeded on its
+//! own, timed out, or was dropped) is passed on to the next waiter, so none is swallowed.
+
+use super::sync::{Arc, Mutex, lock};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// What a waiter learns when it wakes.
+#[derive(Debug)]
+pub(crate) enum Wake<T> {
+    /// A returner handed this item straight to us; we are no longer queued.
+    Handed(T),
+    /// Something changed: retry the checkout. We are still queued.
+    Retry,
+    /// The pool or key closed; we are no longer queued.
+    Closed,
+}
+
+enum Slot<T> {
+    Waiting {
+        waker: Option<Waker>,
+        notified: bool,
+    },
+    Handed(T),
+    Closed,
+    /// The waiter took its wake-up; used only transiently while polling.
+    Taken,
+}
+
+/// One waiting checkout.
+pub(crate) struct Waiter<T> {
+    slot: Mutex<Slot<T>>,
+}
+
+/// The queue of waiters for one key.
+pub(crate) struct WaitQueue<T> {
+    queue: Mutex<VecDeque<Arc<Waiter<T>>>>,
+}
+
+/// Announces whether a key has waiters, to the code that must hand off or notify. Called under the
+/// queue's lock, so raising and lowering never interleave.
+pub(crate) trait WaitSignal {
+    /// `true` when the first waiter arrives, `false` when the last one leaves.
+    fn set_waiting(&self, waiting: bool);
+}
+
+/// No signal: for a pool that looks at its waiters under a lock of its own.
+impl WaitSignal for () {
+    fn set_waiting(&self, _waiting: bool) {}
+}
+
+/// What [`WaitQueue::deregister`] found in the slot of a waiter that is leaving.
+pub(crate) enum Leftover<T> {
+    Nothing,
+    /// An item was handed to the waiter after it decided to leave; the caller must use or return it.
+    Item(T),
+    /// The pool closed while the waiter was leaving.
+    Closed,
+}
+
+impl<T> Default for WaitQueue<T> {
+    fn default() -> Self {
+        WaitQueue {
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl<T> WaitQueue<T> {
+    /// Queues a new waiter at the back, raising `signal` if it is the first. The caller must then
+    /// retry its checkout once before waiting.
+    pub(crate) fn register(&self, signal: &impl WaitSignal) -> Arc<Waiter<T>> {
+        let waiter = Arc::new(Waiter {
+            slot: Mutex::new(Slot::Waiting {
+                waker: None,
+                notified: false,
+            }),
+        });
+        let mut queue = lock(&self.queue);
+        queue.push_back(Arc::clone(&waiter));
+        if queue.len() == 1 {
+            signal.set_waiting(true);
+        }
+        waiter
+    }
+
+    /// Gives `item` to the oldest waiter; when nobody waits, runs `otherwise(item)` while still
+    /// holding the queue's lock, so no waiter can arrive (and raise `signal`) until it returns.
+    pub(crate) fn hand_off(&self, item: T, signal: &impl WaitSignal, otherwise: impl FnOnce(T)) {
+        let mut queue = lock(&self.queue);
+        let Some(waiter) = queue.pop_front() else {
+            otherwise(item);
+            return;
+        };
+        if queue.is_empty() {
+            signal.set_waiting(false);
+        }
+        drop(queue);
+        let (waker, was_notified) = {
+            let mut slot = lock(&waiter.slot);
+            match std::mem::replace(&mut *slot, Slot::Handed(item)) {
+                Slot::Waiting { waker, notified } => (waker, notified),
+                // Only queued waiters are in the queue, and a queued waiter's slot is Waiting.
+                Slot::Handed(_) | Slot::Closed | Slot::Taken => (None, false),
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if was_notified {
+            // The hand-off replaces the retry this waiter was told to make; the freed permit it was
+            // told about must still reach someone.
+            self.notify_one();
+        }
+    }
+
+    /// Tells the oldest waiter that has not been told yet to retry. Returns whether one was told.
+    pub(crate) fn notify_one(&self) -> bool {
+        let queue = lock(&self.queue);
+        for waiter in queue.iter() {
+            let mut slot = lock(&waiter.slot);
+            if let Slot::Waiting { waker, notified } = &mut *slot
+                && !*notified
+            {
+                *notified = true;
+                let waker = waker.take();
+                drop(slot);
+                drop(queue);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Fails every queued waiter with `Closed`.
+    pub(crate) fn close(&self, signal: &impl WaitSignal) {
+        let drained: Vec<_> = {
+            let mut queue = lock(&self.queue);
+            if !queue.is_empty() {
+                signal.set_waiting(false);
+            }
+            queue.drain(..).collect()
+        };
+        for waiter in drained {
+            let waker = match std::mem::replace(&mut *lock(&waiter.slot), Slot::Closed) {
+                Slot::Waiting { waker, .. } => waker,
+                Slot::Handed(_) | Slot::Closed | Slot::Taken => None,
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Removes `waiter` from the queue (if still there, lowering `signal` if it was the last) and
+    /// reports what it was left holding. An unconsumed notification is passed on.
+    pub(crate) fn deregister(
+        &self,
+        waiter: &Arc<Waiter<T>>,
+        signal: &impl WaitSignal,
+    ) -> Leftover<T> {
+        let mut queue = lock(&self.queue);
+        if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+            queue.remove(at);
+            if queue.is_empty() {
+                signal.set_waiting(false);
+            }
+        }
+        drop(queue);
+        let slot = std::mem::replace(&mut *lock(&waiter.slot), Slot::Taken);
+        match slot {
+            Slot::Handed(item) => Leftover::Item(item),
+            Slot::Closed => Leftover::Closed,
+            Slot::Waiting { notified, .. } => {
+                if notified {
+                    self.notify_one();
+                }
+                Leftover::Nothing
+            }
+            Slot::Taken => Leftover::Nothing,
+        }
+    }
+}
+
+impl<T> Waiter<T> {
+    /// Waits for the next wake-up of this (queued) waiter.
+    pub(crate) fn wait(&self) -> WaitFor<'_, T> {
+        WaitFor { waiter: self }
+    }
+}
+
+/// The future returned by [`Waiter::wait`].
+pub(crate) struct WaitFor<'a, T> {
+    waiter: &'a Waiter<T>,
+}
+
+impl<T> Future for WaitFor<'_, T> {
+    type Output = Wake<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Wake<T>> {
+        let mut slot = lock(&self.waiter.slot);
+        match std::mem::replace(&mut *slot, Slot::Taken) {
+            Slot::Handed(item) => Poll::Ready(Wake::Handed(item)),
+            Slot::Closed => Poll::Ready(Wake::Closed),
+            Slot::Waiting { notified: true, .. } => {
+                *slot = Slot::Waiting {
+                    waker: None,
+                    notified: false,
+                };
+                Poll::Ready(Wake::Retry)
+            }
+            Slot::Waiting {
+                notified: false,
+                waker,
+            } => {
+                let waker = match waker {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                };
+                *slot = Slot::Waiting {
+                    waker: Some(waker),
+                    notified: false,
+                };
+                Poll::Pending
+            }
+            // A wake-up already consumed: nothing more will come until re-registration.
+            Slot::Taken => Poll::Pending,
+        }
+    }
+}
