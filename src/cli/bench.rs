@@ -1,11 +1,227 @@
-//! `shardpool bench` (scaffolding: replaced by the layer that owns it).
+//! `shardpool bench`: load-test any gRPC Greeter server and print a table (plus optional JSON
+//! and an SVG latency plot).
 
 use super::CliResult;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shardpool::bench::{
+    self, BenchConfig, Load, Phase, Progress, Report, Series, Stop, parse_duration,
+};
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Arguments of `shardpool bench`.
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server address: HOST:PORT, or just a port on 127.0.0.1.
+    #[arg(long, short = 't', default_value = "127.0.0.1:50051")]
+    pub target: String,
+    /// TCP connections in total (spread over the client threads).
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub connections: usize,
+    /// Concurrent streams (requests in flight) per connection.
+    #[arg(long, short = 'm', default_value_t = 8)]
+    pub streams: usize,
+    /// Open loop: total requests per second, latency corrected for coordinated omission.
+    /// Without it the load is a closed loop (connections x streams always in flight).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Length of the measured phase, e.g. 10s, 500ms, 2m [default: 10s].
+    #[arg(long, short = 'd', value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Stop after this many measured requests instead of after a duration.
+    #[arg(long, short = 'n')]
+    pub requests: Option<u64>,
+    /// Unrecorded load before the measured phase.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Client-side settings.
+    #[command(flatten)]
+    pub client: Box<ClientArgs>,
+    /// Where the results go.
+    #[command(flatten)]
+    pub output: Box<OutputArgs>,
+}
 
-pub fn run(_args: BenchArgs) -> CliResult {
-    Err("`shardpool bench` is not built yet".into())
+/// Client-side settings of `shardpool bench` (boxed: keeps the subcommand enum small).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Client threads (shards); 0 = one per CPU (never more than --connections).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// CPUs to pin the client threads to, e.g. 2,3 [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Do not pin client threads to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// A call without a response after this long fails as DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The `name` sent in each HelloRequest.
+    #[arg(long, default_value = "shardpool")]
+    pub name: String,
+    /// The :authority header [default: the target].
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// Do not read shardpool.v1.Admin/PoolMetrics before and after the run.
+    #[arg(long)]
+    pub no_pool_metrics: bool,
+}
+
+/// Output settings of `shardpool bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG latency-percentile plot to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    /// The library configuration these flags describe (validated; errors name the flag).
+    pub fn config(&self) -> Result<BenchConfig, String> {
+        let target = bench::resolve_target(&self.target).map_err(|e| format!("--target: {e}"))?;
+        let stop = match (self.requests, self.duration) {
+            (Some(n), _) => Stop::Requests(n),
+            (None, Some(d)) => Stop::Duration(d),
+            (None, None) => Stop::Duration(Duration::from_secs(10)),
+        };
+        let load = match self.rate {
+            Some(rate) => Load::Open { rate },
+            None => Load::Closed,
+        };
+        let mut config = BenchConfig::new(target)
+            .connections(self.connections)
+            .streams(self.streams)
+            .load(load)
+            .stop(stop)
+            .warmup(self.warmup)
+            .threads(self.client.threads)
+            .pin(!self.client.no_pin)
+            .timeout(self.client.timeout)
+            .pool_metrics(!self.client.no_pool_metrics);
+        config.cpus = self.client.cpus.clone();
+        config.name = self.client.name.clone();
+        if let Some(authority) = &self.client.authority {
+            config.authority = authority.clone();
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal or with `--quiet`).
+pub struct ProgressDisplay {
+    bar: ProgressBar,
+    stop: Stop,
+    warmup: Duration,
+}
+
+impl ProgressDisplay {
+    /// A bar for a run of `config`, drawn unless `quiet`.
+    pub fn new(config: &BenchConfig, quiet: bool) -> Self {
+        let target = if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let bar = ProgressBar::with_draw_target(Some(0), target);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:40}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        ProgressDisplay {
+            bar,
+            stop: config.stop,
+            warmup: config.warmup,
+        }
+    }
+
+    /// Shows `progress`.
+    pub fn update(&self, progress: &Progress) {
+        match progress.phase {
+            Phase::Warmup => {
+                self.bar.set_prefix("warmup");
+                self.bar.set_length(self.warmup.as_millis() as u64);
+                self.bar.set_position(progress.elapsed.as_millis() as u64);
+                self.bar.set_message(format!(
+                    "{:.1}/{:.1} s",
+                    progress.elapsed.as_secs_f64(),
+                    self.warmup.as_secs_f64()
+                ));
+            }
+            Phase::Measure => {
+                self.bar.set_prefix("measure");
+                let secs = progress.elapsed.as_secs_f64().max(1e-3);
+                let (len, pos) = match self.stop {
+                    Stop::Duration(d) => {
+                        (d.as_millis() as u64, progress.elapsed.as_millis() as u64)
+                    }
+                    Stop::Requests(n) => (n, progress.completed),
+                };
+                self.bar.set_length(len);
+                self.bar.set_position(pos.min(len));
+                self.bar.set_message(format!(
+                    "{} done, {} failed, {:.0} req/s",
+                    progress.completed,
+                    progress.failed,
+                    progress.completed as f64 / secs
+                ));
+            }
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Writes `contents` to `path`, naming the flag and the path on failure.
+pub fn write_file(flag: &str, path: &PathBuf, contents: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("{flag}: cannot create directory {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, contents)
+        .map_err(|e| format!("{flag}: cannot write {}: {e}", path.display()))
+}
+
+pub fn run(args: BenchArgs) -> CliResult {
+    let config = args.config()?;
+    let progress = ProgressDisplay::new(&config, args.output.quiet);
+    let result = bench::run(&config, &mut |p| progress.update(p));
+    progress.finish();
+    let result = result?;
+    let report = Report::new(&config, &result);
+    print!("{}", report.to_table());
+    if let Some(path) = &args.output.json {
+        write_file("--json", path, &report.to_json())?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.output.svg {
+        let title = format!(
+            "{} latency ({}, {} conns x {} streams)",
+            report.target,
+            match report.rate {
+                Some(rate) => format!("open loop {rate} req/s"),
+                None => "closed loop".to_string(),
+            },
+            report.connections,
+            report.streams
+        );
+        let series = Series {
+            name: report.target.clone(),
+            points: report.percentiles.clone(),
+        };
+        write_file("--svg", path, &bench::latency_plot(&title, &[series]))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }

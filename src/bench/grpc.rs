@@ -1,0 +1,501 @@
+//! The client side of gRPC unary calls over a raw `h2` connection: framing, status codes and
+//! the outcome of one call. Hand-written (no tonic) so that the load generator costs little CPU.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// `helloworld.HelloRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloRequest {
+    /// The name to greet.
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+/// `helloworld.HelloReply`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloReply {
+    /// The greeting.
+    #[prost(string, tag = "1")]
+    pub message: String,
+}
+
+/// The path of the Greeter's unary method.
+pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+
+/// A gRPC status code (the 17 codes of the gRPC spec; anything else is kept as a number).
+///
+/// # Example
+///
+/// ```
+/// use shardpool::bench::Code;
+///
+/// assert_eq!(Code::from_u32(14), Code::Unavailable);
+/// assert_eq!(Code::Unavailable.name(), "UNAVAILABLE");
+/// assert_eq!(Code::from_http_status(404), Code::Unimplemented);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Code {
+    /// 0
+    Ok,
+    /// 1
+    Cancelled,
+    /// 2
+    Unknown,
+    /// 3
+    InvalidArgument,
+    /// 4
+    DeadlineExceeded,
+    /// 5
+    NotFound,
+    /// 6
+    AlreadyExists,
+    /// 7
+    PermissionDenied,
+    /// 8
+    ResourceExhausted,
+    /// 9
+    FailedPrecondition,
+    /// 10
+    Aborted,
+    /// 11
+    OutOfRange,
+    /// 12
+    Unimplemented,
+    /// 13
+    Internal,
+    /// 14
+    Unavailable,
+    /// 15
+    DataLoss,
+    /// 16
+    Unauthenticated,
+    /// A code outside the spec.
+    Other(u32),
+}
+
+const NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+impl Code {
+    const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The code with this number.
+    pub fn from_u32(n: u32) -> Code {
+        Code::ALL.get(n as usize).copied().unwrap_or(Code::Other(n))
+    }
+
+    /// The number of this code.
+    pub fn as_u32(self) -> u32 {
+        match self {
+            Code::Other(n) => n,
+            known => Code::ALL.iter().position(|&c| c == known).unwrap_or(2) as u32,
+        }
+    }
+
+    /// The spec's upper-case name (`"UNAVAILABLE"`); codes outside the spec are `"OTHER"`.
+    pub fn name(self) -> &'static str {
+        NAMES
+            .get(self.as_u32() as usize)
+            .copied()
+            .unwrap_or("OTHER")
+    }
+
+    /// The gRPC code for a non-200 HTTP status, as the gRPC HTTP/2 spec maps them.
+    pub fn from_http_status(status: u16) -> Code {
+        match status {
+            400 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::Unimplemented,
+            429 | 502 | 503 | 504 => Code::Unavailable,
+            _ => Code::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Code::Other(n) => write!(f, "CODE_{n}"),
+            known => f.write_str(known.name()),
+        }
+    }
+}
+
+/// Who decided that a call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Side {
+    /// The server answered with this status.
+    Server,
+    /// The client gave up: connection error, stream reset, timeout, malformed response.
+    Client,
+}
+
+impl Side {
+    /// `"server"` or `"client"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
+}
+
+/// How one call ended when it did not end with `OK`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The gRPC status (client-side failures use the code a gRPC client library would report).
+    pub code: Code,
+    /// Who decided.
+    pub side: Side,
+    /// `grpc-message` or a description of the client-side error.
+    pub message: String,
+    /// True when the connection is unusable and must be re-dialled.
+    pub connection_broken: bool,
+}
+
+impl Failure {
+    /// A failure decided on the client side.
+    pub fn client(code: Code, message: impl Into<String>, connection_broken: bool) -> Self {
+        Failure {
+            code,
+            side: Side::Client,
+            message: message.into(),
+            connection_broken,
+        }
+    }
+
+    fn from_h2(context: &str, err: h2::Error) -> Self {
+        // A stream-level reset leaves the connection usable; anything else (GOAWAY, I/O,
+        // protocol error on the connection) does not.
+        let broken = err.is_io() || err.is_go_away() || err.reason().is_none();
+        let code = match err.reason() {
+            Some(h2::Reason::CANCEL) => Code::Cancelled,
+            Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
+            Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+            Some(h2::Reason::NO_ERROR) | None => Code::Unavailable,
+            Some(_) => Code::Internal,
+        };
+        Failure::client(code, format!("{context}: {err}"), broken)
+    }
+}
+
+/// Encodes one gRPC message: 1 byte "compressed" flag (0), 4 bytes big-endian length, payload.
+///
+/// # Example
+///
+/// ```
+/// use shardpool::bench::{encode_frame, HelloRequest};
+///
+/// let frame = encode_frame(&HelloRequest { name: "a".into() });
+/// assert_eq!(&frame[..], &[0, 0, 0, 0, 3, 0x0a, 1, b'a']);
+/// ```
+pub fn encode_frame<M: prost::Message>(message: &M) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    // Encoding into a buffer with enough capacity cannot fail.
+    message
+        .encode(&mut buf)
+        .expect("BytesMut grows to fit the message");
+    buf.freeze()
+}
+
+/// Decodes exactly one uncompressed gRPC message from a complete response body.
+pub fn decode_frame<M: prost::Message + Default>(mut body: &[u8]) -> Result<M, String> {
+    if body.len() < 5 {
+        return Err(format!(
+            "response body has {} bytes, less than a gRPC frame header",
+            body.len()
+        ));
+    }
+    let compressed = body.get_u8();
+    let len = body.get_u32() as usize;
+    if compressed != 0 {
+        return Err("response is compressed, which this client did not ask for".into());
+    }
+    if body.len() != len {
+        return Err(format!(
+            "gRPC frame says {len} bytes but the body has {}",
+            body.len()
+        ));
+    }
+    M::decode(body).map_err(|e| format!("cannot decode the response message: {e}"))
+}
+
+/// Percent-decodes `grpc-message` (the spec percent-encodes non-ASCII and `%`).
+fn decode_grpc_message(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%'
+            && i + 2 < raw.len()
+            && let Ok(s) = std::str::from_utf8(&raw[i + 1..i + 3])
+            && let Ok(byte) = u8::from_str_radix(s, 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The gRPC status carried by a header block (`grpc-status`, `grpc-message`), if any.
+fn status_in(headers: &HeaderMap) -> Option<(Code, String)> {
+    let status = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(status.as_bytes())
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(Code::Unknown, Code::from_u32);
+    let message = headers
+        .get("grpc-message")
+        .map(|m| decode_grpc_message(m.as_bytes()))
+        .unwrap_or_default();
+    Some((code, message))
+}
+
+/// Opens one HTTP/2 (prior knowledge) connection and spawns its driver on the current runtime.
+///
+/// Must be called inside a tokio runtime with a `LocalSet` or a current-thread runtime: the
+/// connection task is spawned with `tokio::task::spawn_local`.
+pub async fn connect(addr: SocketAddr) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| {
+        let fix = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            ": nothing listens there. Start a server (e.g. `shardpool serve`) or fix --target"
+        } else {
+            ""
+        };
+        format!("cannot connect to {addr}: {e}{fix}")
+    })?;
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("cannot set TCP_NODELAY on {addr}: {e}"))?;
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {addr} failed: {e} (is it a gRPC server?)"))?;
+    tokio::task::spawn_local(async move {
+        // The error (if any) surfaces again on the next request on this connection.
+        let _ = connection.await;
+    });
+    Ok(send)
+}
+
+/// Builds the request head of a unary call to `path`.
+pub fn request_head(authority: &str, path: &str) -> Request<()> {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .unwrap_or_else(|_| http::Uri::from_static("http://localhost/"));
+    let mut request = Request::new(());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("te", http::HeaderValue::from_static("trailers"));
+    request
+}
+
+/// Makes one unary call and returns the response message bytes (frame removed).
+///
+/// `head` is cloned per call; `body` is the already framed request message.
+pub async fn unary(
+    send: &h2::client::SendRequest<Bytes>,
+    head: &Request<()>,
+    body: Bytes,
+) -> Result<Bytes, Failure> {
+    let mut send = send
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| Failure::from_h2("connection not ready", e))?;
+    let mut request = Request::new(());
+    *request.method_mut() = head.method().clone();
+    *request.uri_mut() = head.uri().clone();
+    *request.headers_mut() = head.headers().clone();
+    let (response, mut stream) = send
+        .send_request(request, false)
+        .map_err(|e| Failure::from_h2("sending request headers", e))?;
+    stream
+        .send_data(body, true)
+        .map_err(|e| Failure::from_h2("sending request body", e))?;
+    let response = response
+        .await
+        .map_err(|e| Failure::from_h2("awaiting response", e))?;
+    read_response(response).await
+}
+
+async fn read_response(response: Response<h2::RecvStream>) -> Result<Bytes, Failure> {
+    let (parts, mut body) = response.into_parts();
+    if parts.status != http::StatusCode::OK {
+        // A proxy or non-gRPC server; the gRPC spec maps the HTTP status to a code.
+        let code = status_in(&parts.headers)
+            .map(|(code, _)| code)
+            .unwrap_or_else(|| Code::from_http_status(parts.status.as_u16()));
+        return Err(Failure {
+            code,
+            side: Side::Server,
+            message: format!("HTTP status {}", parts.status),
+            connection_broken: false,
+        });
+    }
+    if let Some((code, message)) = status_in(&parts.headers) {
+        // Trailers-only response.
+        return finish(code, message, Bytes::new());
+    }
+    let mut data = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| Failure::from_h2("reading response body", e))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .map_err(|e| Failure::from_h2("reading trailers", e))?;
+    match trailers.as_ref().and_then(status_in) {
+        Some((code, message)) => finish(code, message, data.freeze()),
+        None => Err(Failure::client(
+            Code::Internal,
+            "response ended without grpc-status",
+            false,
+        )),
+    }
+}
+
+fn finish(code: Code, message: String, data: Bytes) -> Result<Bytes, Failure> {
+    if code != Code::Ok {
+        return Err(Failure {
+            code,
+            side: Side::Server,
+            message,
+            connection_broken: false,
+        });
+    }
+    if data.len() < 5 {
+        return Err(Failure::client(
+            Code::Internal,
+            "OK status but no response message",
+            false,
+        ));
+    }
+    Ok(data.slice(5..))
+}
+
+/// Makes one unary call with a deadline; a call without an answer in time fails with
+/// `DEADLINE_EXCEEDED` (client side).
+pub async fn unary_with_timeout(
+    send: &h2::client::SendRequest<Bytes>,
+    head: &Request<()>,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, Failure> {
+    match tokio::time::timeout(timeout, unary(send, head, body)).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::client(
+            Code::DeadlineExceeded,
+            format!("no response within {timeout:?} (--timeout)"),
+            false,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for n in 0..17 {
+            assert_eq!(Code::from_u32(n).as_u32(), n);
+        }
+        assert_eq!(Code::from_u32(99), Code::Other(99));
+        assert_eq!(Code::Other(99).to_string(), "CODE_99");
+        assert_eq!(Code::from_u32(4).to_string(), "DEADLINE_EXCEEDED");
+    }
+
+    #[test]
+    fn frames_round_trip_and_reject_garbage() {
+        let frame = encode_frame(&HelloReply {
+            message: "Hello x".into(),
+        });
+        let reply: HelloReply = decode_frame(&frame).unwrap();
+        assert_eq!(reply.message, "Hello x");
+        assert!(decode_frame::<HelloReply>(&frame[..frame.len() - 1]).is_err());
+        assert!(decode_frame::<HelloReply>(&[0, 0]).is_err());
+        let mut compressed = frame.to_vec();
+        compressed[0] = 1;
+        assert!(decode_frame::<HelloReply>(&compressed).is_err());
+    }
+
+    #[test]
+    fn grpc_message_is_percent_decoded() {
+        assert_eq!(decode_grpc_message(b"no%20backend%25"), "no backend%");
+        assert_eq!(decode_grpc_message(b"50%"), "50%");
+        assert_eq!(decode_grpc_message(b"%zz"), "%zz");
+    }
+
+    #[test]
+    fn status_read_from_headers() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(status_in(&headers), None);
+        headers.insert("grpc-status", "14".parse().unwrap());
+        headers.insert("grpc-message", "down".parse().unwrap());
+        assert_eq!(
+            status_in(&headers),
+            Some((Code::Unavailable, "down".to_string()))
+        );
+        headers.insert("grpc-status", "x".parse().unwrap());
+        assert_eq!(status_in(&headers).unwrap().0, Code::Unknown);
+    }
+}

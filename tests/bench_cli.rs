@@ -1,0 +1,410 @@
+//! `shardpool bench` end to end against a minimal gRPC Greeter written here with tokio + h2 (so
+//! these tests do not depend on the server layer): a healthy target, a target that fails calls
+//! with several statuses, a target that stalls (coordinated-omission correction), a target that
+//! is down, and bad flags. Every run is a fraction of a second to about a second of load.
+#![cfg(feature = "cli")]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shardpool::bench::{self, BenchConfig, Load, Stop};
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How the test server answers `SayHello`.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Always OK.
+    Healthy,
+    /// Call n: n % 3 == 0 trailers-only UNAVAILABLE, n % 3 == 1 INVALID_ARGUMENT after the
+    /// headers, otherwise OK.
+    Failing,
+    /// OK, but call number `at` takes `stall` before answering.
+    StallOnce { at: u64, stall: Duration },
+}
+
+struct TestServer {
+    addr: SocketAddr,
+}
+
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(5 + message.len());
+    buf.put_u8(0);
+    buf.put_u32(message.len() as u32);
+    buf.put_slice(message);
+    buf.freeze()
+}
+
+/// `HelloReply { message }` encoded by hand: field 1, wire type 2.
+fn hello_reply(message: &str) -> Vec<u8> {
+    let mut out = vec![0x0a, message.len() as u8];
+    out.extend_from_slice(message.as_bytes());
+    out
+}
+
+/// `ShardPoolMetrics { checkouts: tag 14, creates: tag 7, steals: tag 6 }` by hand (varints).
+fn pool_metrics(checkouts: u64, creates: u64, steals: u64) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut total = Vec::new();
+    for (tag, value) in [(14u64, checkouts), (7, creates), (6, steals)] {
+        varint(&mut total, tag << 3);
+        varint(&mut total, value);
+    }
+    // PoolMetricsResponse { total: tag 2, length-delimited }.
+    let mut out = vec![0x12];
+    varint(&mut out, total.len() as u64);
+    out.extend_from_slice(&total);
+    out
+}
+
+fn trailers(status: u32, message: &str) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    map.insert("grpc-status", status.into());
+    if !message.is_empty() {
+        map.insert("grpc-message", message.parse().unwrap());
+    }
+    map
+}
+
+async fn handle(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    behaviour: Behaviour,
+    calls: Arc<AtomicU64>,
+) -> Result<(), h2::Error> {
+    let path = request.uri().path().to_string();
+    let mut body = request.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let ok_head = || {
+        http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap()
+    };
+    if path == "/shardpool.v1.Admin/PoolMetrics" {
+        // Pretend every SayHello was a checkout, with 3 connections ever created and 1 steal.
+        let served = calls.load(Ordering::Relaxed);
+        let mut send = respond.send_response(ok_head(), false)?;
+        send.send_data(grpc_frame(&pool_metrics(served, 3, served / 100)), false)?;
+        return send.send_trailers(trailers(0, ""));
+    }
+    if path != "/helloworld.Greeter/SayHello" {
+        let head = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "12")
+            .body(())
+            .unwrap();
+        respond.send_response(head, true)?;
+        return Ok(());
+    }
+    let n = calls.fetch_add(1, Ordering::Relaxed);
+    match behaviour {
+        Behaviour::Failing if n.is_multiple_of(3) => {
+            let head = http::Response::builder()
+                .status(200)
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "14")
+                .header("grpc-message", "backend%20down")
+                .body(())
+                .unwrap();
+            respond.send_response(head, true)?;
+            return Ok(());
+        }
+        Behaviour::Failing if n % 3 == 1 => {
+            let send = respond.send_response(ok_head(), false)?;
+            let mut send = send;
+            return send.send_trailers(trailers(3, "bad name"));
+        }
+        Behaviour::StallOnce { at, stall } if n == at => tokio::time::sleep(stall).await,
+        _ => {}
+    }
+    let mut send = respond.send_response(ok_head(), false)?;
+    send.send_data(grpc_frame(&hello_reply("Hello shardpool")), false)?;
+    send.send_trailers(trailers(0, ""))
+}
+
+impl TestServer {
+    /// Starts the server on 127.0.0.1:0 in a background thread (it lives as long as the test
+    /// process).
+    fn start(behaviour: Behaviour) -> TestServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let calls = Arc::new(AtomicU64::new(0));
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let calls = Arc::clone(&calls);
+                    tokio::spawn(async move {
+                        let Ok(mut conn) = h2::server::handshake(socket).await else {
+                            return;
+                        };
+                        while let Some(Ok((request, respond))) = conn.accept().await {
+                            let calls = Arc::clone(&calls);
+                            tokio::spawn(handle(request, respond, behaviour, calls));
+                        }
+                    });
+                }
+            });
+        });
+        TestServer { addr }
+    }
+}
+
+fn shardpool(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardpool"))
+        .args(args)
+        .output()
+        .expect("run the shardpool binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "shardpool panicked:\n{stderr}"
+    );
+    output
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardpool-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn closed_loop_against_a_healthy_server() {
+    let server = TestServer::start(Behaviour::Healthy);
+    let json = temp_path("healthy.json");
+    let svg = temp_path("healthy.svg");
+    let target = server.addr.to_string();
+    let output = shardpool(&[
+        "bench",
+        "--target",
+        &target,
+        "-c",
+        "4",
+        "-m",
+        "4",
+        "--requests",
+        "2000",
+        "--warmup",
+        "200ms",
+        "--threads",
+        "2",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("requests   2000  ok 2000  failed 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("p99.9"), "{stdout}");
+    // The test server answers PoolMetrics: checkouts = calls served, 3 creates ever.
+    assert!(stdout.contains("pool       reuse"), "{stdout}");
+
+    let report = read_json(&json);
+    assert_eq!(report["mode"], "closed");
+    assert_eq!(report["requests"], 2000);
+    assert_eq!(report["ok"], 2000);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["connections"], 4);
+    assert_eq!(report["streams"], 4);
+    assert_eq!(report["threads"], 2);
+    assert!(report["qps"].as_f64().unwrap() > 0.0);
+    let latency = &report["latency"];
+    assert_eq!(latency["count"], 2000);
+    let (min, p50, p99, max) = (
+        latency["min_us"].as_f64().unwrap(),
+        latency["p50_us"].as_f64().unwrap(),
+        latency["p99_us"].as_f64().unwrap(),
+        latency["max_us"].as_f64().unwrap(),
+    );
+    assert!(
+        0.0 < min && min <= p50 && p50 <= p99 && p99 <= max,
+        "{latency}"
+    );
+    // Checkouts counted by the server during the measured phase: the 2000 measured calls (the
+    // "before" snapshot is taken at the phase start, so a few warmup calls may be included).
+    let pool = &report["pool"];
+    let checkouts = pool["checkouts"].as_u64().unwrap();
+    assert!((1900..=2100).contains(&checkouts), "{pool}");
+    assert_eq!(pool["creates"], 0);
+    assert_eq!(pool["reuse_rate"], 1.0);
+
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 1);
+}
+
+#[test]
+fn failed_calls_are_counted_by_status() {
+    let server = TestServer::start(Behaviour::Failing);
+    let json = temp_path("failing.json");
+    let target = server.addr.to_string();
+    let output = shardpool(&[
+        "bench",
+        "--target",
+        &target,
+        "-c",
+        "2",
+        "-m",
+        "4",
+        "--requests",
+        "3000",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--no-pool-metrics",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("UNAVAILABLE"), "{stdout}");
+    assert!(stdout.contains("backend down"), "{stdout}");
+    assert!(stdout.contains("INVALID_ARGUMENT"), "{stdout}");
+    assert!(stdout.contains("bad name"), "{stdout}");
+
+    let report = read_json(&json);
+    assert_eq!(report["requests"], 3000);
+    assert_eq!(report["ok"], 1000);
+    assert_eq!(report["failed"], 2000);
+    let failures = report["failures"].as_array().unwrap();
+    let count = |status: &str| {
+        failures
+            .iter()
+            .find(|f| f["status"] == status)
+            .unwrap_or_else(|| panic!("no {status} in {failures:?}"))
+    };
+    assert_eq!(count("INVALID_ARGUMENT")["count"], 1000);
+    assert_eq!(count("INVALID_ARGUMENT")["side"], "server");
+    assert_eq!(count("UNAVAILABLE")["count"], 1000);
+    assert_eq!(count("UNAVAILABLE")["code"], 14);
+    assert_eq!(count("UNAVAILABLE")["example"], "backend down");
+    assert_eq!(
+        report["latency"]["count"], 1000,
+        "latency counts only OK calls"
+    );
+}
+
+#[test]
+fn a_target_that_is_down_is_a_clear_error() {
+    // A port that was just free: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let output = shardpool(&["bench", "--target", &target, "--duration", "1s", "--quiet"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("cannot connect to {target}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Start a server"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_name_the_fix() {
+    for (args, expected) in [
+        (
+            &["--connections", "0"][..],
+            "--connections must be at least 1",
+        ),
+        (&["--streams", "0"][..], "--streams must be at least 1"),
+        (&["--rate", "0"][..], "--rate must be a positive number"),
+        (&["--duration", "soon"][..], "write it like 10s"),
+        (&["--requests", "0"][..], "--requests must be at least 1"),
+        (&["--target", "nowhere"][..], "give it as HOST:PORT"),
+    ] {
+        let mut all = vec!["bench", "--quiet"];
+        all.extend_from_slice(args);
+        let output = shardpool(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+/// Open loop at 400 req/s through a single stream slot; call 100 stalls 300 ms. Measured from
+/// the intended start, every call scheduled during the stall waits for it (~120 calls = ~30 %
+/// of the run), so the corrected p90 is hundreds of ms; the service time (from the send) sees
+/// one slow call and stays low.
+#[test]
+fn open_loop_latency_is_corrected_for_coordinated_omission() {
+    let server = TestServer::start(Behaviour::StallOnce {
+        at: 100,
+        stall: Duration::from_millis(300),
+    });
+    let config = BenchConfig::new(server.addr)
+        .connections(1)
+        .streams(1)
+        .threads(1)
+        .pin(false)
+        .warmup(Duration::ZERO)
+        .pool_metrics(false)
+        .load(Load::Open { rate: 400.0 })
+        .stop(Stop::Duration(Duration::from_secs(1)));
+    let result = bench::run(&config, &mut |_| {}).unwrap();
+    assert_eq!(result.failed(), 0);
+    assert_eq!(result.unsent, 0);
+    let report = bench::Report::new(&config, &result);
+    assert_eq!(report.mode, "open");
+    // 400 req/s for 1 s, give or take scheduling at the edges.
+    assert!(
+        (380..=420).contains(&report.requests),
+        "{}",
+        report.requests
+    );
+    assert!(report.latency.max_us >= 290_000.0, "{:?}", report.latency);
+    assert!(report.latency.p90_us >= 100_000.0, "{:?}", report.latency);
+    assert!(
+        report.service_time.max_us >= 290_000.0,
+        "{:?}",
+        report.service_time
+    );
+    assert!(
+        report.service_time.p90_us < 100_000.0,
+        "{:?}",
+        report.service_time
+    );
+}
