@@ -57,7 +57,7 @@ pub fn current_shard() -> Option<ShardContext> {
 }
 
 /// Options of the executors (everything else comes from the [`ShardMap`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeOptions {
     /// Thread name prefix; threads are named `<name>-<shard>`.
     pub name: String,
