@@ -550,3 +550,96 @@ fn calls_past_the_grace_period_are_answered_unavailable() {
         }
     });
 }
+
+/// A toy pooled resource: a "session" with a use counter.
+struct Sessions {
+    created: AtomicU64,
+}
+
+impl shardpool::pool::Manage for Sessions {
+    type Key = &'static str;
+    type Conn = u64;
+    type Error = std::io::Error;
+
+    async fn create(&self, _key: &&'static str) -> Result<u64, std::io::Error> {
+        // Ordering: Relaxed, an id generator.
+        Ok(self.created.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
+        shardpool::runtime::sleep(d)
+    }
+}
+
+/// A greeter with the pool in its request path: every call checks a session out.
+struct PooledGreeter {
+    pool: shardpool::pool::ShardedPool<Sessions>,
+}
+
+impl GreetHandler for PooledGreeter {
+    async fn say_hello(&self, name: String) -> Result<String, Status> {
+        use shardpool::pool::ConnectionPool;
+        let session = self
+            .pool
+            .get(&"backend")
+            .await
+            .map_err(|e| Status::new(shardpool::server::Code::Unavailable, e.to_string()))?;
+        // Hold the session across a yield so concurrent calls need more than one.
+        glommio::executor().yield_now().await;
+        Ok(format!("Hello, {name}! (session {})", *session))
+    }
+}
+
+#[test]
+fn pool_in_the_request_path_shows_in_pool_metrics() {
+    let (map, opts) = one_shard();
+    let pool = shardpool::pool::ShardedPool::new(
+        Sessions {
+            created: AtomicU64::new(0),
+        },
+        shardpool::pool::Config::default()
+            .shards(map.len())
+            .max_size(8)
+            .steal_order(map.steal_order()),
+    )
+    .unwrap();
+    let p = pool.clone();
+    let server = Server::new(local_config())
+        .greeter(move |_ctx: ShardContext| PooledGreeter { pool: p.clone() })
+        .pool_stats(shardpool::server::pool_stats_source(pool.clone()))
+        .start(&map, &opts)
+        .unwrap();
+    let addr = server.local_addr();
+    run(async move {
+        let ch = channel(addr).await;
+        let calls: Vec<_> = (0..100)
+            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("p{i}"))))
+            .collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            let reply = c.await.unwrap().unwrap();
+            assert!(
+                reply.starts_with(&format!("Hello, p{i}! (session ")),
+                "{reply}"
+            );
+        }
+        let m: PoolMetricsResponse = unary(
+            ch,
+            "/shardpool.v1.Admin/PoolMetrics",
+            tonic::Request::new(PoolMetricsRequest {}),
+        )
+        .await
+        .unwrap();
+        let total = m.total.unwrap();
+        assert_eq!(total.checkouts, 100, "{total:?}");
+        assert_eq!(
+            total.hits + total.creates + total.steals + total.handoffs,
+            100,
+            "{total:?}"
+        );
+        assert!(total.creates >= 1 && total.creates <= 8, "{total:?}");
+        assert_eq!(total.checked_out, 0, "{total:?}");
+        assert_eq!(total.live, total.idle, "{total:?}");
+    });
+    server.shutdown(Duration::from_secs(1)).unwrap();
+    shardpool::pool::ConnectionPool::close(&pool);
+}

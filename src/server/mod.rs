@@ -16,7 +16,7 @@
 //!    answers `"Hello, <name>!"` itself (`--upstream none`). A handler's `Err(Status)` is sent to
 //!    the client as is (for example `UNAVAILABLE` when no upstream is reachable).
 //! 2. **Pool metrics** come from a [`StatsSource`] given to [`Server::pool_stats`]: any closure
-//!    returning [`crate::pool::Stats`], typically `Arc::new(move || pool.stats())` over any
+//!    returning [`crate::pool::Stats`]; [`pool_stats_source`] makes one from any
 //!    `ConnectionPool`. It feeds both `shardpool.v1.Admin/PoolMetrics` and `/metrics`. Without
 //!    one, PoolMetrics answers `FAILED_PRECONDITION` and `/metrics` has server metrics only.
 //!
@@ -126,6 +126,31 @@ impl GreetHandler for DirectGreeter {
 
 /// A source of pool statistics for the metrics RPC and `/metrics`.
 pub type StatsSource = Arc<dyn Fn() -> Stats + Send + Sync>;
+
+/// The [`StatsSource`] of any [`ConnectionPool`](crate::pool::ConnectionPool).
+///
+/// ```
+/// use shardpool::pool::{Config, Manage, ShardedPool};
+/// use shardpool::server::pool_stats_source;
+///
+/// struct Sessions;
+/// impl Manage for Sessions {
+///     type Key = ();
+///     type Conn = u64;
+///     type Error = std::io::Error;
+///     async fn create(&self, _key: &()) -> Result<u64, std::io::Error> { Ok(1) }
+/// }
+/// let pool = ShardedPool::new(Sessions, Config::default().shards(2)).unwrap();
+/// let source = pool_stats_source(pool);
+/// assert_eq!(source().shards.len(), 2);
+/// ```
+pub fn pool_stats_source<M, P>(pool: P) -> StatsSource
+where
+    M: crate::pool::Manage,
+    P: crate::pool::ConnectionPool<M>,
+{
+    Arc::new(move || pool.stats())
+}
 
 /// Server knobs. Every field has a CLI flag, a `SHARDPOOL_*` environment variable and a TOML
 /// key in `shardpool serve` (see docs/deployment.md); the defaults are below.
