@@ -17,10 +17,17 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Arguments of `shardpool serve`. Every knob is a string here; it is parsed after merging the
-/// flag, the environment and the TOML file, so all three accept the same syntax.
-#[derive(clap::Args, Debug, Default)]
+/// Arguments of `shardpool serve` (boxed: they are large next to other subcommands).
+#[derive(clap::Args, Debug)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    knobs: Box<Knobs>,
+}
+
+/// The knobs of `serve`. Every knob is a string here; it is parsed after merging the flag, the
+/// environment and the TOML file, so all three accept the same syntax.
+#[derive(clap::Args, Debug, Default)]
+struct Knobs {
     /// TOML file with knobs (keys are the flag names with `_` for `-`).
     #[arg(long, env = "SHARDPOOL_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -278,7 +285,7 @@ fn parse_opt_count(s: &str) -> Result<Option<usize>, String> {
     }
 }
 
-impl ServeArgs {
+impl Knobs {
     fn resolve(&self) -> Result<Resolved, String> {
         let l = Lookup {
             file: read_file(self.config.as_deref())?,
@@ -400,7 +407,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let r = args.resolve()?;
+    let r = args.knobs.resolve()?;
     let topology = Topology::detect();
     let map = topology.place(&r.placement, r.shards)?;
     let grace = r.server.shutdown_grace;
@@ -478,17 +485,17 @@ mod tests {
              initial_stream_window = \"64KiB\"\nplacement = \"cpus:0\"\n",
         )
         .unwrap();
-        let defaults = ServeArgs::default().resolve().unwrap();
+        let defaults = Knobs::default().resolve().unwrap();
         assert_eq!(defaults.server, ServerConfig::default());
         assert_eq!(defaults.placement, Placement::AllCores);
 
-        let args = ServeArgs {
+        let args = Knobs {
             config: Some(file.clone()),
             request_timeout: Some("250ms".into()),
             http2_keepalive_interval: Some("off".into()),
             concurrency_limit_per_connection: Some("off".into()),
             admin_listen: Some("127.0.0.1:0".into()),
-            ..ServeArgs::default()
+            ..Knobs::default()
         };
         let r = args.resolve().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -511,9 +518,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_knob_and_the_fix() {
-        let err = ServeArgs {
+        let err = Knobs {
             request_timeout: Some("soon".into()),
-            ..ServeArgs::default()
+            ..Knobs::default()
         }
         .resolve()
         .unwrap_err();
@@ -522,16 +529,16 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("30s"), "{err}");
-        let err = ServeArgs {
+        let err = Knobs {
             initial_stream_window: Some("8GiB".into()),
-            ..ServeArgs::default()
+            ..Knobs::default()
         }
         .resolve()
         .unwrap_err();
         assert!(err.contains("32 bits"), "{err}");
-        let err = ServeArgs {
+        let err = Knobs {
             max_connections_per_shard: Some("0".into()),
-            ..ServeArgs::default()
+            ..Knobs::default()
         }
         .resolve()
         .unwrap_err();

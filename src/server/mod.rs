@@ -792,16 +792,30 @@ fn route(path: &str) -> Result<Method, Status> {
     }
 }
 
-/// Checks the request head; returns the method and the call's deadline, or the response to
-/// send at once.
+/// A request refused from its head alone: a plain HTTP error or a gRPC status.
+enum Refusal {
+    Http(StatusCode, Status),
+    Grpc(Status),
+}
+
+impl Refusal {
+    fn into_response(self) -> (Code, Response<GrpcBody>) {
+        match self {
+            Refusal::Http(code, status) => (status.code(), http_error(code, &status)),
+            Refusal::Grpc(status) => (status.code(), status_response(&status)),
+        }
+    }
+}
+
+/// Checks the request head; returns the method and the call's deadline, or why it is refused.
 fn check_head(
     cfg: &ServerConfig,
     req: &Request<Incoming>,
-) -> Result<(Method, Option<Duration>), Response<GrpcBody>> {
+) -> Result<(Method, Option<Duration>), Refusal> {
     if req.method() != http::Method::POST {
-        return Err(http_error(
+        return Err(Refusal::Http(
             StatusCode::METHOD_NOT_ALLOWED,
-            &Status::new(
+            Status::new(
                 Code::Internal,
                 format!("gRPC needs POST, got {}", req.method()),
             ),
@@ -817,18 +831,18 @@ fn check_head(
     });
     if !is_grpc {
         let got = ct.map_or("none".into(), |c| String::from_utf8_lossy(c).into_owned());
-        return Err(http_error(
+        return Err(Refusal::Http(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &Status::new(
+            Status::new(
                 Code::Internal,
                 format!("content-type must be application/grpc, got {got}"),
             ),
         ));
     }
-    let method = route(req.uri().path()).map_err(|s| status_response(&s))?;
+    let method = route(req.uri().path()).map_err(Refusal::Grpc)?;
     if let Some(enc) = req.headers().get("grpc-encoding") {
         if enc.as_bytes() != b"identity" {
-            return Err(status_response(&Status::new(
+            return Err(Refusal::Grpc(Status::new(
                 Code::Unimplemented,
                 format!(
                     "grpc-encoding {} is not supported; this server accepts identity only",
@@ -838,7 +852,7 @@ fn check_head(
         }
     }
     let timeout = match req.headers().get("grpc-timeout") {
-        Some(v) => Some(grpc::parse_timeout(v.as_bytes()).map_err(|s| status_response(&s))?),
+        Some(v) => Some(grpc::parse_timeout(v.as_bytes()).map_err(Refusal::Grpc)?),
         None => None,
     };
     let deadline = match (timeout, cfg.request_timeout) {
@@ -854,7 +868,7 @@ async fn handle<H: GreetHandler>(
     req: Request<Incoming>,
 ) -> Response<GrpcBody> {
     let (code, resp) = match check_head(&shard.shared.cfg, &req) {
-        Err(resp) => (Code::Internal, resp),
+        Err(refusal) => refusal.into_response(),
         Ok((method, deadline)) => {
             let body = req.into_body();
             let work = async {
