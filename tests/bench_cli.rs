@@ -186,7 +186,11 @@ fn shardpool(args: &[&str]) -> Output {
 }
 
 fn temp_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("shardpool-bench-test-{}", std::process::id()));
+    // One directory per test (tests run in parallel), removed by the test.
+    let dir = std::env::temp_dir().join(format!(
+        "shardpool-bench-test-{}-{name}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
@@ -264,9 +268,12 @@ fn closed_loop_against_a_healthy_server() {
     assert_eq!(pool["creates"], 0);
     assert_eq!(pool["reuse_rate"], 1.0);
 
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg_path = svg;
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 1);
+    let _ = std::fs::remove_dir_all(json.parent().unwrap());
+    let _ = std::fs::remove_dir_all(svg_path.parent().unwrap());
 }
 
 #[test]
@@ -322,6 +329,7 @@ fn failed_calls_are_counted_by_status() {
         report["latency"]["count"], 1000,
         "latency counts only OK calls"
     );
+    let _ = std::fs::remove_dir_all(json.parent().unwrap());
 }
 
 #[test]

@@ -450,6 +450,32 @@ pub async fn unary_with_timeout(
     }
 }
 
+/// Checks that a Greeter answers at `addr`: one `SayHello` over a fresh connection must end `OK`
+/// within `timeout`. Used as the readiness check of servers started by `shardpool compare`.
+///
+/// Must run inside a tokio `LocalSet` (the connection driver is spawned locally).
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let send = connect(addr).await?;
+        let head = request_head(&addr.to_string(), SAY_HELLO);
+        let body = encode_frame(&HelloRequest {
+            name: "probe".into(),
+        });
+        let reply = unary(&send, &head, body)
+            .await
+            .map_err(|f| format!("SayHello on {addr} failed: {} {}", f.code, f.message))?;
+        decode_message::<HelloReply>(reply).map(|_| ())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("SayHello on {addr}: no answer within {timeout:?}")))
+}
+
+/// Decodes a response message whose frame header [`unary`] already removed.
+pub fn decode_message<M: prost::Message + Default>(message: Bytes) -> Result<M, String> {
+    M::decode(message).map_err(|e| format!("malformed response message: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

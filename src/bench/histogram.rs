@@ -11,7 +11,10 @@
 //!   ([`Schedule`]). A request that could not be sent on time (all stream slots busy) is sent as
 //!   soon as a slot frees, and its latency is measured from the intended time, not from the
 //!   moment it was sent. This is the correction; the uncorrected *service time* (from the actual
-//!   send) is recorded too, so the two can be compared. hdrhistogram's `record_correct` (which
+//!   send) is recorded too, so the two can be compared. A request whose slot was free before it
+//!   was due waits on a timer; tokio's timers wake up to about 1 ms late, and that oversleep is
+//!   the client's, not the server's, so such a request is measured from its actual send (at or
+//!   just after the intended time): only waiting for a busy slot is charged. hdrhistogram's `record_correct` (which
 //!   back-fills synthetic samples) is not used: with real intended times nothing needs guessing.
 //! * **Closed loop** (no `--rate`): there is no intended schedule, only a fixed number of
 //!   requests in flight; each latency is the time from send to completion. `record_correct`

@@ -31,6 +31,7 @@
 //! # Ok::<(), shardpool::bench::BenchError>(())
 //! ```
 
+pub mod compare;
 mod config;
 mod grpc;
 pub mod histogram;
@@ -43,8 +44,8 @@ pub use config::{
     BenchConfig, ConfigError, Load, Stop, available_cpus, parse_duration, resolve_target,
 };
 pub use grpc::{
-    Code, Failure, HelloReply, HelloRequest, SAY_HELLO, Side, connect, decode_frame, encode_frame,
-    request_head, unary, unary_with_timeout,
+    Code, Failure, HelloReply, HelloRequest, SAY_HELLO, Side, connect, decode_frame,
+    decode_message, encode_frame, probe, request_head, unary, unary_with_timeout,
 };
 pub use histogram::{LatencyHistogram, LatencySummary, PercentilePoint, Schedule};
 pub use metrics::{

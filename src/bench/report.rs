@@ -62,8 +62,9 @@ pub struct Report {
     pub qps: f64,
     /// Successful calls per second.
     pub ok_qps: f64,
-    /// Latency of successful calls: from the intended start in the open loop (corrected for
-    /// coordinated omission), from the send in the closed loop.
+    /// Latency of successful calls: in the open loop from the intended start when the request
+    /// had to wait for a busy stream slot (corrected for coordinated omission), otherwise from
+    /// the send.
     pub latency: LatencySummary,
     /// Service time of successful calls (from the actual send). Equal to `latency` in the
     /// closed loop.
