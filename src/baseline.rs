@@ -519,7 +519,8 @@ impl<M: Manage> Drop for MutexPooled<M> {
         let counters = &pool.metrics[0].counters;
         counters.returns.incr();
         let now = pool.now();
-        let too_old = pool.config.is_too_old(idle.created, now);
+        // The same order as the sharded pool: discarded, then too old, then refused by recycle.
+        let too_old = !self.discarded && pool.config.is_too_old(idle.created, now);
         if self.discarded || too_old || !pool.manager.recycle(&mut idle.conn) {
             if too_old {
                 counters.expirations.incr();

@@ -78,6 +78,10 @@ impl Config {
     }
 
     /// The most idle connections kept per key, across all shards. Default: `max_size`.
+    ///
+    /// The limit is split evenly over the shards (each shard's idle stack holds its share, so the
+    /// limit is exact and memory stays proportional to it); a return that finds its own shard's
+    /// share full spills to the other shards in steal order, and closes only when all are full.
     #[must_use]
     pub fn max_idle_per_key(mut self, max_idle: usize) -> Self {
         self.max_idle_per_key = Some(max_idle);

@@ -123,7 +123,7 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
 
 /// A checked-out connection. Dereferences to the connection; dropping it gives the connection back
 /// to the pool.
-pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send {
+pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send + fmt::Debug {
     /// Closes the connection instead of returning it (for example after an I/O error).
     fn discard(self);
 

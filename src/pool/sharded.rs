@@ -880,13 +880,13 @@ impl<M: Manage> Drop for Pooled<M> {
         let shard = self.shard;
         let shared = &*entry.key_pool.shared;
         shared.counters(shard).returns.incr();
-        if !shared.manager.recycle(&mut entry.conn) {
-            entry.close(shard);
-            return;
-        }
         let now = shared.now();
         if shared.config.is_too_old(entry.created, now) {
             shared.counters(shard).expirations.incr();
+            entry.close(shard);
+            return;
+        }
+        if !shared.manager.recycle(&mut entry.conn) {
             entry.close(shard);
             return;
         }

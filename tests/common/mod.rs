@@ -1,0 +1,116 @@
+//! A test manager whose connections count themselves, so tests can check that every created
+//! connection is dropped exactly once and that `live` never exceeds `max_size`.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use shardpool::Manage;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Shared counters between a [`TestManager`] and its connections.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Connections that exist now.
+    pub alive: AtomicUsize,
+    /// The most that ever existed at once, over all keys.
+    pub peak: AtomicUsize,
+    /// Per key (keys below 8): connections that exist now, and the most that ever did at once.
+    pub alive_per_key: [AtomicUsize; 8],
+    pub peak_per_key: [AtomicUsize; 8],
+    pub created: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Ids currently checked out (a test marks and unmarks them): detects two guards on one conn.
+    pub in_use: Mutex<HashSet<u64>>,
+    /// While set, `create` fails.
+    pub fail_creates: AtomicBool,
+    /// While set, `recycle` refuses every connection.
+    pub refuse_recycle: AtomicBool,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub key: u32,
+    pub broken: bool,
+    tally: Arc<Tally>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.tally.alive.fetch_sub(1, Ordering::SeqCst);
+        self.tally.alive_per_key[self.key as usize % 8].fetch_sub(1, Ordering::SeqCst);
+        self.tally.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+pub struct CreateFailed;
+
+impl std::fmt::Display for CreateFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the test manager was told to fail")
+    }
+}
+impl std::error::Error for CreateFailed {}
+
+#[derive(Debug, Default)]
+pub struct TestManager {
+    pub tally: Arc<Tally>,
+    /// Ids are numbered per key (`key * 1_000_000 + n`), so they do not depend on the order in
+    /// which a pool visits its keys.
+    next_id: [AtomicU64; 8],
+}
+
+impl TestManager {
+    pub fn new() -> (Self, Arc<Tally>) {
+        let m = TestManager::default();
+        let tally = Arc::clone(&m.tally);
+        (m, tally)
+    }
+}
+
+impl Manage for TestManager {
+    type Key = u32;
+    type Conn = Conn;
+    type Error = CreateFailed;
+
+    async fn create(&self, key: &u32) -> Result<Conn, CreateFailed> {
+        if self.tally.fail_creates.load(Ordering::SeqCst) {
+            return Err(CreateFailed);
+        }
+        let alive = self.tally.alive.fetch_add(1, Ordering::SeqCst) + 1;
+        self.tally.peak.fetch_max(alive, Ordering::SeqCst);
+        let slot = *key as usize % 8;
+        let of_key = self.tally.alive_per_key[slot].fetch_add(1, Ordering::SeqCst) + 1;
+        self.tally.peak_per_key[slot].fetch_max(of_key, Ordering::SeqCst);
+        self.tally.created.fetch_add(1, Ordering::SeqCst);
+        Ok(Conn {
+            id: u64::from(*key) * 1_000_000 + self.next_id[slot].fetch_add(1, Ordering::SeqCst),
+            key: *key,
+            broken: false,
+            tally: Arc::clone(&self.tally),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> bool {
+        !conn.broken
+    }
+
+    fn recycle(&self, _conn: &mut Conn) -> bool {
+        !self.tally.refuse_recycle.load(Ordering::SeqCst)
+    }
+}
+
+impl Tally {
+    /// Marks `id` checked out; panics if it already is (two guards on one connection).
+    pub fn claim(&self, id: u64) {
+        assert!(
+            self.in_use.lock().unwrap().insert(id),
+            "connection {id} handed out twice"
+        );
+    }
+
+    pub fn release(&self, id: u64) {
+        assert!(self.in_use.lock().unwrap().remove(&id));
+    }
+}

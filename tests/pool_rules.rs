@@ -1,0 +1,474 @@
+//! One test per rule of the pool, run against both the sharded pool and the mutex baseline where
+//! the rule is common to both.
+
+mod common;
+
+use common::{Tally, TestManager};
+use shardpool::baseline::MutexPool;
+use shardpool::pool::block_on;
+use shardpool::{
+    Clock, Config, ConnectionPool, Error, ManualClock, PooledConn, ShardedPool, Stats,
+};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+type Make<P> = fn(TestManager, Config) -> P;
+
+fn sharded(m: TestManager, c: Config) -> ShardedPool<TestManager> {
+    ShardedPool::new(m, c).expect("valid config")
+}
+
+fn mutex(m: TestManager, c: Config) -> MutexPool<TestManager> {
+    MutexPool::new(m, c).expect("valid config")
+}
+
+/// Runs a generic rule test against both pools.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sharded { $( #[test] fn $name() { super::$name(super::sharded) } )* }
+        mod on_mutex { $( #[test] fn $name() { super::$name(super::mutex) } )* }
+    };
+}
+
+both!(
+    reuses_the_most_recently_returned,
+    max_size_bounds_live_and_waiters_get_returns,
+    wait_times_out_with_a_clear_error,
+    create_error_frees_its_permit,
+    discard_closes_and_frees_a_permit,
+    broken_connections_are_never_handed_out,
+    recycle_refusal_closes,
+    idle_timeout_and_lifetime_expire,
+    idle_limit_per_key_closes_the_surplus,
+    total_idle_limit_spans_keys,
+    close_drains_and_fails_waiters,
+    remove_key_forgets_a_destination,
+    maintenance_reaps_and_prewarms,
+    return_from_another_thread,
+    keys_are_independent,
+);
+
+fn config() -> Config {
+    Config::default()
+        .shards(2)
+        .max_size(2)
+        .wait_timeout(Some(Duration::from_secs(10)))
+}
+
+fn quiescent<P: ConnectionPool<TestManager>>(pool: &P, tally: &Tally) -> Stats {
+    let stats = pool.stats();
+    assert_eq!(
+        stats.total.live,
+        stats.total.idle + stats.total.checked_out,
+        "live == idle + checked out at quiescence: {stats:?}"
+    );
+    assert_eq!(
+        stats.total.live as usize,
+        tally.alive.load(Ordering::SeqCst),
+        "the pool's live count matches the connections that exist"
+    );
+    stats
+}
+
+fn reuses_the_most_recently_returned<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    // max_size 4 over 2 shards: each shard's stack holds 2, so both returns stay on shard 0.
+    let pool = make(m, config().max_size(4));
+    block_on(async {
+        let a = pool.get_on(0, &1).await.unwrap();
+        let b = pool.get_on(0, &1).await.unwrap();
+        let (a_id, b_id) = (a.id, b.id);
+        assert!(!a.is_reused());
+        drop(a);
+        drop(b);
+        let again = pool.get_on(0, &1).await.unwrap();
+        assert_eq!(again.id, b_id, "LIFO: the last returned comes first");
+        assert!(again.is_reused());
+        let next = pool.get_on(0, &1).await.unwrap();
+        assert_eq!(next.id, a_id);
+    });
+    assert_eq!(tally.created.load(Ordering::SeqCst), 2);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.checkouts, 4);
+    assert_eq!(stats.total.creates, 2);
+    assert_eq!(stats.total.local_hits, 2);
+}
+
+fn max_size_bounds_live_and_waiters_get_returns<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config());
+    let a = block_on(pool.get_on(0, &1)).unwrap();
+    let b = block_on(pool.get_on(1, &1)).unwrap();
+    let a_id = a.id;
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || block_on(pool.get_on(1, &1)).map(|c| c.id))
+    };
+    // Let the waiter register (its checkout cannot succeed before `a` comes back anyway).
+    while pool.stats().total.waits == 0 {
+        std::thread::yield_now();
+    }
+    drop(a);
+    assert_eq!(
+        waiter.join().unwrap().unwrap(),
+        a_id,
+        "handed the returned connection"
+    );
+    drop(b);
+    assert_eq!(
+        tally.peak.load(Ordering::SeqCst),
+        2,
+        "never more than max_size"
+    );
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.waits, 1);
+    assert_eq!(stats.total.handoffs, 1);
+    assert!(stats.total.wait_max_us > 0);
+}
+
+fn wait_times_out_with_a_clear_error<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .max_size(1)
+            .wait_timeout(Some(Duration::from_millis(30))),
+    );
+    let held = block_on(pool.get(&1)).unwrap();
+    let err = block_on(pool.get(&1)).unwrap_err();
+    let Error::Timeout { waited } = err else {
+        panic!("expected a timeout, got {err}");
+    };
+    assert!(waited >= Duration::from_millis(30));
+    assert!(err.to_string().contains("raise max_size or wait_timeout"));
+    drop(held);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.timeouts, 1);
+}
+
+fn create_error_frees_its_permit<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config().max_size(1));
+    tally.fail_creates.store(true, Ordering::SeqCst);
+    let err = block_on(pool.get(&1)).unwrap_err();
+    assert!(matches!(err, Error::Create(_)), "got {err}");
+    assert!(err.to_string().contains("creating a connection failed"));
+    tally.fail_creates.store(false, Ordering::SeqCst);
+    let conn = block_on(pool.get(&1)).expect("the failed create gave its permit back");
+    drop(conn);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.create_errors, 1);
+}
+
+fn discard_closes_and_frees_a_permit<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config().max_size(1));
+    let conn = block_on(pool.get(&1)).unwrap();
+    conn.discard();
+    assert_eq!(tally.alive.load(Ordering::SeqCst), 0, "closed at once");
+    let again = block_on(pool.get(&1)).expect("the permit came back");
+    assert!(!again.is_reused());
+    drop(again);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.closes, 1);
+    assert_eq!(stats.total.creates, 2);
+}
+
+fn broken_connections_are_never_handed_out<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config());
+    let mut conn = block_on(pool.get_on(0, &1)).unwrap();
+    let broken_id = conn.id;
+    conn.broken = true; // the peer closed it while it was out
+    drop(conn);
+    let fresh = block_on(pool.get_on(0, &1)).unwrap();
+    assert_ne!(fresh.id, broken_id);
+    drop(fresh);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.validation_failures, 1);
+}
+
+fn recycle_refusal_closes<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    tally.refuse_recycle.store(true, Ordering::SeqCst);
+    let pool = make(m, config());
+    drop(block_on(pool.get(&1)).unwrap());
+    assert_eq!(tally.alive.load(Ordering::SeqCst), 0);
+    quiescent(&pool, &tally);
+}
+
+fn idle_timeout_and_lifetime_expire<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let clock = ManualClock::new();
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .idle_timeout(Some(Duration::from_secs(10)))
+            .max_lifetime(Some(Duration::from_secs(60)))
+            .clock(Clock::Manual(clock.clone())),
+    );
+    let first = block_on(pool.get_on(0, &1)).unwrap().id;
+    clock.advance(Duration::from_secs(9));
+    let conn = block_on(pool.get_on(0, &1)).unwrap();
+    assert_eq!(conn.id, first, "idle 9 s of 10: reused");
+    drop(conn);
+    clock.advance(Duration::from_secs(10));
+    let conn = block_on(pool.get_on(0, &1)).unwrap();
+    assert_ne!(conn.id, first, "idle 10 s: expired, never handed out");
+    let second = conn.id;
+    // Keep it busy past its lifetime: it is closed on return.
+    clock.advance(Duration::from_secs(61));
+    drop(conn);
+    assert_eq!(
+        tally.alive.load(Ordering::SeqCst),
+        0,
+        "too old: closed on return"
+    );
+    let conn = block_on(pool.get_on(0, &1)).unwrap();
+    assert_ne!(conn.id, second);
+    drop(conn);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.expirations, 2);
+}
+
+fn idle_limit_per_key_closes_the_surplus<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config().max_size(4).max_idle_per_key(2));
+    let conns: Vec<_> = (0..4)
+        .map(|_| block_on(pool.get_on(0, &1)).unwrap())
+        .collect();
+    drop(conns);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.idle, 2, "only max_idle_per_key stay idle");
+    assert_eq!(stats.total.closes, 2);
+}
+
+fn total_idle_limit_spans_keys<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config().max_size(4).max_total_idle(3));
+    let mut conns = Vec::new();
+    for key in [1, 2] {
+        for _ in 0..2 {
+            conns.push(block_on(pool.get_on(0, &key)).unwrap());
+        }
+    }
+    drop(conns);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.idle, 3, "max_total_idle across keys");
+    assert_eq!(stats.total.closes, 1);
+}
+
+fn close_drains_and_fails_waiters<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config().max_size(1).wait_timeout(None));
+    let idle_one = block_on(pool.get(&2)).unwrap();
+    drop(idle_one); // idle on key 2
+    let held = block_on(pool.get(&1)).unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || block_on(pool.get(&1)).map(|c| c.id))
+    };
+    while pool.stats().total.waits == 0 {
+        std::thread::yield_now();
+    }
+    pool.close();
+    let err = waiter.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Closed),
+        "waiters fail with Closed, got {err}"
+    );
+    assert_eq!(
+        tally.alive.load(Ordering::SeqCst),
+        1,
+        "idle closed now, held one still out"
+    );
+    drop(held);
+    assert_eq!(
+        tally.alive.load(Ordering::SeqCst),
+        0,
+        "closed when it came back"
+    );
+    assert!(matches!(block_on(pool.get(&1)), Err(Error::Closed)));
+    assert_eq!(
+        tally.created.load(Ordering::SeqCst),
+        tally.dropped.load(Ordering::SeqCst)
+    );
+}
+
+fn remove_key_forgets_a_destination<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config());
+    let out = block_on(pool.get(&1)).unwrap();
+    drop(block_on(pool.get(&1)).unwrap()); // one idle
+    pool.remove_key(&1);
+    assert_eq!(tally.alive.load(Ordering::SeqCst), 1, "idle one closed");
+    drop(out);
+    assert_eq!(
+        tally.alive.load(Ordering::SeqCst),
+        0,
+        "checked-out one closed on return"
+    );
+    let fresh = block_on(pool.get(&1)).expect("the key starts afresh");
+    assert!(!fresh.is_reused());
+    drop(fresh);
+    quiescent(&pool, &tally);
+}
+
+fn maintenance_reaps_and_prewarms<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let clock = ManualClock::new();
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .shards(1)
+            .max_size(4)
+            .min_idle(2)
+            .idle_timeout(Some(Duration::from_secs(5)))
+            .clock(Clock::Manual(clock.clone())),
+    );
+    let conns: Vec<_> = (0..3).map(|_| block_on(pool.get(&1)).unwrap()).collect();
+    drop(conns);
+    clock.advance(Duration::from_secs(6));
+    block_on(pool.maintain(0));
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.expirations, 3, "all three idled out");
+    assert_eq!(stats.total.idle, 2, "refilled to min_idle");
+    assert_eq!(stats.total.prewarms, 2);
+    let warm = block_on(pool.get(&1)).unwrap();
+    assert!(
+        !warm.is_reused(),
+        "a pre-warmed connection was never used before"
+    );
+    drop(warm);
+    assert_eq!(
+        pool.stats().total.creates,
+        3,
+        "the pre-warmed one was not created at checkout"
+    );
+}
+
+fn return_from_another_thread<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config());
+    let conn = block_on(pool.get_on(1, &1)).unwrap();
+    let id = conn.id;
+    std::thread::spawn(move || drop(conn)).join().unwrap();
+    let again = block_on(pool.get_on(1, &1)).unwrap();
+    assert_eq!(again.id, id, "returned to its shard from a foreign thread");
+    drop(again);
+    quiescent(&pool, &tally);
+}
+
+fn keys_are_independent<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .max_size(1)
+            .wait_timeout(Some(Duration::from_millis(20))),
+    );
+    let a = block_on(pool.get(&1)).unwrap();
+    let b = block_on(pool.get(&2)).expect("key 2 has its own max_size");
+    assert_eq!((a.key, b.key), (1, 2));
+    drop((a, b));
+    quiescent(&pool, &tally);
+}
+
+// ---- rules of the sharded pool only ----
+
+#[test]
+fn steals_follow_the_configured_order() {
+    let (m, tally) = TestManager::new();
+    let pool = sharded(
+        m,
+        Config::default().shards(3).max_size(6).steal_order(vec![
+            vec![2, 1],
+            vec![0, 2],
+            vec![1, 0],
+        ]),
+    );
+    block_on(async {
+        let on1 = pool.get_on(1, &7).await.unwrap();
+        let on2 = pool.get_on(2, &7).await.unwrap();
+        let (id1, id2) = (on1.id, on2.id);
+        drop((on1, on2));
+        let stolen = pool.get_on(0, &7).await.unwrap();
+        assert_eq!(stolen.id, id2, "shard 0 steals from shard 2 first");
+        assert_eq!(stolen.shard(), 0, "the connection now belongs to the thief");
+        let next = pool.get_on(0, &7).await.unwrap();
+        assert_eq!(next.id, id1, "then from shard 1");
+    });
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.shards[0].steals, 2);
+    assert_eq!(stats.shards[0].idle, 2, "returned to the thief's shard");
+}
+
+#[test]
+fn a_full_shard_spills_to_the_next() {
+    let (m, tally) = TestManager::new();
+    // max_idle_per_key 2 over 2 shards: one idle slot per shard.
+    let pool = sharded(
+        m,
+        Config::default().shards(2).max_size(2).max_idle_per_key(2),
+    );
+    let conns: Vec<_> = (0..2)
+        .map(|_| block_on(pool.get_on(0, &1)).unwrap())
+        .collect();
+    drop(conns);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(
+        stats.total.idle, 2,
+        "nothing closed while another shard had room"
+    );
+    assert_eq!((stats.shards[0].idle, stats.shards[1].idle), (1, 1));
+}
+
+#[test]
+fn get_uses_the_bound_shard() {
+    let (m, tally) = TestManager::new();
+    let pool = sharded(m, Config::default().shards(4));
+    std::thread::spawn(move || {
+        shardpool::pool::bind_thread_to_shard(3);
+        let conn = block_on(pool.get(&1)).unwrap();
+        assert_eq!(conn.shard(), 3);
+        drop(conn);
+        assert_eq!(pool.stats().shards[3].idle, 1);
+        quiescent(&pool, &tally);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn pool_drop_closes_idle_and_later_returns() {
+    let (m, tally) = TestManager::new();
+    let pool = sharded(m, config());
+    let out = block_on(pool.get(&1)).unwrap();
+    drop(block_on(pool.get(&1)).unwrap());
+    drop(pool);
+    assert_eq!(
+        tally.alive.load(Ordering::SeqCst),
+        1,
+        "idle closed with the pool"
+    );
+    drop(out);
+    assert_eq!(tally.alive.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_cancelled_wait_loses_nothing() {
+    let (m, tally) = TestManager::new();
+    let pool = sharded(m, config().max_size(1).wait_timeout(None));
+    let held = block_on(pool.get(&1)).unwrap();
+    {
+        // Poll a waiting checkout once, then drop it: it must leave the queue.
+        let mut fut = std::pin::pin!(pool.get(&1));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+    }
+    drop(held);
+    let again = block_on(pool.get(&1)).expect("nothing stuck with the cancelled waiter");
+    drop(again);
+    quiescent(&pool, &tally);
+}
