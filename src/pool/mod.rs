@@ -175,7 +175,7 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 }
 
 sync::thread_local! {
-    static CURRENT_SHARD: std::cell::Cell<usize> = std::cell::Cell::new(usize::MAX);
+    static CURRENT_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 /// Hands out shards to threads that never called [`bind_thread_to_shard`], round-robin.
