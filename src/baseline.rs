@@ -464,6 +464,19 @@ impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
 }
 
 /// A connection checked out of a [`MutexPool`]; dropping it returns the connection.
+///
+/// ```
+/// use shardpool::baseline::MutexPool;
+/// use shardpool::{Config, ConnectionPool, Manage, PooledConn};
+/// # struct M;
+/// # impl Manage for M { type Key = u8; type Conn = u32; type Error = std::io::Error;
+/// #     async fn create(&self, _: &u8) -> std::io::Result<u32> { Ok(1) } }
+/// let pool = MutexPool::new(M, Config::default()).unwrap();
+/// let conn = shardpool::pool::block_on(pool.get(&3)).unwrap();
+/// assert_eq!((*conn, *conn.key()), (1, 3));
+/// conn.discard();
+/// assert_eq!(pool.stats().total.live, 0);
+/// ```
 pub struct MutexPooled<M: Manage> {
     idle: ManuallyDrop<Idle<M::Conn>>,
     key: M::Key,

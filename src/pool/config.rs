@@ -249,6 +249,11 @@ fn check_steal_order(order: &[Vec<usize>], shards: usize) -> Result<(), ConfigEr
 }
 
 /// A configuration after [`Config::validate`]: every default resolved, every limit consistent.
+///
+/// ```
+/// let v = shardpool::Config::default().shards(3).max_size(8).validate().unwrap();
+/// assert_eq!(v.shards(), 3);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Validated {
     pub(crate) shards: usize,
@@ -292,6 +297,16 @@ impl Validated {
 }
 
 /// A configuration the pool cannot run with. The message says what to change.
+///
+/// ```
+/// use shardpool::{Config, ConfigError};
+/// let err = Config::default().max_size(4).max_idle_per_key(9).validate().unwrap_err();
+/// assert!(matches!(err, ConfigError::IdleAboveSize { max_idle_per_key: 9, max_size: 4 }));
+/// assert_eq!(
+///     err.to_string(),
+///     "max_idle_per_key (9) is above max_size (4): lower it or raise max_size"
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {

@@ -188,6 +188,19 @@ impl ShardStats {
 /// A snapshot of a pool: each shard and the total.
 ///
 /// The total's wait percentiles come from the merged histograms of all shards.
+///
+/// ```
+/// use shardpool::{Config, ConnectionPool, Manage, ShardedPool};
+/// # struct M;
+/// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+/// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+/// let pool = ShardedPool::new(M, Config::default().shards(2)).unwrap();
+/// drop(shardpool::pool::block_on(pool.get_on(1, &0)).unwrap());
+/// let stats = pool.stats();
+/// assert_eq!(stats.shards.len(), 2);
+/// assert_eq!(stats.shards[1].creates, 1);
+/// assert_eq!((stats.total.live, stats.total.idle, stats.total.checked_out), (1, 1, 0));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// One entry per shard, in shard order.

@@ -31,7 +31,7 @@
 //!
 //! # Layout
 //!
-//! * [`ShardedPool`]: shards × keys of [`IdleStack`](stack)s (bounded, lock-free LIFO), a permit
+//! * [`ShardedPool`]: shards × keys of idle stacks (bounded, lock-free LIFO: `stack`), a permit
 //!   counter and a waiter queue per key, and per-shard metrics.
 //! * [`crate::baseline::MutexPool`]: the `Mutex<HashMap<Key, VecDeque<Idle>>>` design, behind the
 //!   same [`ConnectionPool`] trait.
@@ -123,6 +123,19 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
 
 /// A checked-out connection. Dereferences to the connection; dropping it gives the connection back
 /// to the pool.
+///
+/// ```
+/// use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+/// # struct M;
+/// # impl Manage for M { type Key = &'static str; type Conn = String; type Error = std::io::Error;
+/// #     async fn create(&self, _: &&'static str) -> std::io::Result<String> { Ok(String::new()) } }
+/// let pool = ShardedPool::new(M, Config::default().shards(1)).unwrap();
+/// let mut conn = shardpool::pool::block_on(pool.get(&"cache")).unwrap();
+/// conn.push_str("in use"); // DerefMut to the connection
+/// assert_eq!((*conn.key(), conn.shard(), conn.is_reused()), ("cache", 0, false));
+/// drop(conn); // returned
+/// assert!(shardpool::pool::block_on(pool.get(&"cache")).unwrap().is_reused());
+/// ```
 pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send + fmt::Debug {
     /// Closes the connection instead of returning it (for example after an I/O error).
     fn discard(self);
@@ -137,7 +150,22 @@ pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send + fmt::Debug 
     fn key(&self) -> &M::Key;
 }
 
-/// Why a checkout failed.
+/// Why a checkout failed. Each variant's message says what happened and what to change.
+///
+/// ```
+/// use shardpool::{Config, ConnectionPool, Error, Manage, ShardedPool};
+/// use std::time::Duration;
+/// # struct M;
+/// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+/// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+/// let config = Config::default().max_size(1).wait_timeout(Some(Duration::from_millis(5)));
+/// let pool = ShardedPool::new(M, config).unwrap();
+/// let _held = shardpool::pool::block_on(pool.get(&0)).unwrap();
+/// match shardpool::pool::block_on(pool.get(&0)) {
+///     Err(Error::Timeout { waited }) => assert!(waited >= Duration::from_millis(5)),
+///     other => panic!("expected a timeout, got {other:?}"),
+/// }
+/// ```
 #[derive(Debug)]
 pub enum Error<E> {
     /// The key stayed exhausted for the whole wait timeout.
