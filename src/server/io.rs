@@ -84,6 +84,12 @@ impl hyper::rt::Write for GlommioIo {
 }
 
 /// hyper's executor on a glommio shard: `spawn_local`, so futures need not be `Send`.
+///
+/// glommio runs a spawned task at once, inside the spawner. For hyper's HTTP/2 server that means
+/// each stream's response is produced while the connection task is still reading the batch of
+/// requests, and the connection writes (and flushes) after every single response: one `send`
+/// per call. Spawned tasks therefore yield once before their first real poll, so that a whole
+/// batch of requests is answered first and then written with one `send`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LocalExec;
 
@@ -92,7 +98,34 @@ where
     F: Future + 'static,
 {
     fn execute(&self, fut: F) {
-        glommio::spawn_local(fut).detach();
+        glommio::spawn_local(YieldFirst {
+            yielded: false,
+            fut,
+        })
+        .detach();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Returns `Pending` (after waking itself) on its first poll, then polls `fut`.
+    struct YieldFirst<F> {
+        yielded: bool,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for YieldFirst<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if !*this.yielded {
+            *this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.fut.poll(cx)
     }
 }
 
