@@ -40,9 +40,10 @@
 
 mod clock;
 mod config;
+mod keys;
 mod manage;
 pub(crate) mod metrics;
-mod sharded;
+pub(crate) mod sharded;
 pub(crate) mod stack;
 pub(crate) mod sync;
 mod timer;
@@ -203,7 +204,9 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 }
 
 sync::thread_local! {
-    static CURRENT_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    // Not `const { … }`: loom's `thread_local!` has no const form, and both builds share this line.
+    #[allow(clippy::missing_const_for_thread_local)]
+    static CURRENT_SHARD: std::cell::Cell<usize> = std::cell::Cell::new(usize::MAX);
 }
 
 /// Hands out shards to threads that never called [`bind_thread_to_shard`], round-robin.

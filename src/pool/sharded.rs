@@ -2,7 +2,7 @@
 //!
 //! # The checkout path
 //!
-//! 1. Look the key up in the shard's own key table (a read lock nobody else writes in steady state).
+//! 1. Look the key up in the key table (lock-free plain loads; see `keys`).
 //! 2. Pop the shard's own idle stack (warmest first); check expiry and `is_valid`.
 //! 3. Otherwise pop the other shards' stacks in steal order (nearest first).
 //! 4. Otherwise take a permit (`live < max_size`) and `create`.
@@ -27,13 +27,13 @@
 //! pop the entry, close the key and free the key pool.
 
 use super::config::{Config, ConfigError, Validated};
+use super::keys::KeyTable;
 use super::metrics::{ShardMetrics, Stats};
 use super::stack::{IdleStack, Refused};
-use super::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock, lock, read, write};
+use super::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
 use super::{ConnectionPool, Error, Manage, PooledConn, shard_of_current_thread};
 use crossbeam_utils::CachePadded;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::mem::ManuallyDrop;
@@ -41,8 +41,6 @@ use std::ops::{Deref, DerefMut};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Instant;
-
-type KeyMap<M> = HashMap<<M as Manage>::Key, Arc<KeyPool<M>>, foldhash::fast::RandomState>;
 
 /// A lock-free, per-core sharded connection pool. Cloning it is cheap and gives another handle to
 /// the same pool; the pool closes when the last handle is dropped.
@@ -98,12 +96,8 @@ impl<M: Manage> fmt::Debug for ShardedPool<M> {
 
 struct Inner<M: Manage> {
     shared: Arc<Shared<M>>,
-    /// Every key's pool. The source of truth for keys; locked only to add, remove or list keys.
-    keys: Mutex<KeyMap<M>>,
-    /// Per shard, a read-mostly copy of `keys`, so lookups on different shards share no lock.
-    key_cache: Box<[CachePadded<RwLock<KeyMap<M>>>]>,
-    /// Set once by `close`; read under `keys`' lock before a key is added.
-    closed: AtomicBool,
+    /// Which key pool serves which key; lock-free lookups.
+    keys: KeyTable<M>,
 }
 
 /// What every key pool of one pool shares.
@@ -179,11 +173,7 @@ impl<M: Manage> ShardedPool<M> {
         Ok(ShardedPool {
             inner: Arc::new(Inner {
                 shared,
-                keys: Mutex::new(KeyMap::<M>::default()),
-                key_cache: (0..shards)
-                    .map(|_| CachePadded::new(RwLock::new(KeyMap::<M>::default())))
-                    .collect(),
-                closed: AtomicBool::new(false),
+                keys: KeyTable::new(),
             }),
         })
     }
@@ -205,42 +195,40 @@ impl<M: Manage> ShardedPool<M> {
 
     /// Live and idle connections of `key` now: `(live, idle)`, or `None` for an unknown key.
     pub fn key_gauges(&self, key: &M::Key) -> Option<(usize, usize)> {
-        let keys = lock(&self.inner.keys);
-        let kp = keys.get(key)?;
+        let kp = self.inner.keys.lookup(key)?;
         Some((kp.live_count(), kp.stacks.iter().map(IdleStack::len).sum()))
     }
 
-    /// Looks `key` up on `shard`: first the shard's cache, then the shared map (adding the key).
-    fn key_pool(&self, shard: usize, key: &M::Key) -> Result<Arc<KeyPool<M>>, Error<M::Error>> {
-        if let Some(kp) = read(&self.inner.key_cache[shard]).get(key) {
-            return Ok(Arc::clone(kp));
-        }
-        let kp = {
-            let mut keys = lock(&self.inner.keys);
-            // Ordering: Relaxed. `closed` is written under this same lock in `close`.
-            if self.inner.closed.load(Ordering::Relaxed) {
-                return Err(Error::Closed);
-            }
-            Arc::clone(
-                keys.entry(key.clone())
-                    .or_insert_with(|| Arc::new(KeyPool::new(key.clone(), &self.inner.shared))),
-            )
-        };
-        write(&self.inner.key_cache[shard]).insert(key.clone(), Arc::clone(&kp));
-        Ok(kp)
+    /// The key pool of `key`, added if new; `Closed` once the pool is closed.
+    fn key_pool(&self, key: &M::Key) -> Result<Arc<KeyPool<M>>, Error<M::Error>> {
+        self.inner
+            .keys
+            .write()
+            .get_or_insert(key, || KeyPool::new(key.clone(), &self.inner.shared))
+            .ok_or(Error::Closed)
     }
 
-    /// The checkout path (module docs).
+    /// The checkout path (module docs). The future is small: the hit path runs inline at the first
+    /// poll, and only a miss (create or wait, which allocate anyway) boxes the rest, so moving the
+    /// future costs a few words, not the whole wait machinery.
     async fn checkout(&self, shard: usize, key: &M::Key) -> Result<Pooled<M>, Error<M::Error>> {
         let shard = shard % self.inner.shared.config.shards;
-        // Fast path: a cached key with an idle connection, under the shard's read lock, with no
-        // reference count touched.
-        if let Some(kp) = read(&self.inner.key_cache[shard]).get(key)
+        // Fast path: a known key with an idle connection; no lock, no reference count.
+        if let Some(kp) = self.inner.keys.lookup(key)
             && let Some((entry, source)) = kp.take_idle(shard)
         {
             return kp.finish(shard, entry, source);
         }
-        let kp = self.key_pool(shard, key)?;
+        Box::pin(self.checkout_slow(shard, key)).await
+    }
+
+    /// Steps 2–5 of the checkout path with the key pool in hand.
+    async fn checkout_slow(
+        &self,
+        shard: usize,
+        key: &M::Key,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
+        let kp = self.key_pool(key)?;
         if let Some((entry, source)) = kp.take_idle(shard) {
             return kp.finish(shard, entry, source);
         }
@@ -271,7 +259,7 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
 
     async fn maintain(&self, shard: usize) {
         let shard = shard % self.inner.shared.config.shards;
-        let key_pools: Vec<_> = lock(&self.inner.keys).values().cloned().collect();
+        let key_pools: Vec<_> = self.inner.keys.write().pools().cloned().collect();
         for kp in key_pools {
             kp.reap(shard);
             KeyPool::refill(&kp, shard).await;
@@ -282,7 +270,7 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
         let shared = &self.inner.shared;
         let mut idle = vec![0u64; shared.config.shards];
         let mut live = 0u64;
-        for kp in lock(&self.inner.keys).values() {
+        for kp in self.inner.keys.write().pools() {
             live += kp.live_count() as u64;
             for (shard, stack) in kp.stacks.iter().enumerate() {
                 idle[shard] += stack.len() as u64;
@@ -302,13 +290,10 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
     }
 
     fn remove_key(&self, key: &M::Key) {
-        let Some(kp) = lock(&self.inner.keys).remove(key) else {
-            return;
-        };
-        for cache in self.inner.key_cache.iter() {
-            write(cache).remove(key);
+        let removed = self.inner.keys.write().remove(key);
+        if let Some(kp) = removed {
+            kp.close();
         }
-        kp.close();
     }
 
     fn shard_count(&self) -> usize {
@@ -318,15 +303,7 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
 
 impl<M: Manage> Inner<M> {
     fn close(&self) {
-        let key_pools: Vec<_> = {
-            let mut keys = lock(&self.keys);
-            // Ordering: Relaxed; read under the same lock in `key_pool`.
-            self.closed.store(true, Ordering::Relaxed);
-            keys.drain().map(|(_, kp)| kp).collect()
-        };
-        for cache in self.key_cache.iter() {
-            write(cache).clear();
-        }
+        let key_pools = self.keys.write().close();
         for kp in key_pools {
             kp.close();
         }
@@ -408,6 +385,11 @@ impl<M: Manage> KeyPool<M> {
             closed: AtomicBool::new(false),
             waiters: WaitQueue::default(),
         }
+    }
+
+    /// The key this pool serves.
+    pub(crate) fn key(&self) -> &M::Key {
+        &self.key
     }
 
     #[inline]

@@ -414,7 +414,7 @@ mod tests {
         for handle in handles {
             handle.join().unwrap();
         }
-        let mut seen = vec![false; THREADS * TOKENS_PER_THREAD];
+        let mut seen = [false; THREADS * TOKENS_PER_THREAD];
         while let Some(token) = stack.pop() {
             assert!(!seen[token], "token {token} popped twice");
             seen[token] = true;
