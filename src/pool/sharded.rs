@@ -627,26 +627,36 @@ impl<M: Manage> KeyPool<M> {
     /// Pushes `entry` onto shard `shard`'s stack or, when full, the others' in steal order,
     /// reserving total-idle budget as it goes. Gives the entry back when a stack is flagged (waiting
     /// or closed) or every stack is full or over budget.
-    fn place(&self, shard: usize, mut entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
-        let order = &self.shared.config.steal_order[shard];
-        for target in std::iter::once(shard).chain(order.iter().copied()) {
-            if !self.shared.reserve_idle(target) {
-                continue;
-            }
-            match self.stacks[target].push(entry) {
-                // Nothing of `self` may be touched after this (module docs).
+    fn place(&self, shard: usize, entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
+        // The own shard first, on its own: the common case never reads the steal order.
+        let mut entry = match self.try_place_on(shard, entry) {
+            Ok(()) => return Ok(()),
+            Err(Refused::Full(back)) => back,
+            Err(flagged) => return Err(flagged),
+        };
+        for &target in &self.shared.config.steal_order[shard] {
+            entry = match self.try_place_on(target, entry) {
                 Ok(()) => return Ok(()),
-                Err(Refused::Full(back)) => {
-                    self.shared.release_idle(target);
-                    entry = back;
-                }
-                Err(flagged) => {
-                    self.shared.release_idle(target);
-                    return Err(flagged);
-                }
-            }
+                Err(Refused::Full(back)) => back,
+                Err(flagged) => return Err(flagged),
+            };
         }
         Err(Refused::Full(entry))
+    }
+
+    /// Pushes `entry` onto shard `target`'s stack within its total-idle budget. Over budget counts
+    /// as full.
+    #[inline]
+    fn try_place_on(&self, target: usize, entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
+        if !self.shared.reserve_idle(target) {
+            return Err(Refused::Full(entry));
+        }
+        let pushed = self.stacks[target].push(entry);
+        // Nothing of `self` may be touched after a successful push (module docs).
+        if pushed.is_err() {
+            self.shared.release_idle(target);
+        }
+        pushed
     }
 
     /// Closes the key: refuses every later push, fails its waiters and drains its stacks
