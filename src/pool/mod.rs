@@ -105,6 +105,9 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
     /// One maintenance pass over shard `shard`: closes expired idle connections and creates
     /// connections up to `min_idle`. Call it from a timer on each shard (every second, say); the
     /// pool starts no thread of its own for it.
+    ///
+    /// While it sorts a shard's idle connections (microseconds), a checkout on that shard may find
+    /// none and steal or create instead; nothing is lost, and `max_size` still holds.
     fn maintain(&self, shard: usize) -> impl Future<Output = ()>;
 
     /// A snapshot of the pool's metrics.

@@ -613,7 +613,9 @@ impl<M: Manage> KeyPool<M> {
                 key_pool.waiters.hand_off(entry, &*key_pool, |entry| {
                     match key_pool.place(shard, entry) {
                         Ok(()) => {}
-                        // With the queue locked and empty no stack is flagged WAITING.
+                        // With the queue locked and empty no stack is flagged WAITING, and the
+                        // permit word's flag is clear too, so closing here cannot try to notify
+                        // (which would take the queue's lock again).
                         Err(Refused::Full(e) | Refused::Closed(e) | Refused::Waiting(e)) => {
                             e.close(shard)
                         }
