@@ -185,10 +185,13 @@ impl Topology {
         self
     }
 
-    /// Reads the machine's topology from sysfs (`/sys/devices/system`), falling back to one node
-    /// holding CPUs `0..available_parallelism` when sysfs is not readable.
+    /// Reads the machine's topology from sysfs (`/sys/devices/system`), keeping only the CPUs this
+    /// process may run on (`Cpus_allowed_list` of `/proc/self/status`, which reflects `taskset`,
+    /// `numactl --cpunodebind`, systemd `CPUAffinity=` and cgroup cpusets such as Kubernetes'
+    /// static CPU manager). Falls back to one node holding CPUs `0..available_parallelism` when
+    /// sysfs is not readable.
     pub fn detect() -> Topology {
-        Topology::from_sysfs(Path::new("/sys/devices/system")).unwrap_or_else(|_| {
+        let topo = Topology::from_sysfs(Path::new("/sys/devices/system")).unwrap_or_else(|_| {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
             Topology {
                 nodes: vec![Node {
@@ -197,7 +200,48 @@ impl Topology {
                 }],
                 distances: BTreeMap::new(),
             }
-        })
+        });
+        match std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| allowed_cpus_from_status(&status))
+        {
+            Some(allowed) => topo.restrict_to(&allowed),
+            None => topo,
+        }
+    }
+
+    /// Keeps only the CPUs in `allowed` (nodes left without CPUs disappear). If nothing would
+    /// remain, the topology is returned unchanged (the mask was not about these CPUs).
+    ///
+    /// ```
+    /// # use shardpool::topology::Topology;
+    /// let topo = Topology::from_nodes(vec![(0, vec![0, 1]), (1, vec![2, 3])]).unwrap();
+    /// let mine = topo.restrict_to(&[2, 3]);
+    /// assert_eq!(mine.cpus(), vec![2, 3]);
+    /// assert_eq!(mine.nodes().len(), 1);
+    /// assert_eq!(mine.distance(0, 1), 20); // distances are kept
+    /// ```
+    pub fn restrict_to(&self, allowed: &[usize]) -> Topology {
+        let nodes: Vec<Node> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let cpus: Vec<usize> = n
+                    .cpus
+                    .iter()
+                    .copied()
+                    .filter(|c| allowed.contains(c))
+                    .collect();
+                (!cpus.is_empty()).then_some(Node { id: n.id, cpus })
+            })
+            .collect();
+        if nodes.is_empty() {
+            return self.clone();
+        }
+        Topology {
+            nodes,
+            distances: self.distances.clone(),
+        }
     }
 
     /// Reads a topology from a sysfs-shaped tree rooted at `root` (normally
@@ -529,6 +573,14 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, TopologyError> {
     Ok(out)
 }
 
+/// The `Cpus_allowed_list` of a `/proc/<pid>/status` text.
+fn allowed_cpus_from_status(status: &str) -> Option<Vec<usize>> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| parse_cpu_list(list.trim()).ok())
+}
+
 /// Formats numbers as a compact kernel-style list (`0-3,8`).
 pub fn format_cpu_list(list: &[usize]) -> String {
     let mut out = String::new();
@@ -703,6 +755,23 @@ mod tests {
         assert_eq!(topo.node_of(3), None);
         assert_eq!(topo.distance(0, 1), 21);
         assert_eq!(topo.distance(1, 1), 10);
+    }
+
+    #[test]
+    fn affinity_mask_limits_the_cpus() {
+        let status =
+            "Name:\tshardpool\nCpus_allowed:\tf0\nCpus_allowed_list:\t4-5,7\nMems_allowed:\t1\n";
+        assert_eq!(allowed_cpus_from_status(status), Some(vec![4, 5, 7]));
+        assert_eq!(allowed_cpus_from_status("Name:\tx\n"), None);
+        let topo = two_by_four().restrict_to(&[4, 5, 7]);
+        let map = topo.place(&Placement::AllCores, None).unwrap();
+        assert_eq!(
+            map.places().iter().map(|p| p.cpu).collect::<Vec<_>>(),
+            vec![4, 5, 7]
+        );
+        assert!(topo.place(&Placement::Nodes(vec![0]), None).is_err());
+        // A mask about other CPUs leaves the topology as it was.
+        assert_eq!(two_by_four().restrict_to(&[99]), two_by_four());
     }
 
     #[test]
