@@ -643,3 +643,106 @@ fn pool_in_the_request_path_shows_in_pool_metrics() {
     server.shutdown(Duration::from_secs(1)).unwrap();
     shardpool::pool::ConnectionPool::close(&pool);
 }
+
+/// Opens a raw HTTP/2 connection (preface + empty SETTINGS) and returns the stream.
+fn raw_h2_connect(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    s
+}
+
+/// Reads HTTP/2 frame headers until EOF, error or `limit`; returns the frame types seen.
+fn frame_types(s: &mut std::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while start.elapsed() < limit {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let mut types = Vec::new();
+    let mut pos = 0;
+    while pos + 9 <= buf.len() {
+        let len = u32::from_be_bytes([0, buf[pos], buf[pos + 1], buf[pos + 2]]) as usize;
+        types.push(buf[pos + 3]);
+        pos += 9 + len;
+    }
+    types
+}
+
+const PING: u8 = 0x6;
+
+#[test]
+fn http2_keepalive_pings_idle_connections() {
+    // The PING timer runs on the hyper ↔ glommio timer bridge (SendSleep).
+    let server = TestServer::start(ServerConfig {
+        http2_keepalive_interval: Some(Duration::from_millis(100)),
+        ..local_config()
+    });
+    let mut s = raw_h2_connect(server.addr());
+    let types = frame_types(&mut s, Duration::from_millis(600));
+    assert!(
+        types.contains(&PING),
+        "no PING within 600 ms: frame types {types:?}"
+    );
+
+    let quiet = TestServer::start(local_config());
+    let mut s = raw_h2_connect(quiet.addr());
+    let types = frame_types(&mut s, Duration::from_millis(300));
+    assert!(
+        !types.contains(&PING),
+        "PING without keepalive configured: {types:?}"
+    );
+}
+
+#[test]
+fn connections_over_the_per_shard_limit_are_closed() {
+    let server = TestServer::start(ServerConfig {
+        max_connections_per_shard: 2,
+        ..local_config()
+    });
+    let addr = server.addr();
+    let mut first = raw_h2_connect(addr);
+    let mut second = raw_h2_connect(addr);
+    // Both are served: the server answers with its SETTINGS (type 4).
+    assert_eq!(
+        frame_types(&mut first, Duration::from_millis(200)).first(),
+        Some(&4)
+    );
+    assert_eq!(
+        frame_types(&mut second, Duration::from_millis(200)).first(),
+        Some(&4)
+    );
+    // The third is accepted by the kernel and closed by the server without a frame.
+    let mut third = raw_h2_connect(addr);
+    assert_eq!(
+        frame_types(&mut third, Duration::from_secs(2)),
+        Vec::<u8>::new()
+    );
+    drop(first);
+    // A slot is free again once the first connection is gone.
+    run(async move {
+        let mut ok = false;
+        for _ in 0..50 {
+            let ch = channel(addr).await;
+            if say_hello(ch, "again").await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "no connection accepted after one closed");
+    });
+}

@@ -225,3 +225,36 @@ pub fn into_glommio_listener(sock: Socket) -> glommio::net::TcpListener {
 pub fn tune_accepted(stream: &glommio::net::TcpStream, opts: &SocketOptions) -> io::Result<()> {
     Ok(stream.set_nodelay(opts.nodelay)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_share_a_port_and_carry_the_options() {
+        let opts = SocketOptions {
+            nodelay: true,
+            keepalive: Some(Duration::from_secs(42)),
+            backlog: 16,
+        };
+        let (socks, addr) = reuseport_listeners("127.0.0.1:0".parse().unwrap(), 3, &opts).unwrap();
+        assert_ne!(addr.port(), 0);
+        for s in &socks {
+            assert_eq!(s.local_addr().unwrap().as_socket(), Some(addr));
+            assert!(s.reuse_port().unwrap());
+            assert!(s.tcp_nodelay().unwrap());
+            assert!(s.keepalive().unwrap());
+            assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        }
+        let off = SocketOptions {
+            nodelay: false,
+            keepalive: None,
+            backlog: 16,
+        };
+        let (socks, _) = reuseport_listeners("127.0.0.1:0".parse().unwrap(), 1, &off).unwrap();
+        assert!(!socks[0].tcp_nodelay().unwrap());
+        assert!(!socks[0].keepalive().unwrap());
+        // A listener without SO_REUSEPORT cannot join the port.
+        assert!(std::net::TcpListener::bind(addr).is_err());
+    }
+}
