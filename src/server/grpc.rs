@@ -375,8 +375,17 @@ impl Body for GrpcBody {
         self.data.is_none() && self.trailers.is_none()
     }
 
+    /// Exact (so hyper sends `content-length`) only for plain bodies: a gRPC response has
+    /// trailers, and a `content-length` header there would only cost encoding time.
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
+        if self.trailers.is_some() {
+            let mut hint = SizeHint::new();
+            hint.set_lower(len);
+            hint
+        } else {
+            SizeHint::with_exact(len)
+        }
     }
 }
 
