@@ -30,10 +30,13 @@ const TEST_LIMIT: Duration = Duration::from_secs(30);
 struct TestGreeter {
     in_flight: Rc<Cell<usize>>,
     max_in_flight: Arc<AtomicUsize>,
+    started: Arc<AtomicUsize>,
 }
 
 impl GreetHandler for TestGreeter {
     async fn say_hello(&self, name: String) -> Result<String, Status> {
+        // Ordering: Relaxed, tests poll this counter and need no other data from it.
+        self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.set(self.in_flight.get() + 1);
         // Ordering: Relaxed, a statistic read after the calls finished.
         self.max_in_flight
@@ -75,6 +78,7 @@ fn local_config() -> ServerConfig {
 struct TestServer {
     server: Option<RunningServer>,
     max_in_flight: Arc<AtomicUsize>,
+    started: Arc<AtomicUsize>,
     stats_calls: Arc<AtomicU64>,
 }
 
@@ -82,12 +86,15 @@ impl TestServer {
     fn start(config: ServerConfig) -> TestServer {
         let (map, opts) = one_shard();
         let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
         let stats_calls = Arc::new(AtomicU64::new(0));
         let (m, calls) = (Arc::clone(&max_in_flight), Arc::clone(&stats_calls));
+        let st = Arc::clone(&started);
         let server = Server::new(config)
             .greeter(move |_ctx: ShardContext| TestGreeter {
                 in_flight: Rc::new(Cell::new(0)),
                 max_in_flight: Arc::clone(&m),
+                started: Arc::clone(&st),
             })
             // A stats source whose numbers move: `checkouts` counts the snapshots taken.
             .pool_stats(Arc::new(move || {
@@ -111,6 +118,7 @@ impl TestServer {
         TestServer {
             server: Some(server),
             max_in_flight,
+            started,
             stats_calls,
         }
     }
@@ -171,6 +179,18 @@ async fn health(ch: Channel, service: &str) -> Result<i32, tonic::Status> {
     });
     let r: HealthCheckResponse = unary(ch, "/grpc.health.v1.Health/Check", req).await?;
     Ok(r.status)
+}
+
+/// Waits (bounded) until the greeter has started `n` calls.
+async fn until_started(started: &AtomicUsize, n: usize) {
+    for _ in 0..1000 {
+        // Ordering: Relaxed, see TestGreeter.
+        if started.load(Ordering::Relaxed) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the server did not start {n} calls within 10 s");
 }
 
 fn run<F: Future<Output = ()>>(f: F) {
@@ -476,7 +496,7 @@ fn concurrency_limit_per_connection_is_enforced() {
     run(async move {
         let ch = channel(addr).await;
         let calls: Vec<_> = (0..6)
-            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("sleep:50:{i}"))))
+            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("sleep:200:{i}"))))
             .collect();
         for c in calls {
             c.await.unwrap().unwrap();
@@ -491,12 +511,13 @@ fn graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
     let mut server = TestServer::start(local_config());
     let addr = server.addr();
     let running = server.take();
+    let started = Arc::clone(&server.started);
     run(async move {
         let ch = channel(addr).await;
         let calls: Vec<_> = (0..20)
             .map(|i| tokio::spawn(say_hello(ch.clone(), format!("sleep:300:{i}"))))
             .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_started(&started, 20).await;
         let stop = tokio::task::spawn_blocking(move || running.shutdown(Duration::from_secs(10)));
         for (i, c) in calls.into_iter().enumerate() {
             assert_eq!(c.await.unwrap().unwrap(), format!("Hello, {i}!"));
@@ -516,12 +537,13 @@ fn calls_past_the_grace_period_are_answered_unavailable() {
     let mut server = TestServer::start(local_config());
     let addr = server.addr();
     let running = server.take();
+    let started = Arc::clone(&server.started);
     run(async move {
         let ch = channel(addr).await;
         let calls: Vec<_> = (0..5)
             .map(|i| tokio::spawn(say_hello(ch.clone(), format!("sleep:20000:{i}"))))
             .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_started(&started, 5).await;
         let health_during = {
             let ch = ch.clone();
             let switch = running.shutdown_switch();
@@ -653,14 +675,29 @@ fn raw_h2_connect(addr: SocketAddr) -> std::net::TcpStream {
     s
 }
 
-/// Reads HTTP/2 frame headers until EOF, error or `limit`; returns the frame types seen.
-fn frame_types(s: &mut std::net::TcpStream, limit: Duration) -> Vec<u8> {
+/// Reads HTTP/2 frames until `done(types so far)`, EOF, an error or `limit`; returns the frame
+/// types seen.
+fn frame_types(
+    s: &mut std::net::TcpStream,
+    limit: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
     use std::io::Read;
     let start = std::time::Instant::now();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    while start.elapsed() < limit {
+    let parse = |buf: &[u8]| {
+        let mut types = Vec::new();
+        let mut pos = 0;
+        while pos + 9 <= buf.len() {
+            let len = u32::from_be_bytes([0, buf[pos], buf[pos + 1], buf[pos + 2]]) as usize;
+            types.push(buf[pos + 3]);
+            pos += 9 + len;
+        }
+        types
+    };
+    while start.elapsed() < limit && !done(&parse(&buf)) {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -672,14 +709,7 @@ fn frame_types(s: &mut std::net::TcpStream, limit: Duration) -> Vec<u8> {
             Err(_) => break,
         }
     }
-    let mut types = Vec::new();
-    let mut pos = 0;
-    while pos + 9 <= buf.len() {
-        let len = u32::from_be_bytes([0, buf[pos], buf[pos + 1], buf[pos + 2]]) as usize;
-        types.push(buf[pos + 3]);
-        pos += 9 + len;
-    }
-    types
+    parse(&buf)
 }
 
 const PING: u8 = 0x6;
@@ -692,7 +722,7 @@ fn http2_keepalive_pings_idle_connections() {
         ..local_config()
     });
     let mut s = raw_h2_connect(server.addr());
-    let types = frame_types(&mut s, Duration::from_millis(600));
+    let types = frame_types(&mut s, Duration::from_secs(5), |t| t.contains(&PING));
     assert!(
         types.contains(&PING),
         "no PING within 600 ms: frame types {types:?}"
@@ -700,7 +730,7 @@ fn http2_keepalive_pings_idle_connections() {
 
     let quiet = TestServer::start(local_config());
     let mut s = raw_h2_connect(quiet.addr());
-    let types = frame_types(&mut s, Duration::from_millis(300));
+    let types = frame_types(&mut s, Duration::from_millis(300), |_| false);
     assert!(
         !types.contains(&PING),
         "PING without keepalive configured: {types:?}"
@@ -718,17 +748,17 @@ fn connections_over_the_per_shard_limit_are_closed() {
     let mut second = raw_h2_connect(addr);
     // Both are served: the server answers with its SETTINGS (type 4).
     assert_eq!(
-        frame_types(&mut first, Duration::from_millis(200)).first(),
+        frame_types(&mut first, Duration::from_secs(5), |t| !t.is_empty()).first(),
         Some(&4)
     );
     assert_eq!(
-        frame_types(&mut second, Duration::from_millis(200)).first(),
+        frame_types(&mut second, Duration::from_secs(5), |t| !t.is_empty()).first(),
         Some(&4)
     );
     // The third is accepted by the kernel and closed by the server without a frame.
     let mut third = raw_h2_connect(addr);
     assert_eq!(
-        frame_types(&mut third, Duration::from_secs(2)),
+        frame_types(&mut third, Duration::from_secs(5), |t| !t.is_empty()),
         Vec::<u8>::new()
     );
     drop(first);
