@@ -288,7 +288,11 @@ fn sigterm_drains_and_exits_cleanly() {
     let mut idle = TcpStream::connect(addr).unwrap();
     idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait for the server's first frame (its SETTINGS): the connection is then being served.
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = vec![0u8; 9];
+    idle.read_exact(&mut seen).unwrap();
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
@@ -297,8 +301,6 @@ fn sigterm_drains_and_exits_cleanly() {
         "a stopped server must refuse connections"
     );
     // The idle connection saw the server's frames (SETTINGS, GOAWAY) and then EOF.
-    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut seen = Vec::new();
     let _ = idle.read_to_end(&mut seen);
     let mut goaway = false;
     let mut pos = 0;
