@@ -281,7 +281,9 @@ fn knobs_come_from_flags_env_and_toml_in_that_order() {
 
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
-    let mut server = ServeProcess::start(&["--shards", "2", "--shutdown-grace", "5s"], &[]);
+    // This raw client never acknowledges the server's PING, so h2's graceful close waits for the
+    // grace period (1 s) and the abort phase closes the connection.
+    let mut server = ServeProcess::start(&["--shards", "2", "--shutdown-grace", "1s"], &[]);
     let addr = server.addr;
     // An open, idle HTTP/2 connection must not keep the server alive past the drain: it gets a
     // GOAWAY and closes.
