@@ -249,7 +249,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn parse_u32_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     u32::try_from(n)
-        .map_err(|_| format!("{n} does not fit in 32 bits (HTTP/2 windows are at most 2^31-1)"))
+        .ok()
+        .filter(|&w| w <= shardpool::server::MAX_WINDOW)
+        .ok_or_else(|| format!("{n} is larger than HTTP/2's largest window, 2^31-1 bytes"))
 }
 
 fn parse_num<T: FromStr>(s: &str) -> Result<T, String> {
@@ -370,13 +372,12 @@ impl Knobs {
                 .get("shutdown_grace", &a.shutdown_grace, parse_duration)?
                 .unwrap_or(d.shutdown_grace),
         };
-        if server.max_connections_per_shard == 0
-            || server.concurrency_limit_per_connection == Some(0)
-        {
-            return Err("--max-connections-per-shard and --concurrency-limit-per-connection must be at least 1 \
-                        (use `off` for no per-connection limit)"
-                .into());
-        }
+        server.validate().map_err(|e| {
+            format!(
+                "{e} (flag --{}, see `shardpool serve --help`)",
+                e.split_whitespace().next().unwrap_or("").replace('_', "-")
+            )
+        })?;
         let rd = RuntimeOptions::default();
         let runtime = RuntimeOptions {
             pin: l.get("pin", &a.pin, parse_bool)?.unwrap_or(rd.pin),
@@ -535,7 +536,7 @@ mod tests {
         }
         .resolve()
         .unwrap_err();
-        assert!(err.contains("32 bits"), "{err}");
+        assert!(err.contains("2^31-1"), "{err}");
         let err = Knobs {
             max_connections_per_shard: Some("0".into()),
             ..Knobs::default()

@@ -216,6 +216,47 @@ impl Default for ServerConfig {
     }
 }
 
+/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+impl ServerConfig {
+    /// Checks the limits hyper/h2 and the kernel impose; the error names the field.
+    ///
+    /// ```
+    /// # use shardpool::server::ServerConfig;
+    /// assert!(ServerConfig::default().validate().is_ok());
+    /// let bad = ServerConfig { initial_stream_window: u32::MAX, ..ServerConfig::default() };
+    /// assert!(bad.validate().unwrap_err().contains("initial_stream_window"));
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, w) in [
+            ("initial_stream_window", self.initial_stream_window),
+            ("initial_connection_window", self.initial_connection_window),
+        ] {
+            if w > MAX_WINDOW {
+                return Err(format!(
+                    "{name} is {w} bytes; HTTP/2 allows at most {MAX_WINDOW}"
+                ));
+            }
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err("max_concurrent_streams must be at least 1".into());
+        }
+        if self.max_connections_per_shard == 0 {
+            return Err("max_connections_per_shard must be at least 1".into());
+        }
+        if self.concurrency_limit_per_connection == Some(0) {
+            return Err(
+                "concurrency_limit_per_connection must be at least 1 (or none for no limit)".into(),
+            );
+        }
+        if self.listen_backlog < 1 {
+            return Err("listen_backlog must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Service names this server implements (as used by the health service).
 pub const SERVICES: [&str; 3] = [
     "helloworld.Greeter",
@@ -351,6 +392,8 @@ impl Server<DirectFactory> {
 /// Why the server could not start.
 #[derive(Debug)]
 pub enum ServeError {
+    /// The configuration is invalid (the message says which field and why).
+    Config(String),
     /// Binding a listener failed.
     Bind(std::io::Error),
     /// Starting shard executors failed.
@@ -360,6 +403,7 @@ pub enum ServeError {
 impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ServeError::Config(e) => write!(f, "invalid server configuration: {e}"),
             ServeError::Bind(e) => write!(f, "{e}"),
             ServeError::Runtime(e) => write!(f, "{e}"),
         }
@@ -405,6 +449,7 @@ where
         map: &ShardMap,
         runtime: &RuntimeOptions,
     ) -> Result<RunningServer, ServeError> {
+        self.config.validate().map_err(ServeError::Config)?;
         let cfg = Arc::new(self.config);
         let sock_opts = io::SocketOptions {
             nodelay: cfg.tcp_nodelay,
