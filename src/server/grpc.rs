@@ -6,7 +6,7 @@
 //! gRPC library.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
 use std::fmt;
@@ -391,10 +391,19 @@ impl Body for GrpcBody {
 
 const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
 
+// Header names as constants: a `&str` key is parsed and validated on every use.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+/// `grpc-encoding` (request).
+pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+/// `grpc-timeout` (request).
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// A successful unary response: the framed message, then `grpc-status: 0`.
 pub fn ok_response<M: prost::Message>(msg: &M) -> Response<GrpcBody> {
     let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert("grpc-status", Code::Ok.header_value());
+    trailers.insert(GRPC_STATUS, Code::Ok.header_value());
     let mut resp = Response::new(GrpcBody {
         data: Some(encode_message(msg)),
         trailers: Some(trailers),
@@ -410,15 +419,15 @@ pub fn status_response(status: &Status) -> Response<GrpcBody> {
     let mut resp = Response::new(GrpcBody::empty());
     let h = resp.headers_mut();
     h.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
-    h.insert("grpc-status", status.code.header_value());
+    h.insert(GRPC_STATUS, status.code.header_value());
     if !status.message.is_empty() {
         // Percent-encoding leaves only visible ASCII, which is always a valid header value.
         if let Ok(v) = HeaderValue::from_str(&encode_grpc_message(&status.message)) {
-            h.insert("grpc-message", v);
+            h.insert(GRPC_MESSAGE, v);
         }
     }
     if status.code == Code::Unimplemented {
-        h.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+        h.insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
     resp
 }

@@ -73,10 +73,11 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 /// Produces the reply of `helloworld.Greeter/SayHello` on one shard.
@@ -887,7 +888,7 @@ fn check_head(
         ));
     }
     let method = route(req.uri().path()).map_err(Refusal::Grpc)?;
-    if let Some(enc) = req.headers().get("grpc-encoding") {
+    if let Some(enc) = req.headers().get(grpc::GRPC_ENCODING) {
         if enc.as_bytes() != b"identity" {
             return Err(Refusal::Grpc(Status::new(
                 Code::Unimplemented,
@@ -898,7 +899,7 @@ fn check_head(
             )));
         }
     }
-    let timeout = match req.headers().get("grpc-timeout") {
+    let timeout = match req.headers().get(grpc::GRPC_TIMEOUT) {
         Some(v) => Some(grpc::parse_timeout(v.as_bytes()).map_err(Refusal::Grpc)?),
         None => None,
     };
@@ -946,8 +947,19 @@ async fn handle<H: GreetHandler>(
                     "server is shutting down and the grace period ended before this call finished",
                 ))
             };
-            // `or` polls left first: a call that completes at once never creates a timer.
-            match futures_lite::future::or(futures_lite::future::or(work, deadline), abort).await {
+            // Pinned in place (no moves of the large call future) and polled in order: a call
+            // that completes at once never creates a timer or registers for the abort event.
+            let (mut work, mut deadline, mut abort) = (pin!(work), pin!(deadline), pin!(abort));
+            let first = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                if let Poll::Ready(r) = deadline.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                abort.as_mut().poll(cx)
+            });
+            match first.await {
                 Ok(resp) => (Code::Ok, resp),
                 Err(status) => (status.code(), status_response(&status)),
             }
