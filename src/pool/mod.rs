@@ -44,7 +44,12 @@ mod keys;
 mod manage;
 pub(crate) mod metrics;
 pub(crate) mod sharded;
+// Under `shardpool_loom_model_stack` the pool uses `stack_model` instead (loom-tests, docs/protocol.md);
+// the real stack still compiles there (its `Refused` and `MAX_CAPACITY` are shared).
+#[cfg_attr(shardpool_loom_model_stack, allow(dead_code))]
 pub(crate) mod stack;
+#[cfg(shardpool_loom_model_stack)]
+pub(crate) mod stack_model;
 pub(crate) mod sync;
 mod timer;
 pub(crate) mod waiters;

@@ -29,7 +29,12 @@
 use super::config::{Config, ConfigError, Validated};
 use super::keys::KeyTable;
 use super::metrics::{ShardMetrics, Stats};
-use super::stack::{IdleStack, Refused};
+#[cfg(not(shardpool_loom_model_stack))]
+use super::stack::IdleStack;
+use super::stack::Refused;
+// The loom models' linearizable stand-in for the idle stack (see `stack_model`).
+#[cfg(shardpool_loom_model_stack)]
+use super::stack_model::IdleStack;
 use super::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
 use super::{ConnectionPool, Error, Manage, PooledConn, shard_of_current_thread};
@@ -417,7 +422,11 @@ impl<M: Manage> KeyPool<M> {
                 self.shared.release_idle(victim);
                 let now = *now.get_or_insert_with(|| self.shared.now());
                 let counters = self.shared.counters(shard);
-                if config.is_expired(entry.created, entry.idle_since, now) {
+                // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
+                // check, so a steal can hand out an expired connection.
+                let check_expiry =
+                    victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
+                if check_expiry && config.is_expired(entry.created, entry.idle_since, now) {
                     counters.expirations.incr();
                     entry.close(shard);
                 } else if !self.shared.manager.is_valid(&mut entry.conn) {
@@ -666,8 +675,11 @@ impl<M: Manage> KeyPool<M> {
     fn close(&self) {
         // Ordering: Release pairs with the Acquire in `is_closed`.
         self.closed.store(true, Ordering::Release);
-        for stack in self.stacks.iter() {
-            stack.close();
+        // Seeded bug for the loom models (docs/protocol.md): drain first, flag after, so a return
+        // landing in between stays idle in a closed key.
+        let drain_first = cfg!(shardpool_seeded_bug = "drain_before_flag");
+        if !drain_first {
+            self.stacks.iter().for_each(IdleStack::close);
         }
         self.waiters.close(self);
         for (shard, stack) in self.stacks.iter().enumerate() {
@@ -675,6 +687,9 @@ impl<M: Manage> KeyPool<M> {
                 self.shared.release_idle(shard);
                 entry.close(shard);
             }
+        }
+        if drain_first {
+            self.stacks.iter().for_each(IdleStack::close);
         }
     }
 
@@ -725,6 +740,11 @@ impl<M: Manage> WaitSignal for KeyPool<M> {
         for stack in self.stacks.iter() {
             stack.set_waiting(waiting);
         }
+        // Seeded bug for the loom models (docs/protocol.md): the permit word is not flagged, so a
+        // freed permit does not wake a waiter.
+        if cfg!(shardpool_seeded_bug = "no_permit_flag") {
+            return;
+        }
         // Ordering: Relaxed. The flag and the permit count share this word, so a racing release's
         // fetch_sub is ordered before or after this RMW in the word's modification order (module
         // docs); no other memory is published by the flag.
@@ -740,8 +760,13 @@ impl<M: Manage> Entry<M> {
     /// Drops the connection and then frees its permit (in that order: invariant 1).
     fn close(self, shard: usize) {
         let Entry { conn, key_pool, .. } = self;
+        // Seeded bug for the loom models (docs/protocol.md): the permit freed while the connection
+        // still exists, so a racing create can exceed `max_size`.
+        #[cfg(shardpool_seeded_bug = "release_before_drop")]
+        key_pool.release_permit();
         drop(conn);
         key_pool.shared.counters(shard).closes.incr();
+        #[cfg(not(shardpool_seeded_bug = "release_before_drop"))]
         key_pool.release_permit();
     }
 }

@@ -64,6 +64,14 @@ const CLOSED: u64 = 1 << (2 * INDEX_BITS + 1);
 const FLAGS: u64 = WAITING | CLOSED;
 const TAG_SHIFT: u32 = 2 * INDEX_BITS + 2;
 
+/// The success ordering of the CAS that links a node (see `link`).
+#[cfg(not(shardpool_seeded_bug = "stack_relaxed"))]
+const LINK_ORDERING: Ordering = Ordering::AcqRel;
+/// Seeded bug for the loom models (docs/protocol.md): a `Relaxed` link publishes neither the node's
+/// value nor its `next`, so the popper reads them without a happens-before edge.
+#[cfg(shardpool_seeded_bug = "stack_relaxed")]
+const LINK_ORDERING: Ordering = Ordering::Relaxed;
+
 /// The largest capacity a stack supports.
 pub(crate) const MAX_CAPACITY: usize = NIL as usize - 1;
 
@@ -279,7 +287,7 @@ impl<T> IdleStack<T> {
             let new = word.next(word.flags(), word.len() + 1, index);
             // Ordering: AcqRel on success: Release publishes `next` and the node's value (pairs with
             // the Acquire in `unlink`); Acquire keeps the release sequence of earlier CASes intact.
-            match list.compare_exchange_weak(word.0, new.0, Ordering::AcqRel, Ordering::Relaxed) {
+            match list.compare_exchange_weak(word.0, new.0, LINK_ORDERING, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
                 Err(current) => {
                     word = Word(current);
