@@ -469,7 +469,16 @@ pub fn run(args: CompareArgs) -> CliResult {
         }
     );
     let ctx = ReportContext {
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        command_line: std::env::args()
+            .map(|a| {
+                if a.contains(char::is_whitespace) {
+                    format!("\"{a}\"")
+                } else {
+                    a
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         load: load.clone(),
         plot_file: "latency.svg".into(),
@@ -486,7 +495,13 @@ pub fn run(args: CompareArgs) -> CliResult {
     write_file(
         "--out",
         &svg_path,
-        &compare::plot(&format!("Greeter latency ({load})"), &results),
+        &compare::plot(
+            &format!(
+                "Greeter latency, {} conns x {} streams",
+                plan.options.connections, plan.options.streams
+            ),
+            &results,
+        ),
     )?;
     let json: Vec<VariantJson> = results
         .iter()
