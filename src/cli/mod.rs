@@ -7,6 +7,7 @@ mod bench;
 mod compare;
 mod origin;
 mod serve;
+mod upstream_args;
 
 /// A lock-free, per-core sharded connection pool: server, origin backend and benchmark harness.
 #[derive(Parser, Debug)]

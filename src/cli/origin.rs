@@ -1,11 +1,67 @@
-//! `shardpool origin` (scaffolding: replaced by the layer that owns it).
+//! `shardpool origin`: a backend speaking the framed greeting protocol (docs/gateway.md).
 
 use super::CliResult;
+use super::serve::parse_duration;
+use shardpool::upstream::origin::{Origin, OriginConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Arguments of `shardpool origin`.
 #[derive(clap::Args, Debug)]
-pub struct OriginArgs {}
+pub struct OriginArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "SHARDPOOL_ORIGIN_LISTEN",
+        default_value = "127.0.0.1:7001"
+    )]
+    listen: SocketAddr,
+    /// Name of this origin in logs.
+    #[arg(long, env = "SHARDPOOL_ORIGIN_ID", default_value = "origin")]
+    id: String,
+    /// Delay before every answer, e.g. `5ms` (simulates a slow or stalled backend).
+    #[arg(long, env = "SHARDPOOL_ORIGIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    delay: Duration,
+    /// Shards (executor threads).
+    #[arg(long, env = "SHARDPOOL_ORIGIN_SHARDS", default_value_t = 1)]
+    shards: usize,
+    /// Pin each shard to a CPU.
+    #[arg(long, env = "SHARDPOOL_ORIGIN_PIN", default_value_t = false)]
+    pin: bool,
+}
 
-pub fn run(_args: OriginArgs) -> CliResult {
-    Err("`shardpool origin` is not built yet".into())
+/// Runs the origin until SIGINT/SIGTERM.
+pub fn run(args: OriginArgs) -> CliResult {
+    if args.shards == 0 {
+        return Err("--shards must be at least 1".into());
+    }
+    let origin = Origin::start(OriginConfig {
+        listen: args.listen,
+        id: args.id.clone(),
+        delay: args.delay,
+        shards: args.shards,
+        pin: args.pin,
+    })
+    .map_err(|e| format!("cannot start the origin on {}: {e}", args.listen))?;
+    println!(
+        "shardpool: origin {} listening on {}",
+        args.id,
+        origin.local_addr()
+    );
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let switch = origin.shutdown_switch();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                switch.abort();
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    origin.wait();
+    Ok(())
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 pub struct ServeArgs {
     #[command(flatten)]
     knobs: Box<Knobs>,
+    #[command(flatten)]
+    upstream: super::upstream_args::UpstreamArgs,
 }
 
 /// The knobs of `serve`. Every knob is a string here; it is parsed after merging the flag, the
@@ -193,7 +195,7 @@ fn read_file(path: Option<&std::path::Path>) -> Result<BTreeMap<String, String>,
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, `250us`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
@@ -220,7 +222,7 @@ fn is_off(s: &str) -> bool {
     matches!(s, "off" | "none" | "0")
 }
 
-fn parse_opt_duration(s: &str) -> Result<Option<Duration>, String> {
+pub(super) fn parse_opt_duration(s: &str) -> Result<Option<Duration>, String> {
     if is_off(s) {
         Ok(None)
     } else {
@@ -412,7 +414,8 @@ pub fn run(args: ServeArgs) -> CliResult {
     let topology = Topology::detect();
     let map = topology.place(&r.placement, r.shards)?;
     let grace = r.server.shutdown_grace;
-    let server = Server::new(r.server).start(&map, &r.runtime)?;
+    let (server, _upstream) =
+        super::upstream_args::start(&args.upstream, Server::new(r.server), &map, &r.runtime)?;
     for (i, p) in map.places().iter().enumerate() {
         println!(
             "shardpool: shard {i} on cpu {} (NUMA node {})",

@@ -1,0 +1,256 @@
+//! The origin: a small thread-per-core backend speaking the [`frame`](super::frame) protocol.
+//!
+//! Each shard is a glommio executor (started by [`crate::runtime::spawn_shards`]) with its own
+//! SO_REUSEPORT listener; every accepted connection is a task on that shard that answers frames
+//! one after the other. Glommio (not a thread per connection) keeps the origin cheap enough that
+//! the connect-per-request baseline of the benchmarks is not slowed by the origin itself.
+//!
+//! ```no_run
+//! use shardpool::upstream::origin::{Origin, OriginConfig};
+//! let origin = Origin::start(OriginConfig::default()).unwrap();
+//! println!("origin on {}", origin.local_addr());
+//! origin.stop();
+//! ```
+
+use super::frame::{self, Code, Op, ReadFrame, Response};
+use crate::runtime::{RuntimeOptions, Shutdown, spawn_shards};
+use crate::server::io::{SocketOptions, into_glommio_listener, reuseport_listeners};
+use crate::topology::{Placement, Topology};
+use futures_lite::AsyncWriteExt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// How to run an origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginConfig {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Name reported in logs and metrics.
+    pub id: String,
+    /// Delay before every answer (simulates a slow or stalled backend).
+    pub delay: Duration,
+    /// Number of shards (executor threads).
+    pub shards: usize,
+    /// Pin each shard to a CPU (off for origins embedded next to a pinned server).
+    pub pin: bool,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            id: "origin".into(),
+            delay: Duration::ZERO,
+            shards: 1,
+            pin: false,
+        }
+    }
+}
+
+/// Counters shared by an origin's shards.
+#[derive(Debug, Default)]
+struct OriginShared {
+    /// HELLO requests answered OK.
+    served: AtomicU64,
+    /// Connections accepted.
+    accepted: AtomicU64,
+    /// Connections closed.
+    closed: AtomicU64,
+    /// Current answer delay, nanoseconds.
+    delay_ns: AtomicU64,
+}
+
+/// The origin entry point.
+pub struct Origin;
+
+impl Origin {
+    /// Binds the listeners and starts the shards.
+    pub fn start(config: OriginConfig) -> io::Result<RunningOrigin> {
+        let map = Topology::detect()
+            .place(&Placement::AllCores, Some(config.shards.max(1)))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let opts = SocketOptions {
+            nodelay: true,
+            keepalive: None,
+            backlog: 1024,
+        };
+        let (listeners, addr) = reuseport_listeners(config.listen, map.len(), &opts)?;
+        let slots: Arc<Vec<Mutex<Option<socket2::Socket>>>> =
+            Arc::new(listeners.into_iter().map(|s| Mutex::new(Some(s))).collect());
+        let shared = Arc::new(OriginShared::default());
+        // Ordering: Relaxed; the shards read it with Relaxed per request, a new value may be seen
+        // a request late, nothing else is published with it.
+        shared
+            .delay_ns
+            .store(config.delay.as_nanos() as u64, Ordering::Relaxed);
+        let shutdown = Shutdown::new();
+        let options = RuntimeOptions {
+            name: format!("origin-{}", config.id),
+            spin_before_park: None,
+            pin: config.pin,
+        };
+        let (sh, stop) = (Arc::clone(&shared), shutdown.clone());
+        let handles = spawn_shards(&map, &options, move |ctx| {
+            let listener = slots[ctx.shard]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            serve_shard(listener, Arc::clone(&sh), stop.clone())
+        })
+        .map_err(io::Error::other)?;
+        Ok(RunningOrigin {
+            addr,
+            shared,
+            shutdown,
+            handles: Some(handles),
+        })
+    }
+}
+
+async fn serve_shard(listener: Option<socket2::Socket>, shared: Arc<OriginShared>, stop: Shutdown) {
+    let Some(listener) = listener else { return };
+    let listener = into_glommio_listener(listener);
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.drained().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                // Nodelay failing on a just-accepted socket only costs latency; serve anyway.
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(serve_conn(stream, Arc::clone(&shared))).detach();
+            }
+            // EMFILE and friends: back off a little instead of spinning.
+            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    // Returning ends the executor; its detached connection tasks are dropped, closing their
+    // sockets (a stopped origin looks killed to its clients).
+}
+
+async fn serve_conn(mut stream: glommio::net::TcpStream, shared: Arc<OriginShared>) {
+    // Ordering: Relaxed counters (statistics; nothing is published through them).
+    shared.accepted.fetch_add(1, Ordering::Relaxed);
+    let mut buf = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(256);
+    loop {
+        out.clear();
+        let keep_open = match frame::read_frame(&mut stream, &mut buf).await {
+            Ok(ReadFrame::Frame) => {
+                // Ordering: Relaxed, see `OriginShared::delay_ns`.
+                let delay = Duration::from_nanos(shared.delay_ns.load(Ordering::Relaxed));
+                if !delay.is_zero() {
+                    glommio::timer::sleep(delay).await;
+                }
+                let response = match frame::decode_request(&buf) {
+                    Ok((Op::Hello, name)) => {
+                        // Ordering: Relaxed statistic.
+                        shared.served.fetch_add(1, Ordering::Relaxed);
+                        Response::ok(format!("Hello, {name}!"))
+                    }
+                    Ok((Op::Ping, _)) => Response::ok("pong"),
+                    Err(why) => Response::error(Code::BadRequest, why),
+                };
+                frame::encode_response(&response, &mut out);
+                true
+            }
+            Ok(ReadFrame::BadLength(len)) => {
+                let why = format!(
+                    "frame length {len} is outside 1..={}; closing the connection",
+                    frame::MAX_FRAME
+                );
+                frame::encode_response(&Response::error(Code::TooLarge, why), &mut out);
+                false
+            }
+            Ok(ReadFrame::Eof) | Err(_) => break,
+        };
+        if stream.write_all(&out).await.is_err() || !keep_open {
+            break;
+        }
+    }
+    // Ordering: Relaxed statistic.
+    shared.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A started origin. Dropping it stops it (like [`RunningOrigin::stop`]).
+pub struct RunningOrigin {
+    addr: SocketAddr,
+    shared: Arc<OriginShared>,
+    shutdown: Shutdown,
+    handles: Option<crate::runtime::ShardHandles<()>>,
+}
+
+impl RunningOrigin {
+    /// The address bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// HELLO requests answered OK so far.
+    pub fn served(&self) -> u64 {
+        // Ordering: Relaxed statistic.
+        self.shared.served.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now (accepted and not yet closed).
+    pub fn open_connections(&self) -> u64 {
+        // Ordering: Relaxed statistics; `closed` is read first so the difference never underflows
+        // for a connection that closes between the two loads.
+        let closed = self.shared.closed.load(Ordering::Relaxed);
+        self.shared
+            .accepted
+            .load(Ordering::Relaxed)
+            .saturating_sub(closed)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        // Ordering: Relaxed statistic.
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Changes the delay before every answer (takes effect on the next request).
+    pub fn set_delay(&self, delay: Duration) {
+        // Ordering: Relaxed, see `OriginShared::delay_ns`.
+        self.shared
+            .delay_ns
+            .store(delay.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The shutdown switch (for signal handlers): `drain()` stops the origin.
+    pub fn shutdown_switch(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the origin stops (after someone triggered its shutdown switch).
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    /// Stops accepting, closes every connection at once (clients see the origin die) and waits
+    /// for the shards to end.
+    pub fn stop(mut self) {
+        self.shutdown.abort();
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(h) = self.handles.take() {
+            // A shard that panicked has already stopped; nothing more to clean up.
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for RunningOrigin {
+    fn drop(&mut self) {
+        self.shutdown.abort();
+        self.join();
+    }
+}
