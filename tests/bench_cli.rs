@@ -416,3 +416,35 @@ fn open_loop_latency_is_corrected_for_coordinated_omission() {
         report.service_time
     );
 }
+
+/// Open loop far behind its schedule: call 5 stalls 1.5 s, longer than the run (0.2 s) plus the
+/// grace period (1 s + 20 ms). Requests due during the run that were never sent are counted as
+/// unsent, not silently dropped: ok + unsent = the 80 requests the schedule had due.
+#[test]
+fn open_loop_counts_requests_it_could_not_send() {
+    let server = TestServer::start(Behaviour::StallOnce {
+        at: 5,
+        stall: Duration::from_millis(1500),
+    });
+    let config = BenchConfig::new(server.addr)
+        .connections(1)
+        .streams(1)
+        .threads(1)
+        .pin(false)
+        .warmup(Duration::ZERO)
+        .pool_metrics(false)
+        .load(Load::Open { rate: 400.0 })
+        .stop(Stop::Duration(Duration::from_millis(200)));
+    let result = bench::run(&config, &mut |_| {}).unwrap();
+    assert_eq!(result.failed(), 0);
+    assert_eq!(
+        result.ok + result.unsent,
+        80,
+        "ok {} unsent {}",
+        result.ok,
+        result.unsent
+    );
+    assert!(result.unsent >= 70, "unsent {}", result.unsent);
+    let table = bench::Report::new(&config, &result).to_table();
+    assert!(table.contains("client fell behind the schedule"), "{table}");
+}
