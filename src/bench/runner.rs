@@ -331,6 +331,8 @@ impl ShardState {
                 break;
             }
             let measured = intended >= self.go.measure_start;
+            // Ordering: Relaxed; the read-modify-write alone numbers each request uniquely,
+            // nothing else is published through `issued`.
             if measured
                 && let Some(n) = self.requests
                 && self.shared.issued.fetch_add(1, Ordering::Relaxed) >= n
@@ -352,6 +354,7 @@ impl ShardState {
             if !measured {
                 continue;
             }
+            // Ordering: Relaxed; a statistic for the progress display.
             self.shared.completed.fetch_add(1, Ordering::Relaxed);
             let mut rec = self.rec.borrow_mut();
             rec.last_done = rec.last_done.max(Some(done));
@@ -371,6 +374,7 @@ impl ShardState {
                     rec.service.record(done - sent);
                 }
                 Err(failure) => {
+                    // Ordering: Relaxed; a statistic for the progress display.
                     self.shared.failed.fetch_add(1, Ordering::Relaxed);
                     rec.fail(failure);
                 }
@@ -580,6 +584,7 @@ pub fn run(
                 on_progress(&Progress {
                     phase,
                     elapsed: now.saturating_duration_since(since),
+                    // Ordering: Relaxed; progress display only, no data is read through these counters.
                     completed: shared.completed.load(Ordering::Relaxed),
                     failed: shared.failed.load(Ordering::Relaxed),
                 });

@@ -193,6 +193,8 @@ pub fn write_file(flag: &str, path: &PathBuf, contents: &str) -> Result<(), Stri
         .map_err(|e| format!("{flag}: cannot write {}: {e}", path.display()))
 }
 
+/// Runs `shardpool bench`: validates the flags, runs the load, prints the table, writes the
+/// requested files.
 pub fn run(args: BenchArgs) -> CliResult {
     let config = args.config()?;
     let progress = ProgressDisplay::new(&config, args.output.quiet);

@@ -337,6 +337,8 @@ struct VariantJson<'a> {
     runs: &'a [Report],
 }
 
+/// Runs `shardpool compare`: starts the origin and each variant in turn, measures them in
+/// alternating rounds, prints medians and ratios, writes the report files.
 pub fn run(args: CompareArgs) -> CliResult {
     let plan = plan(args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
