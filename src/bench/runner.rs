@@ -584,7 +584,7 @@ pub fn run(
                 on_progress(&Progress {
                     phase,
                     elapsed: now.saturating_duration_since(since),
-                    // Ordering: Relaxed; progress display only, no data is read through these counters.
+                    // Ordering: Relaxed; progress display only, nothing is read through these.
                     completed: shared.completed.load(Ordering::Relaxed),
                     failed: shared.failed.load(Ordering::Relaxed),
                 });
