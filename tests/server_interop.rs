@@ -125,21 +125,22 @@ fn metric_sum(text: &str, name: &str, label_filter: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn python_grpcio_client_interoperates() {
-    let server = ServeProcess::start(&["--shards", "2", "--max-message-size", "64KiB"], &[]);
-    let out = Command::new("python3")
-        .arg(interop_dir().join("grpc_client.py"))
-        .args([
-            "--addr",
-            &server.addr.to_string(),
-            "--max-message-size",
-            "65536",
-        ])
-        .output()
-        .expect(
-            "python3 not found: install Python 3 and `pip install grpcio grpcio-tools protobuf`",
-        );
+/// Runs tests/interop/grpc_client.py against `server`; `pool_shards` is what PoolMetrics must
+/// report (`None`: the server has no pool and must answer FAILED_PRECONDITION).
+fn python_client(server: &ServeProcess, pool_shards: Option<usize>) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(interop_dir().join("grpc_client.py")).args([
+        "--addr",
+        &server.addr.to_string(),
+        "--max-message-size",
+        "65536",
+    ]);
+    if let Some(n) = pool_shards {
+        cmd.args(["--expect-pool", &n.to_string()]);
+    }
+    let out = cmd.output().expect(
+        "python3 not found: install Python 3 and `pip install grpcio grpcio-tools protobuf`",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -149,6 +150,29 @@ fn python_grpcio_client_interoperates() {
         out.status
     );
     assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn python_grpcio_client_interoperates_with_the_pooled_gateway() {
+    // Default `serve`: SayHello goes through pooled upstream connections (gateway mode).
+    let server = ServeProcess::start(&["--shards", "2", "--max-message-size", "64KiB"], &[]);
+    python_client(&server, Some(2));
+}
+
+#[test]
+fn python_grpcio_client_interoperates_with_the_direct_greeter() {
+    let server = ServeProcess::start(
+        &[
+            "--shards",
+            "2",
+            "--max-message-size",
+            "64KiB",
+            "--upstream",
+            "none",
+        ],
+        &[],
+    );
+    python_client(&server, None);
 }
 
 #[test]

@@ -775,7 +775,7 @@ async fn serve_connection<H: GreetHandler>(shard: Rc<Shard<H>>, stream: glommio:
         }
     };
     if let Err(e) = result {
-        tracing::debug!(shard = shard.ctx.shard, error = %e, "connection ended with an error");
+        tracing::debug!(shard = shard.ctx.shard, error = ?e, "connection ended with an error");
     }
     ServerCounters::drop_one(&shard.counters().connections_open);
     let open = shard.open.get() - 1;
