@@ -13,7 +13,7 @@
 //! * **Steal** — the connection's home is another shard: this shard `dup`s the owned socket,
 //!   wraps the copy, bumps the generation, becomes the home, and posts `(id, old generation)` to
 //!   the old home's inbox; the old home drops its stale wrapper the next time it looks (a checkout
-//!   or its maintenance tick). Counted in [`rewraps`].
+//!   or its maintenance tick). Counted in [`UpstreamManager::rewraps`].
 //! * **Close** — dropping an `UpstreamConn` shuts the socket down (the connection is finished for
 //!   every copy: the backend sees the close at once) and posts the id to its home, which drops the
 //!   wrapper. A wrapper is never `shutdown()` or `close()`d through glommio while the connection
@@ -38,17 +38,6 @@ use std::time::{Duration, Instant};
 
 /// Ids of connections, unique in the process (wrapper tables are per thread, shared by pools).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-/// Wrappers made for an existing connection (steals, and re-wraps after a failed request).
-static REWRAPS: AtomicU64 = AtomicU64::new(0);
-
-/// How many times, process-wide, an existing connection had to be `dup`ed and re-wrapped (a steal
-/// by another shard, or a wrapper lost with a failed request). Creating a connection is not
-/// counted. On the hot path this does not move: measure requests per re-wrap with it.
-pub fn rewraps() -> u64 {
-    // Ordering: Relaxed statistic; nothing is published through it.
-    REWRAPS.load(Ordering::Relaxed)
-}
-
 /// Sentinel home: no shard has a wrapper.
 const NO_HOME: usize = usize::MAX;
 
@@ -66,6 +55,8 @@ thread_local! {
 #[derive(Debug)]
 pub struct Inboxes {
     shards: Vec<CachePadded<Inbox>>,
+    /// Wrappers made for an existing connection (steals, and re-wraps after a failed request).
+    rewraps: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +72,7 @@ impl Inboxes {
     pub fn new(shards: usize) -> Inboxes {
         Inboxes {
             shards: (0..shards.max(1)).map(|_| CachePadded::default()).collect(),
+            rewraps: AtomicU64::new(0),
         }
     }
 
@@ -194,8 +186,8 @@ impl UpstreamConn {
             self.inboxes.post(self.home, self.id, self.generation);
         }
         let fd = self.sock.as_fd().try_clone_to_owned()?;
-        // Ordering: Relaxed statistic.
-        REWRAPS.fetch_add(1, Ordering::Relaxed);
+        // Ordering: Relaxed statistic; nothing is published through it.
+        self.inboxes.rewraps.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `fd` is a fresh dup of a connected TCP socket, owned by nobody else once
         // `into_raw_fd` releases it; the glommio stream becomes its only owner and closes it on
         // drop. The stream is never shut down through glommio (that would affect the shared
@@ -301,6 +293,14 @@ impl UpstreamManager {
             config,
             inboxes: Arc::new(Inboxes::new(shards)),
         }
+    }
+
+    /// How many times a connection of this manager had to be `dup`ed and re-wrapped (a steal by
+    /// another shard, or a wrapper lost with a failed request). Creating a connection is not
+    /// counted. The hot path (a shard reusing its own connection) never moves it.
+    pub fn rewraps(&self) -> u64 {
+        // Ordering: Relaxed statistic.
+        self.inboxes.rewraps.load(Ordering::Relaxed)
     }
 
     /// The wrapper inboxes; each shard should [`Inboxes::drain`] its own now and then.

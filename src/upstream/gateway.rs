@@ -394,6 +394,11 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
         self.shared.snapshot().iter().map(|b| b.addr).collect()
     }
 
+    /// Connections re-wrapped on another shard (see [`UpstreamManager::rewraps`]).
+    pub fn rewraps(&self) -> u64 {
+        self.shared.manager.rewraps()
+    }
+
     /// The pool, if any.
     pub fn pool(&self) -> Option<&P> {
         self.shared.pool.as_ref()
@@ -458,7 +463,7 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
         let _ = writeln!(
             out,
             "shardpool_upstream_rewraps_total {}",
-            super::conn::rewraps()
+            self.shared.manager.rewraps()
         );
         out
     }

@@ -1,0 +1,616 @@
+//! Gateway mode end to end, in-process: a tonic client → the glommio gRPC server → pooled
+//! upstream connections → origins on loopback. Every test binds port 0, is bounded in time and
+//! stops what it started.
+#![cfg(feature = "upstream")]
+
+use shardpool::baseline::MutexPool;
+use shardpool::pool::{Config, ConnectionPool, ShardedPool};
+use shardpool::runtime::RuntimeOptions;
+use shardpool::server::proto::{HealthCheckRequest, HealthCheckResponse, HelloReply, HelloRequest};
+use shardpool::server::{RunningServer, Server, ServerConfig};
+use shardpool::topology::{Placement, ShardMap, Topology};
+use shardpool::upstream::admin::AdminEndpoint;
+use shardpool::upstream::frame::{self, Code as FrameCode, Op};
+use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
+use shardpool::upstream::{
+    Balance, Gateway, GatewayConfig, HealthChecker, HealthConfig, UpstreamManager,
+};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+fn shards(n: usize) -> (ShardMap, RuntimeOptions) {
+    let map = Topology::from_nodes(vec![(0, (0..n).collect())])
+        .unwrap()
+        .place(&Placement::AllCores, None)
+        .unwrap();
+    let opts = RuntimeOptions {
+        pin: false,
+        ..RuntimeOptions::default()
+    };
+    (map, opts)
+}
+
+fn origin(id: &str) -> RunningOrigin {
+    Origin::start(OriginConfig {
+        id: id.into(),
+        ..OriginConfig::default()
+    })
+    .unwrap()
+}
+
+/// A gateway server on `n` shards. Dropping it shuts the server down, then closes the pool.
+struct TestGateway<P: ConnectionPool<UpstreamManager>> {
+    server: Option<RunningServer>,
+    gateway: Gateway<P>,
+    _health: Option<HealthChecker>,
+}
+
+impl<P: ConnectionPool<UpstreamManager>> TestGateway<P> {
+    fn addr(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().local_addr()
+    }
+}
+
+impl<P: ConnectionPool<UpstreamManager>> Drop for TestGateway<P> {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            let _ = s.shutdown(Duration::from_secs(2));
+        }
+        if let Some(p) = self.gateway.pool() {
+            p.close();
+        }
+    }
+}
+
+fn pool_config(n: usize) -> Config {
+    Config::default()
+        .shards(n)
+        .max_size(16)
+        .wait_timeout(Some(Duration::from_secs(2)))
+}
+
+fn start<P: ConnectionPool<UpstreamManager>>(
+    n: usize,
+    config: GatewayConfig,
+    pool: impl FnOnce(UpstreamManager) -> Option<P>,
+    backends: &[SocketAddr],
+) -> TestGateway<P> {
+    let (map, opts) = shards(n);
+    let manager = UpstreamManager::new(config.connector.clone(), n);
+    let gateway = Gateway::new(config, pool(manager.clone()), manager, n);
+    for b in backends {
+        assert!(gateway.add_backend(*b));
+    }
+    let server = gateway.install(Server::new(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    }));
+    let health = gateway.start_health_checks();
+    let server = server.start(&map, &opts).unwrap();
+    TestGateway {
+        server: Some(server),
+        gateway,
+        _health: health,
+    }
+}
+
+fn sharded(n: usize) -> impl FnOnce(UpstreamManager) -> Option<ShardedPool<UpstreamManager>> {
+    move |m| Some(ShardedPool::new(m, pool_config(n)).unwrap())
+}
+
+fn quiet_health() -> HealthConfig {
+    HealthConfig {
+        interval: None,
+        ..HealthConfig::default()
+    }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn unary<Req, Resp>(ch: Channel, path: &'static str, req: Req) -> Result<Resp, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    grpc.unary(
+        tonic::Request::new(req),
+        http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn say_hello(ch: Channel, name: &str) -> Result<String, tonic::Status> {
+    let r: HelloReply = unary(
+        ch,
+        "/helloworld.Greeter/SayHello",
+        HelloRequest { name: name.into() },
+    )
+    .await?;
+    Ok(r.message)
+}
+
+async fn greeter_health(ch: Channel) -> i32 {
+    let r: HealthCheckResponse = unary(
+        ch,
+        "/grpc.health.v1.Health/Check",
+        HealthCheckRequest {
+            service: "helloworld.Greeter".into(),
+        },
+    )
+    .await
+    .unwrap();
+    r.status
+}
+
+/// `tasks` concurrent clients, `each` calls each; returns the failures' statuses.
+async fn load(ch: &Channel, tasks: usize, each: usize) -> Vec<tonic::Status> {
+    let mut joins = Vec::new();
+    for t in 0..tasks {
+        let ch = ch.clone();
+        joins.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for i in 0..each {
+                let name = format!("t{t}-{i}");
+                match say_hello(ch.clone(), &name).await {
+                    Ok(reply) => assert_eq!(reply, format!("Hello, {name}!")),
+                    Err(s) => failed.push(s),
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = Vec::new();
+    for j in joins {
+        failed.extend(j.await.unwrap());
+    }
+    failed
+}
+
+fn run<F: Future<Output = ()>>(f: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(TEST_LIMIT, f)
+            .await
+            .expect("test took too long");
+    });
+}
+
+/// Polls `cond` every 10 ms for up to 10 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// At quiescence every live connection is idle or checked out (here: idle).
+fn assert_no_leaks<P: ConnectionPool<UpstreamManager>>(pool: &P) {
+    let t = pool.stats().total;
+    assert_eq!(t.live, t.idle + t.checked_out, "leak: {t:?}");
+    assert_eq!(t.checked_out, 0, "a connection is still checked out: {t:?}");
+}
+
+#[test]
+fn every_pool_kind_and_policy_greets_through_the_origins() {
+    let (a, b) = (origin("a"), origin("b"));
+    let backends = [a.local_addr(), b.local_addr()];
+    let mut served = (a.served(), b.served());
+    let mut check = |name: &str, failed: Vec<tonic::Status>, spread_within: u64| {
+        assert!(failed.is_empty(), "{name}: {failed:?}");
+        let now = (a.served(), b.served());
+        let (da, db) = (now.0 - served.0, now.1 - served.1);
+        served = now;
+        assert_eq!(da + db, 200, "{name}");
+        assert!(
+            da.abs_diff(db) <= spread_within,
+            "{name}: spread {da} vs {db}"
+        );
+    };
+    for policy in [
+        Balance::RoundRobin,
+        Balance::LeastConnections,
+        Balance::Random,
+        Balance::PowerOfTwo,
+    ] {
+        let config = GatewayConfig {
+            balance: policy,
+            health: quiet_health(),
+            ..GatewayConfig::default()
+        };
+        let gw = start(2, config, sharded(2), &backends);
+        run(async {
+            let ch = channel(gw.addr()).await;
+            let failed = load(&ch, 4, 50).await;
+            // Round-robin alternates per shard; the others are random or load-driven.
+            let within = if policy == Balance::RoundRobin {
+                4
+            } else {
+                120
+            };
+            check(&policy.to_string(), failed, within);
+        });
+        let stats = gw.gateway.backend_stats();
+        let reused: u64 = stats.iter().map(|s| s.connections_reused).sum();
+        let new: u64 = stats.iter().map(|s| s.connections_new).sum();
+        assert_eq!(reused + new, 200);
+        assert!(
+            new <= 2 * 2 * 4 + 4,
+            "{policy}: {new} connections for 4 concurrent callers"
+        );
+        assert_no_leaks(gw.gateway.pool().unwrap());
+    }
+    let config = GatewayConfig {
+        health: quiet_health(),
+        ..GatewayConfig::default()
+    };
+    let gw = start(
+        2,
+        config.clone(),
+        |m| Some(MutexPool::new(m, pool_config(2)).unwrap()),
+        &backends,
+    );
+    run(async {
+        let ch = channel(gw.addr()).await;
+        check("mutex pool", load(&ch, 4, 50).await, 4);
+    });
+    assert_no_leaks(gw.gateway.pool().unwrap());
+    drop(gw);
+    let gw = start::<ShardedPool<UpstreamManager>>(2, config, |_| None, &backends);
+    let accepted = a.accepted() + b.accepted();
+    run(async {
+        let ch = channel(gw.addr()).await;
+        check("no pool", load(&ch, 4, 50).await, 4);
+    });
+    assert_eq!(
+        a.accepted() + b.accepted() - accepted,
+        200,
+        "--pool none connects per request"
+    );
+    let stats = gw.gateway.backend_stats();
+    assert!(stats.iter().all(|s| s.connections_reused == 0));
+}
+
+#[test]
+fn the_hot_path_reuses_its_own_wrapper_and_steals_rewrap() {
+    let o = origin("hot");
+    let config = GatewayConfig {
+        health: quiet_health(),
+        ..GatewayConfig::default()
+    };
+    let gw = start(1, config, sharded(1), &[o.local_addr()]);
+    run(async {
+        let ch = channel(gw.addr()).await;
+        assert!(load(&ch, 1, 500).await.is_empty());
+    });
+    let s = &gw.gateway.backend_stats()[0];
+    assert_eq!((s.connections_new, s.connections_reused), (1, 499));
+    assert_eq!(s.steals, 0);
+    assert_eq!(
+        gw.gateway.rewraps(),
+        0,
+        "a shard reusing its own connection must not re-wrap"
+    );
+    assert_eq!(o.accepted(), 1);
+    drop(gw);
+
+    // Two shards, one idle connection per shard at most: when a shard finds its own queue empty
+    // it steals the other's connection, which is re-wrapped (dup) exactly once per move.
+    let config = GatewayConfig {
+        health: quiet_health(),
+        ..GatewayConfig::default()
+    };
+    let gw = start(
+        2,
+        config,
+        |m| Some(ShardedPool::new(m, pool_config(2).max_size(1)).unwrap()),
+        &[o.local_addr()],
+    );
+    run(async {
+        // Separate HTTP/2 connections land on both shards (SO_REUSEPORT).
+        let mut chans = Vec::new();
+        for _ in 0..16 {
+            chans.push(channel(gw.addr()).await);
+        }
+        for round in 0..20 {
+            for ch in &chans {
+                say_hello(ch.clone(), &format!("r{round}")).await.unwrap();
+            }
+        }
+    });
+    let s = &gw.gateway.backend_stats()[0];
+    assert_eq!(
+        s.connections_new, 1,
+        "max_size 1: a single connection serves both shards"
+    );
+    assert!(
+        s.steals > 0,
+        "16 client connections should land on both shards: {s:?}"
+    );
+    assert_eq!(
+        s.steals,
+        gw.gateway.rewraps(),
+        "every re-wrap is a steal here"
+    );
+    assert_no_leaks(gw.gateway.pool().unwrap());
+}
+
+#[test]
+fn an_origin_killed_mid_load_fails_over_without_leaks() {
+    let (a, b) = (origin("dies"), origin("lives"));
+    let config = GatewayConfig {
+        health: HealthConfig {
+            interval: Some(Duration::from_millis(50)),
+            backoff_base: Duration::from_secs(5),
+            ..HealthConfig::default()
+        },
+        ..GatewayConfig::default()
+    };
+    let gw = start(2, config, sharded(2), &[a.local_addr(), b.local_addr()]);
+    let a_addr = a.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    run(async {
+        let ch = channel(gw.addr()).await;
+        let before = a.served();
+        let loader = {
+            let ch = ch.clone();
+            tokio::spawn(async move { load(&ch, 6, 150).await })
+        };
+        eventually("the doomed origin serves", || a.served() > before + 50).await;
+        a.stop();
+        stop.store(true, Ordering::Relaxed);
+        let failed = loader.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests failed instead of failing over: {failed:?}"
+        );
+        // The active check notices, and the Greeter stays SERVING (b is healthy).
+        eventually("a is unhealthy", || {
+            gw.gateway
+                .backend_stats()
+                .iter()
+                .any(|s| s.addr == a_addr && !s.healthy)
+        })
+        .await;
+        assert_eq!(greeter_health(ch.clone()).await, 1);
+        assert!(load(&ch, 2, 20).await.is_empty());
+    });
+    assert!(stop.load(Ordering::Relaxed));
+    let pool = gw.gateway.pool().unwrap();
+    assert_no_leaks(pool);
+    // Only b's connections are left open at the origin, and every one of them is pooled.
+    let live = pool.stats().total.live;
+    run(async {
+        eventually("b's open connections match the pool", || {
+            b.open_connections() <= live
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_stalled_origin_times_out_and_the_pool_recovers() {
+    let o = origin("stalls");
+    o.set_delay(Duration::from_secs(3));
+    let config = GatewayConfig {
+        health: HealthConfig {
+            interval: None,
+            eject_after: 2,
+            backoff_base: Duration::from_millis(200),
+            ..HealthConfig::default()
+        },
+        request_timeout: Duration::from_millis(200),
+        ..GatewayConfig::default()
+    };
+    let gw = start(
+        1,
+        config,
+        |m| Some(ShardedPool::new(m, pool_config(1).max_size(2)).unwrap()),
+        &[o.local_addr()],
+    );
+    run(async {
+        let ch = channel(gw.addr()).await;
+        let started = std::time::Instant::now();
+        let failed = load(&ch, 4, 2).await;
+        assert_eq!(failed.len(), 8);
+        for s in &failed {
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+            assert!(
+                s.message().contains("no answer within")
+                    || s.message().contains("no healthy upstream backend"),
+                "{s:?}"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "timeouts did not bound the calls"
+        );
+        // Timed-out connections were closed, not kept: nothing is stuck checked out.
+        assert_no_leaks(gw.gateway.pool().unwrap());
+        o.set_delay(Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let failed = load(&ch, 4, 5).await;
+        assert!(failed.is_empty(), "the pool did not recover: {failed:?}");
+    });
+    assert_no_leaks(gw.gateway.pool().unwrap());
+}
+
+#[test]
+fn backends_added_and_removed_while_serving() {
+    let (a, b) = (origin("a"), origin("b"));
+    let config = GatewayConfig {
+        health: quiet_health(),
+        ..GatewayConfig::default()
+    };
+    let gw = start(2, config, sharded(2), &[a.local_addr()]);
+    let admin = AdminEndpoint::start("127.0.0.1:0".parse().unwrap(), gw.gateway.clone()).unwrap();
+    let admin_addr = admin.local_addr();
+    let http = move |req: &str| -> String {
+        let mut s = std::net::TcpStream::connect(admin_addr).unwrap();
+        s.write_all(format!("{req} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let counted = Arc::new(AtomicU64::new(0));
+    run(async {
+        let ch = channel(gw.addr()).await;
+        let bg = {
+            let (ch, counted) = (ch.clone(), Arc::clone(&counted));
+            tokio::spawn(async move {
+                let failed = load(&ch, 3, 200).await;
+                counted.store(200 * 3, Ordering::Relaxed);
+                failed
+            })
+        };
+        eventually("a serves", || a.served() > 20).await;
+        let added = tokio::task::spawn_blocking({
+            let b = b.local_addr();
+            let http = http.clone();
+            move || http(&format!("POST /backends/add?addr={b}"))
+        });
+        assert!(added.await.unwrap().contains("added"));
+        eventually("b serves", || b.served() > 20).await;
+        assert!(gw.gateway.remove_backend(a.local_addr()));
+        let a_after_removal = a.served();
+        assert!(bg.await.unwrap().is_empty());
+        // At most the calls in flight at the removal still reached a.
+        assert!(a.served() <= a_after_removal + 3);
+        assert!(load(&ch, 2, 10).await.is_empty());
+        assert_eq!(gw.gateway.backends(), vec![b.local_addr()]);
+        gw.gateway.set_backends(&[]);
+        let err = say_hello(ch.clone(), "nobody").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            err.message().contains("no upstream backend is configured"),
+            "{err:?}"
+        );
+    });
+    assert_eq!(counted.load(Ordering::Relaxed), 600);
+    let bad = http("POST /backends/add?addr=nowhere");
+    assert!(
+        bad.starts_with("HTTP/1.1 400") && bad.contains("?addr=IP:PORT"),
+        "{bad}"
+    );
+    gw.gateway.add_backend(b.local_addr());
+    let metrics = http("GET /metrics");
+    assert!(
+        metrics.contains("shardpool_upstream_requests_total{backend="),
+        "{metrics}"
+    );
+    assert_no_leaks(gw.gateway.pool().unwrap());
+}
+
+#[test]
+fn no_healthy_backend_answers_unavailable_and_health_says_not_serving() {
+    // A port with nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = GatewayConfig {
+        health: HealthConfig {
+            interval: Some(Duration::from_millis(50)),
+            eject_after: 1,
+            ..HealthConfig::default()
+        },
+        ..GatewayConfig::default()
+    };
+    let gw = start(1, config, sharded(1), &[dead]);
+    run(async {
+        let ch = channel(gw.addr()).await;
+        eventually("the dead backend is unhealthy", || {
+            !gw.gateway.backend_stats()[0].healthy
+        })
+        .await;
+        let err = say_hello(ch.clone(), "x").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            err.message().contains("no healthy upstream backend"),
+            "{err:?}"
+        );
+        assert!(err.message().contains(&dead.to_string()), "{err:?}");
+        assert_eq!(
+            greeter_health(ch.clone()).await,
+            2,
+            "NOT_SERVING while no backend is healthy"
+        );
+    });
+}
+
+#[test]
+fn the_origin_answers_bad_frames_with_error_frames_and_survives() {
+    let o = origin("strict");
+    let read_response = |s: &mut std::net::TcpStream| -> Option<frame::Response> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).ok()?;
+        let mut buf = vec![0; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).ok()?;
+        Some(frame::decode_response(&buf).unwrap())
+    };
+    let connect = || {
+        let s = std::net::TcpStream::connect(o.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let mut s = connect();
+    // Unknown op, then a name that is not UTF-8: error frames, connection kept.
+    s.write_all(&[0, 0, 0, 2, 0x7f, b'x']).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().code, FrameCode::BadRequest);
+    s.write_all(&[0, 0, 0, 3, 1, 0xff, 0xfe]).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert!(
+        r.code == FrameCode::BadRequest && r.message.contains("UTF-8"),
+        "{r:?}"
+    );
+    let mut ok = Vec::new();
+    frame::encode_request(Op::Hello, "still here", &mut ok);
+    s.write_all(&ok).unwrap();
+    assert_eq!(
+        read_response(&mut s).unwrap(),
+        frame::Response::ok("Hello, still here!")
+    );
+    // Lengths that cannot be skipped: an error frame, then the origin closes.
+    for bad in [0u32, u32::MAX, frame::MAX_FRAME as u32 + 1] {
+        let mut s = connect();
+        s.write_all(&bad.to_be_bytes()).unwrap();
+        assert_eq!(read_response(&mut s).unwrap().code, FrameCode::TooLarge);
+        assert!(
+            read_response(&mut s).is_none(),
+            "connection should be closed"
+        );
+    }
+    // A client that vanishes mid-frame does not hurt the origin.
+    let mut s = connect();
+    s.write_all(&[0, 0, 0, 9, 1, b'a']).unwrap();
+    drop(s);
+    let mut s = connect();
+    s.write_all(&ok).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().code, FrameCode::Ok);
+}
