@@ -60,7 +60,8 @@ pub struct BenchConfig {
     pub stop: Stop,
     /// Unrecorded load before the measured phase (connections warm, pools filled).
     pub warmup: Duration,
-    /// Client shards (OS threads, one tokio current-thread runtime each); 0 = one per available core.
+    /// Client shards (OS threads, one tokio current-thread runtime each); 0 = one per
+    /// available core.
     pub threads: usize,
     /// Pin client shard `i` to the `i`-th CPU of `cpus` (or of all CPUs when empty).
     pub pin: bool,

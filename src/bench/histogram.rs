@@ -14,8 +14,9 @@
 //!   send) is recorded too, so the two can be compared. A request whose slot was free before it
 //!   was due waits on a timer; tokio's timers wake up to about 1 ms late, and that oversleep is
 //!   the client's, not the server's, so such a request is measured from its actual send (at or
-//!   just after the intended time): only waiting for a busy slot is charged. hdrhistogram's `record_correct` (which
-//!   back-fills synthetic samples) is not used: with real intended times nothing needs guessing.
+//!   just after the intended time): only waiting for a busy slot is charged. hdrhistogram's
+//!   `record_correct` (which back-fills synthetic samples) is not used: with real intended times
+//!   nothing needs guessing.
 //! * **Closed loop** (no `--rate`): there is no intended schedule, only a fixed number of
 //!   requests in flight; each latency is the time from send to completion. `record_correct`
 //!   would invent an expected interval and back-fill samples that no user sent, so it is not

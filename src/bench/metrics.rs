@@ -2,8 +2,9 @@
 //! from two snapshots (reuse rate, steals).
 //!
 //! The messages repeat, tag for tag, the server layer's `shardpool.v1` admin messages (the bench
-//! layer must not depend on the server layer, so they are declared again here). A server that does not serve the RPC (any non-shardpool server) answers
-//! `UNIMPLEMENTED`, and the report says that pool metrics are not available.
+//! layer must not depend on the server layer, so they are declared again here). A server that does
+//! not serve the RPC (any non-shardpool server) answers `UNIMPLEMENTED`, and the report says that
+//! pool metrics are not available.
 
 use super::grpc::{self, Code};
 use serde::Serialize;
@@ -107,8 +108,11 @@ pub struct PoolSnapshot {
 /// ```
 /// use shardpool::bench::{PoolDelta, PoolSnapshot, ShardPoolMetrics};
 ///
-/// let before = PoolSnapshot { total: ShardPoolMetrics { checkouts: 100, creates: 10, ..Default::default() }, shards: 2 };
-/// let after = PoolSnapshot { total: ShardPoolMetrics { checkouts: 1100, creates: 12, steals: 5, ..Default::default() }, shards: 2 };
+/// let stats = |checkouts, creates, steals| ShardPoolMetrics {
+///     checkouts, creates, steals, ..Default::default()
+/// };
+/// let before = PoolSnapshot { total: stats(100, 10, 0), shards: 2 };
+/// let after = PoolSnapshot { total: stats(1100, 12, 5), shards: 2 };
 /// let delta = PoolDelta::between(&before, &after);
 /// assert_eq!(delta.checkouts, 1000);
 /// assert_eq!(delta.reuse_rate, Some(1.0 - 2.0 / 1000.0));
