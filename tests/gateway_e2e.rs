@@ -492,7 +492,6 @@ fn backends_added_and_removed_while_serving() {
         eventually("a serves", || a.served() > 20).await;
         let added = tokio::task::spawn_blocking({
             let b = b.local_addr();
-            let http = http.clone();
             move || http(&format!("POST /backends/add?addr={b}"))
         });
         assert!(added.await.unwrap().contains("added"));

@@ -87,6 +87,16 @@ impl Picker {
         (0..n).map(|i| (start + i) % n).find(|&i| ok(i))
     }
 
+    /// An eligible index drawn uniformly (two passes, no allocation). Scanning from a random
+    /// start instead would favour the neighbour of an ineligible backend.
+    fn random_eligible(&self, n: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+        let eligible = (0..n).filter(|&i| ok(i)).count();
+        if eligible == 0 {
+            return None;
+        }
+        (0..n).filter(|&i| ok(i)).nth(self.next_random(eligible))
+    }
+
     /// Picks one of `0..n` for which `ok` holds, using `load(i)` (requests in flight) where the
     /// policy compares loads. `None` when no index is eligible.
     pub(crate) fn pick(
@@ -106,17 +116,20 @@ impl Picker {
                 Some(i)
             }
             Balance::LeastConnections => {
+                // Ties go to the first eligible backend after the last one picked, so equal
+                // loads degrade to round-robin (no bias towards a neighbour of an ejected one).
                 let start = self.cursor.get() % n;
-                self.cursor.set(start + 1);
-                (0..n)
+                let i = (0..n)
                     .map(|i| (start + i) % n)
                     .filter(|&i| ok(i))
-                    .min_by_key(|&i| load(i))
+                    .min_by_key(|&i| load(i))?;
+                self.cursor.set(i + 1);
+                Some(i)
             }
-            Balance::Random => Self::scan(n, self.next_random(n), &ok),
+            Balance::Random => self.random_eligible(n, &ok),
             Balance::PowerOfTwo => {
-                let a = Self::scan(n, self.next_random(n), &ok)?;
-                let b = Self::scan(n, self.next_random(n), &ok)?;
+                let a = self.random_eligible(n, &ok)?;
+                let b = self.random_eligible(n, &ok)?;
                 Some(if load(b) < load(a) { b } else { a })
             }
         }
@@ -153,10 +166,12 @@ mod tests {
             assert_eq!(p.pick(3, |_| false, |_| 0), None);
             assert_eq!(p.pick(0, |_| true, |_| 0), None);
         }
-        assert_eq!(
-            counts(Balance::RoundRobin, 4, |i| i != 2),
-            vec![3334, 3333, 0, 3333]
-        );
+        // With equal loads, round-robin and least-connections are exact: 10 000 over 3 backends.
+        for policy in [Balance::RoundRobin, Balance::LeastConnections] {
+            let mut c = counts(policy, 4, |i| i != 2);
+            c.sort_unstable();
+            assert_eq!(c, vec![0, 3333, 3333, 3334], "{policy}");
+        }
     }
 
     #[test]

@@ -220,6 +220,9 @@ impl BackendStats {
     }
 }
 
+/// A Prometheus metric of [`Gateway::prometheus`]: name, type, value of one backend.
+type Metric = (&'static str, &'static str, fn(&BackendStats) -> f64);
+
 /// The backend list, swapped whole on change; shards cache it and re-read on a version bump.
 #[derive(Debug)]
 struct BackendSet {
@@ -367,8 +370,9 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
             list.retain(|b| b.addr != addr);
             list.len() != before
         });
-        if removed && let Some(pool) = &self.shared.pool {
-            pool.remove_key(&addr);
+        match &self.shared.pool {
+            Some(pool) if removed => pool.remove_key(&addr),
+            _ => {}
         }
         removed
     }
@@ -433,7 +437,7 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
     pub fn prometheus(&self) -> String {
         let stats = self.backend_stats();
         let mut out = String::new();
-        let metrics: [(&str, &str, fn(&BackendStats) -> f64); 9] = [
+        let metrics: [Metric; 9] = [
             ("requests_total", "counter", |s| s.requests as f64),
             ("errors_total", "counter", |s| s.errors as f64),
             ("healthy", "gauge", |s| f64::from(u8::from(s.healthy))),
@@ -620,7 +624,7 @@ pub struct GatewayGreeter<P> {
 
 impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
     fn new(shared: Arc<Shared<P>>, ctx: ShardContext) -> GatewayGreeter<P> {
-        let seed = (ctx.shard as u64 + 1) * 0x2545_F491_4F6C_DD1D
+        let seed = ((ctx.shard as u64 + 1) * 0x2545_F491_4F6C_DD1D)
             ^ shared.epoch.elapsed().as_nanos() as u64;
         let cache = RefCell::new((shared.version(), shared.snapshot()));
         // Maintenance on this shard: drop wrappers of connections that moved away or closed,
@@ -634,10 +638,9 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
                     glommio::timer::sleep(Duration::from_millis(100)).await;
                     shared.manager.inboxes().drain(shard);
                     n += 1;
-                    if n % 10 == 0
-                        && let Some(pool) = &shared.pool
-                    {
-                        pool.maintain(shard).await;
+                    match &shared.pool {
+                        Some(pool) if n % 10 == 0 => pool.maintain(shard).await,
+                        _ => {}
                     }
                 }
             }
