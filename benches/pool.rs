@@ -858,6 +858,49 @@ fn idle_stack(c: &mut Criterion) {
     group.finish();
 }
 
+/// What one uncontended atomic read-modify-write costs here: the unit the pool's hot path pays
+/// for every counter increment and every compare-and-swap of the idle stack.
+fn atomic_rmw(c: &mut Criterion) {
+    let group_name = "atomic_rmw";
+    let mut group = c.benchmark_group(group_name);
+    bench_team(
+        &mut group,
+        group_name,
+        "fetch_add_relaxed",
+        1,
+        || {
+            let word = AtomicU64::new(0);
+            solo(move || {
+                // Ordering: Relaxed, like the pool's metric counters.
+                black_box(&word).fetch_add(1, Ordering::Relaxed);
+            })
+        },
+        report,
+    );
+    bench_team(
+        &mut group,
+        group_name,
+        "compare_exchange_acqrel",
+        1,
+        || {
+            let word = AtomicU64::new(0);
+            solo(move || {
+                let word = black_box(&word);
+                // Ordering: Relaxed load, AcqRel CAS, like the idle stack's list words.
+                let current = word.load(Ordering::Relaxed);
+                let _ = word.compare_exchange(
+                    current,
+                    current + 1,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            })
+        },
+        report,
+    );
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short by default, so `cargo bench --bench pool` takes a few minutes on 2 cores; the command
@@ -866,6 +909,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = checkout_return, steal_path, clock, idle_stack
+    targets = checkout_return, steal_path, clock, idle_stack, atomic_rmw
 }
 criterion_main!(benches);
