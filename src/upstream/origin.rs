@@ -1,4 +1,4 @@
-//! The origin: a small thread-per-core backend speaking the [`frame`](super::frame) protocol.
+//! The origin: a small thread-per-core backend speaking the [`super::frame`] protocol.
 //!
 //! Each shard is a glommio executor (started by [`crate::runtime::spawn_shards`]) with its own
 //! SO_REUSEPORT listener; every accepted connection is a task on that shard that answers frames
