@@ -232,19 +232,23 @@ impl Drop for UpstreamConn {
         // The connection is finished for every copy: tell the backend now rather than when the
         // last stale wrapper goes. ENOTCONN (already reset) is fine.
         let _ = self.sock.shutdown(Shutdown::Both);
-        if self.home != NO_HOME {
-            if crate::pool::current_shard() == Some(self.home) {
-                WRAPPERS.with(|t| {
-                    let mut t = t.borrow_mut();
-                    if t.get(&self.id)
-                        .is_some_and(|w| w.generation == self.generation)
-                    {
-                        t.remove(&self.id);
-                    }
-                });
-            } else {
-                self.inboxes.post(self.home, self.id, self.generation);
-            }
+        if self.home == NO_HOME {
+            return;
+        }
+        // Ids are unique in the process, so finding the current wrapper in this thread's table
+        // means this thread is the home: drop it now. Otherwise tell the home shard. (`try_with`:
+        // a connection may be dropped while this thread's locals are being destroyed.)
+        let dropped_here = WRAPPERS
+            .try_with(|t| {
+                let mut t = t.borrow_mut();
+                let current = t
+                    .get(&self.id)
+                    .is_some_and(|w| w.generation == self.generation);
+                current && t.remove(&self.id).is_some()
+            })
+            .unwrap_or(false);
+        if !dropped_here {
+            self.inboxes.post(self.home, self.id, self.generation);
         }
     }
 }
