@@ -85,9 +85,9 @@ impl<P: ConnectionPool<TestManager>> Side<P> {
                 Outcome::Done
             }
             9 => {
-                let fail = (op >> 4) % 4 == 0;
+                let fail = (op >> 4).is_multiple_of(4);
                 self.tally.fail_creates.store(fail, Ordering::SeqCst);
-                if (op >> 6) % 3 == 0 {
+                if (op >> 6).is_multiple_of(3) {
                     block_on(self.pool.maintain(0));
                 }
                 Outcome::Done

@@ -73,7 +73,7 @@ fn hammer<P: ConnectionPool<TestManager>>(make: impl Fn(TestManager, Config) -> 
                     // Wait only while holding nothing: a thread that held one connection while
                     // waiting for another could deadlock with its mirror image (two keys, each
                     // full, each holder waiting for the other) until the wait timed out.
-                    if held.is_empty() && r % 3 != 0 {
+                    if held.is_empty() && !r.is_multiple_of(3) {
                         let key = (r >> 8) as u32 % KEYS;
                         match block_on(pool.get(&key)) {
                             Ok(conn) => {
@@ -98,7 +98,7 @@ fn hammer<P: ConnectionPool<TestManager>>(make: impl Fn(TestManager, Config) -> 
                             _ => drop(conn),
                         }
                     }
-                    if r % 4096 == 0 {
+                    if r.is_multiple_of(4096) {
                         block_on(pool.maintain(t % 2));
                     }
                 }

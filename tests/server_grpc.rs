@@ -246,11 +246,11 @@ async fn raw_call(
         let chunk = chunk.unwrap();
         let _ = body.flow_control().release_capacity(chunk.len());
     }
-    if out.grpc_status.is_none() {
-        if let Ok(Some(t)) = body.trailers().await {
-            out.grpc_status = header(&t, "grpc-status");
-            out.grpc_message = header(&t, "grpc-message");
-        }
+    if out.grpc_status.is_none()
+        && let Ok(Some(t)) = body.trailers().await
+    {
+        out.grpc_status = header(&t, "grpc-status");
+        out.grpc_message = header(&t, "grpc-message");
     }
     out
 }

@@ -211,13 +211,13 @@ where
             let head = acc.as_deref().unwrap_or(&buf);
             declared = Some(check_prefix(&head[..PREFIX_LEN], max_len)?);
         }
-        if let Some(len) = declared {
-            if have > PREFIX_LEN + len {
-                return Err(Status::new(
-                    Code::Internal,
-                    "more than one request message for a unary method",
-                ));
-            }
+        if let Some(len) = declared
+            && have > PREFIX_LEN + len
+        {
+            return Err(Status::new(
+                Code::Internal,
+                "more than one request message for a unary method",
+            ));
         }
     }
     let mut whole = match acc {

@@ -888,16 +888,16 @@ fn check_head(
         ));
     }
     let method = route(req.uri().path()).map_err(Refusal::Grpc)?;
-    if let Some(enc) = req.headers().get(grpc::GRPC_ENCODING) {
-        if enc.as_bytes() != b"identity" {
-            return Err(Refusal::Grpc(Status::new(
-                Code::Unimplemented,
-                format!(
-                    "grpc-encoding {} is not supported; this server accepts identity only",
-                    String::from_utf8_lossy(enc.as_bytes())
-                ),
-            )));
-        }
+    if let Some(enc) = req.headers().get(grpc::GRPC_ENCODING)
+        && enc.as_bytes() != b"identity"
+    {
+        return Err(Refusal::Grpc(Status::new(
+            Code::Unimplemented,
+            format!(
+                "grpc-encoding {} is not supported; this server accepts identity only",
+                String::from_utf8_lossy(enc.as_bytes())
+            ),
+        )));
     }
     let timeout = match req.headers().get(grpc::GRPC_TIMEOUT) {
         Some(v) => Some(grpc::parse_timeout(v.as_bytes()).map_err(Refusal::Grpc)?),

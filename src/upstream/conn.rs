@@ -175,11 +175,12 @@ impl UpstreamConn {
     fn wrapper_for(&mut self, shard: usize) -> io::Result<(Wrapper, bool)> {
         self.inboxes.drain(shard);
         let cached = WRAPPERS.with(|t| t.borrow_mut().remove(&self.id));
-        if let Some(w) = cached {
-            if self.home == shard && w.generation == self.generation {
-                return Ok((w, false));
-            }
-            // A stale wrapper from an earlier stay on this shard: dropped here.
+        // A stale wrapper from an earlier stay on this shard is dropped here.
+        if let Some(w) = cached
+            && self.home == shard
+            && w.generation == self.generation
+        {
+            return Ok((w, false));
         }
         let moved = self.home != NO_HOME && self.home != shard;
         if moved {

@@ -639,7 +639,7 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
                     shared.manager.inboxes().drain(shard);
                     n += 1;
                     match &shared.pool {
-                        Some(pool) if n % 10 == 0 => pool.maintain(shard).await,
+                        Some(pool) if n.is_multiple_of(10) => pool.maintain(shard).await,
                         _ => {}
                     }
                 }
