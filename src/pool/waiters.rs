@@ -117,7 +117,15 @@ impl<T> WaitQueue<T> {
         if queue.is_empty() {
             signal.set_waiting(false);
         }
+        // Seeded bug for the loom models (docs/protocol.md): the bug this ordering fixes (below).
+        #[cfg(shardpool_seeded_bug = "handoff_unlocked")]
         drop(queue);
+        // The slot is filled while the queue is still locked. A waiter leaves the queue only under
+        // that lock (`deregister`), then reads its slot, so it either is still queued here (and
+        // finds the item when it reads its slot) or already left (and is not popped). Filling the
+        // slot after unlocking let a popped waiter that succeeded on its own retry leave first; the
+        // item then sat in a dead slot, dropped without closing, its permit never freed (found by
+        // the loom model `two_waiters`).
         let (waker, was_notified) = {
             let mut slot = lock(&waiter.slot);
             match std::mem::replace(&mut *slot, Slot::Handed(item)) {
@@ -126,6 +134,8 @@ impl<T> WaitQueue<T> {
                 Slot::Handed(_) | Slot::Closed | Slot::Taken => (None, false),
             }
         };
+        #[cfg(not(shardpool_seeded_bug = "handoff_unlocked"))]
+        drop(queue);
         if let Some(waker) = waker {
             waker.wake();
         }
