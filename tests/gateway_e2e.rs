@@ -613,3 +613,57 @@ fn the_origin_answers_bad_frames_with_error_frames_and_survives() {
     s.write_all(&ok).unwrap();
     assert_eq!(read_response(&mut s).unwrap().code, FrameCode::Ok);
 }
+
+#[test]
+fn stale_connections_are_retried_once_within_the_pool_limits() {
+    // The origin closes connections idle for 50 ms (a keep-alive timeout); the gateway does not
+    // peek before reuse (validate_after 60 s), so every burst after a pause meets stale
+    // connections and must retry them through the pool.
+    let o = Origin::start(OriginConfig {
+        id: "closes-idle".into(),
+        idle_timeout: Some(Duration::from_millis(50)),
+        ..OriginConfig::default()
+    })
+    .unwrap();
+    let mut config = GatewayConfig {
+        health: HealthConfig {
+            interval: None,
+            eject_after: 0,
+            ..HealthConfig::default()
+        },
+        ..GatewayConfig::default()
+    };
+    config.connector.validate_after = Duration::from_secs(60);
+    let max_size = 2;
+    let gw = start(
+        1,
+        config,
+        |m| Some(ShardedPool::new(m, pool_config(1).max_size(max_size)).unwrap()),
+        &[o.local_addr()],
+    );
+    run(async {
+        let ch = channel(gw.addr()).await;
+        for round in 0..5 {
+            let failed = load(&ch, 6, 4).await;
+            assert!(failed.is_empty(), "round {round}: {failed:?}");
+            eventually("the origin closed the idle connections", || {
+                o.open_connections() == 0
+            })
+            .await;
+        }
+    });
+    let s = &gw.gateway.backend_stats()[0];
+    assert!(
+        s.stale_retries >= 4,
+        "every burst after a pause should meet stale connections: {s:?}"
+    );
+    assert_eq!(s.errors, 0, "stale connections are not backend failures");
+    assert!(
+        o.peak_open_connections() <= max_size as u64,
+        "the retry opened connections beyond max_size {max_size}: peak {}",
+        o.peak_open_connections()
+    );
+    let pool = gw.gateway.pool().unwrap();
+    assert!(pool.stats().total.live <= max_size as u64);
+    assert_no_leaks(pool);
+}

@@ -1,7 +1,7 @@
 //! `shardpool origin`: a backend speaking the framed greeting protocol (docs/gateway.md).
 
 use super::CliResult;
-use super::serve::parse_duration;
+use super::serve::{parse_duration, parse_opt_duration};
 use shardpool::upstream::origin::{Origin, OriginConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,7 +28,14 @@ pub struct OriginArgs {
     /// Pin each shard to a CPU.
     #[arg(long, env = "SHARDPOOL_ORIGIN_PIN", default_value_t = false)]
     pin: bool,
+    /// Close connections that bring no request for this long, e.g. `5s`, or `off` (a
+    /// keep-alive timeout; pooled clients then meet stale connections).
+    #[arg(long, env = "SHARDPOOL_ORIGIN_IDLE_TIMEOUT", default_value = "off", value_parser = parse_opt_duration)]
+    idle_timeout: OffOrDuration,
 }
+
+/// A duration that may be `off` (an alias, so clap takes the whole `Option` from the parser).
+type OffOrDuration = Option<Duration>;
 
 /// Runs the origin until SIGINT/SIGTERM.
 pub fn run(args: OriginArgs) -> CliResult {
@@ -41,6 +48,7 @@ pub fn run(args: OriginArgs) -> CliResult {
         delay: args.delay,
         shards: args.shards,
         pin: args.pin,
+        idle_timeout: args.idle_timeout,
     })
     .map_err(|e| format!("cannot start the origin on {}: {e}", args.listen))?;
     println!(

@@ -22,7 +22,7 @@
 //! Validation ([`UpstreamManager`]'s `is_valid`) is a `recv(MSG_PEEK | MSG_DONTWAIT)` on the
 //! owned socket, done only for connections idle longer than `validate_after` (so the hot path
 //! pays no syscall for it); a connection the backend closed in that window fails its request,
-//! which the gateway retries once on a fresh connection.
+//! which the gateway retries once through the pool (see `Gateway`).
 
 use super::frame::{self, Op, ReadFrame, Response};
 use crate::pool::Manage;
@@ -206,8 +206,8 @@ impl UpstreamConn {
     }
 
     /// True if the backend closed the connection or sent bytes nobody asked for (one
-    /// non-blocking `recv(MSG_PEEK)`).
-    fn peer_gone(&self) -> bool {
+    /// non-blocking `recv(MSG_PEEK)` on the owned socket; no wrapper needed, any thread).
+    pub fn peer_gone(&self) -> bool {
         let mut byte = 0u8;
         // SAFETY: the fd is owned by `self.sock` and open; the buffer is one valid byte;
         // MSG_PEEK|MSG_DONTWAIT neither consumes data nor blocks.

@@ -7,12 +7,13 @@
 //!
 //! Per request: pick a healthy backend ([`Balance`]), check a connection out on this shard,
 //! exchange one frame, return the connection. A request that fails on a *reused* connection
-//! because the backend had closed it is retried once on a fresh connection; a request that fails
+//! because the backend had closed it is retried once through the pool (the stale connection is
+//! discarded first, so the retry stays within the pool's limits); a request that fails
 //! otherwise counts against the backend (passive health) and fails over once to another healthy
 //! backend. With no healthy backend the call is answered `UNAVAILABLE` with the reasons.
 
 use super::balance::{Balance, Picker};
-use super::conn::{ConnectorConfig, UpstreamManager, drop_thread_wrappers};
+use super::conn::{ConnectorConfig, Exchange, UpstreamManager, drop_thread_wrappers};
 use super::frame::{self, Code as FrameCode, Op};
 use crate::pool::{ConnectionPool, Error as PoolError, PooledConn};
 use crate::runtime::ShardContext;
@@ -666,39 +667,28 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
     /// One attempt on `b`: checkout (or connect), exchange, and the stale-connection retry.
     async fn attempt(&self, b: &Backend, name: &str) -> Result<String, AttemptError> {
         let c = b.counters(self.shard);
-        let manager = &self.shared.manager;
         let exchange = match &self.shared.pool {
             None => {
                 bump(&c.new_conns, 1);
-                let mut conn = manager.connect(b.addr).await.map_err(AttemptError::Io)?;
+                let connect = self.shared.manager.connect(b.addr).await;
+                let mut conn = connect.map_err(AttemptError::Io)?;
                 conn.exchange(self.shard, Op::Hello, name).await
             }
             Some(pool) => {
-                let mut guard = pool.get(&b.addr).await.map_err(|e| match e {
-                    PoolError::Create(e) => AttemptError::Io(e),
-                    other => AttemptError::Pool(other.to_string()),
-                })?;
-                let reused = guard.is_reused();
-                bump(if reused { &c.reused } else { &c.new_conns }, 1);
+                let mut guard = self.checkout(pool, b, false).await?;
                 match guard.exchange(self.shard, Op::Hello, name).await {
-                    Ok(x) => {
-                        if x.moved {
-                            bump(&c.steals, 1);
-                        }
-                        drop(guard);
-                        Ok(x)
-                    }
-                    Err(e) if reused && is_stale(&e) => {
+                    Err(e) if guard.is_reused() && is_stale(&e) => {
+                        // The backend closed this idle connection before the request reached
+                        // it, so nothing was done: retry once (SayHello is idempotent). The
+                        // discard frees the connection's permit first, so the retry's
+                        // connection is another pooled one or is created within `max_size`.
                         guard.discard();
                         bump(&c.stale_retries, 1);
-                        bump(&c.new_conns, 1);
-                        let mut conn = manager.connect(b.addr).await.map_err(AttemptError::Io)?;
-                        conn.exchange(self.shard, Op::Hello, name).await
+                        let mut guard = self.checkout(pool, b, true).await?;
+                        let result = guard.exchange(self.shard, Op::Hello, name).await;
+                        Self::finish(c, guard, result)
                     }
-                    Err(e) => {
-                        guard.discard();
-                        Err(e)
-                    }
+                    result => Self::finish(c, guard, result),
                 }
             }
         };
@@ -706,6 +696,55 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
         match response.code {
             FrameCode::Ok => Ok(response.message),
             _ => Err(AttemptError::Backend(response.message)),
+        }
+    }
+
+    /// Checks a connection to `b` out of the pool on this shard and counts it as new or reused.
+    /// With `verify`, reused connections the backend has closed (a peek, whatever their idle
+    /// time) are discarded and the checkout repeated; each repeat yields first, so the attempt's
+    /// timeout bounds the loop.
+    async fn checkout(
+        &self,
+        pool: &P,
+        b: &Backend,
+        verify: bool,
+    ) -> Result<P::Guard, AttemptError> {
+        let c = b.counters(self.shard);
+        loop {
+            let guard = pool.get(&b.addr).await.map_err(|e| match e {
+                PoolError::Create(e) => AttemptError::Io(e),
+                other => AttemptError::Pool(other.to_string()),
+            })?;
+            let reused = guard.is_reused();
+            if verify && reused && guard.peer_gone() {
+                guard.discard();
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            bump(if reused { &c.reused } else { &c.new_conns }, 1);
+            return Ok(guard);
+        }
+    }
+
+    /// Ends a pooled exchange: counts a steal and returns the connection, or closes it after a
+    /// failure (its stream position is unknown).
+    fn finish(
+        c: &ShardCounters,
+        guard: P::Guard,
+        result: io::Result<Exchange>,
+    ) -> io::Result<Exchange> {
+        match result {
+            Ok(x) => {
+                if x.moved {
+                    bump(&c.steals, 1);
+                }
+                drop(guard);
+                Ok(x)
+            }
+            Err(e) => {
+                guard.discard();
+                Err(e)
+            }
         }
     }
 

@@ -36,6 +36,9 @@ pub struct OriginConfig {
     pub shards: usize,
     /// Pin each shard to a CPU (off for origins embedded next to a pinned server).
     pub pin: bool,
+    /// Close a connection that brings no complete request for this long, like a server's
+    /// keep-alive timeout (`None`: keep connections open until the client closes them).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for OriginConfig {
@@ -46,6 +49,7 @@ impl Default for OriginConfig {
             delay: Duration::ZERO,
             shards: 1,
             pin: false,
+            idle_timeout: None,
         }
     }
 }
@@ -59,6 +63,8 @@ struct OriginShared {
     accepted: AtomicU64,
     /// Connections closed.
     closed: AtomicU64,
+    /// The most connections open at once (sampled at each accept).
+    peak_open: AtomicU64,
     /// Current answer delay, nanoseconds.
     delay_ns: AtomicU64,
 }
@@ -98,7 +104,7 @@ impl Origin {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
-            serve_shard(listener, Arc::clone(&sh), stop.clone())
+            serve_shard(listener, Arc::clone(&sh), stop.clone(), config.idle_timeout)
         })
         .map_err(io::Error::other)?;
         Ok(RunningOrigin {
@@ -110,7 +116,12 @@ impl Origin {
     }
 }
 
-async fn serve_shard(listener: Option<socket2::Socket>, shared: Arc<OriginShared>, stop: Shutdown) {
+async fn serve_shard(
+    listener: Option<socket2::Socket>,
+    shared: Arc<OriginShared>,
+    stop: Shutdown,
+    idle_timeout: Option<Duration>,
+) {
     let Some(listener) = listener else { return };
     let listener = into_glommio_listener(listener);
     loop {
@@ -124,7 +135,8 @@ async fn serve_shard(listener: Option<socket2::Socket>, shared: Arc<OriginShared
             Some(Ok(stream)) => {
                 // Nodelay failing on a just-accepted socket only costs latency; serve anyway.
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(serve_conn(stream, Arc::clone(&shared))).detach();
+                glommio::spawn_local(serve_conn(stream, Arc::clone(&shared), idle_timeout))
+                    .detach();
             }
             // EMFILE and friends: back off a little instead of spinning.
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
@@ -134,14 +146,36 @@ async fn serve_shard(listener: Option<socket2::Socket>, shared: Arc<OriginShared
     // sockets (a stopped origin looks killed to its clients).
 }
 
-async fn serve_conn(mut stream: glommio::net::TcpStream, shared: Arc<OriginShared>) {
-    // Ordering: Relaxed counters (statistics; nothing is published through them).
-    shared.accepted.fetch_add(1, Ordering::Relaxed);
+async fn serve_conn(
+    mut stream: glommio::net::TcpStream,
+    shared: Arc<OriginShared>,
+    idle_timeout: Option<Duration>,
+) {
+    // Ordering: Relaxed counters (statistics; nothing is published through them). `closed` is
+    // read after the increment, so a close racing on another shard can only make the sampled
+    // peak larger, never smaller; on a one-shard origin accepts and closes are sequential.
+    let accepted = shared.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+    let open = accepted.saturating_sub(shared.closed.load(Ordering::Relaxed));
+    shared.peak_open.fetch_max(open, Ordering::Relaxed);
     let mut buf = Vec::with_capacity(256);
     let mut out = Vec::with_capacity(256);
     loop {
         out.clear();
-        let keep_open = match frame::read_frame(&mut stream, &mut buf).await {
+        let read = async { Some(frame::read_frame(&mut stream, &mut buf).await) };
+        let next = match idle_timeout {
+            None => read.await,
+            Some(idle) => {
+                futures_lite::future::or(read, async {
+                    glommio::timer::sleep(idle).await;
+                    None
+                })
+                .await
+            }
+        };
+        // `None`: idle too long; close like a keep-alive timeout (a pooled client finds out
+        // when it next uses the connection).
+        let Some(next) = next else { break };
+        let keep_open = match next {
             Ok(ReadFrame::Frame) => {
                 // Ordering: Relaxed, see `OriginShared::delay_ns`.
                 let delay = Duration::from_nanos(shared.delay_ns.load(Ordering::Relaxed));
@@ -207,6 +241,13 @@ impl RunningOrigin {
             .accepted
             .load(Ordering::Relaxed)
             .saturating_sub(closed)
+    }
+
+    /// The most connections that were open at once (sampled when a connection is accepted;
+    /// exact for a one-shard origin, an upper bound with several shards).
+    pub fn peak_open_connections(&self) -> u64 {
+        // Ordering: Relaxed statistic.
+        self.shared.peak_open.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far.
