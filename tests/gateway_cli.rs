@@ -20,8 +20,13 @@ struct Proc {
 
 impl Proc {
     fn start(args: &[&str]) -> Proc {
+        Proc::start_env(args, &[])
+    }
+
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("SHARDPOOL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -41,13 +46,19 @@ impl Proc {
 
     /// The address printed after `marker` on a stdout line (waits up to 10 s).
     fn addr_after(&self, marker: &str) -> SocketAddr {
+        let rest = self.line_with(marker);
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// The rest of the first stdout line containing `marker` (waits up to 10 s).
+    fn line_with(&self, marker: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let Ok(line) = self.lines.recv_timeout(left) else {
                 break;
             };
             if let Some(rest) = line.split(marker).nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
+                return rest.to_string();
             }
         }
         panic!("no `{marker}` line on stdout within 10 s");
@@ -198,4 +209,67 @@ fn serve_starts_embedded_origins_by_default_and_bad_flags_say_how_to_fix() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--backend ADDR"), "{err}");
+}
+
+#[test]
+fn the_config_file_upstream_table_configures_the_gateway_and_sighup_rereads_its_backends() {
+    let a = Proc::start(&["origin", "--listen", "127.0.0.1:0", "--id", "a"]);
+    let b = Proc::start(&["origin", "--listen", "127.0.0.1:0", "--id", "b"]);
+    let (a_addr, b_addr) = (a.addr_after("listening on "), b.addr_after("listening on "));
+    let dir = std::env::temp_dir().join(format!("shardpool-gateway-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("serve.toml");
+    let config = |backend: SocketAddr, extra: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\npin = false\n[upstream]\nbackends = [\"{backend}\"]\n\
+             lb = \"random\"\npool = \"sharded\"\nupstream_admin_listen = \"127.0.0.1:0\"\n{extra}"
+        )
+    };
+    std::fs::write(&file, config(a_addr, "")).unwrap();
+    // The variable beats the file (pool), the flag beats both (lb).
+    let serve = Proc::start_env(
+        &["serve", "--config", file.to_str().unwrap(), "--lb", "p2c"],
+        &[("SHARDPOOL_POOL", "mutex"), ("SHARDPOOL_LB", "round-robin")],
+    );
+    let started = serve.line_with("gateway to ");
+    assert!(
+        started.contains(&a_addr.to_string())
+            && started.contains("pool Mutex")
+            && started.contains("lb power-of-two"),
+        "{started}"
+    );
+    let admin = serve.addr_after("upstream admin on ");
+    let grpc = serve.addr_after("serving gRPC on ");
+    assert_eq!(say_hello(grpc, "Ada").unwrap(), "Hello, Ada!");
+
+    std::fs::write(&file, config(b_addr, "")).unwrap();
+    serve.signal(libc::SIGHUP);
+    eventually("SIGHUP swaps a for b", || {
+        let t = http(admin, "GET /backends");
+        t.contains(&b_addr.to_string()) && !t.contains(&a_addr.to_string())
+    });
+    // A bad value keeps the current backends.
+    std::fs::write(&file, config(a_addr, "pool_max_size = \"lots\"\n")).unwrap();
+    serve.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = http(admin, "GET /backends");
+    assert!(
+        t.contains(&b_addr.to_string()) && !t.contains(&a_addr.to_string()),
+        "{t}"
+    );
+    assert_eq!(say_hello(grpc, "Bob").unwrap(), "Hello, Bob!");
+    drop(serve);
+
+    // At start, a bad value is an error naming the key and what is expected.
+    let out = Command::new(BIN)
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upstream.pool_max_size") && err.contains("whole number"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

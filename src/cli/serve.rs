@@ -7,6 +7,9 @@
 //!
 //! Values: durations like `500ms`, `30s`, `10m`, `1h` (or `off` where a knob can be disabled);
 //! sizes like `65536`, `64KiB`, `1MiB`; booleans `true`/`false`.
+//!
+//! Gateway-mode knobs live in the file's `[upstream]` table (see `upstream_args`), with the
+//! same precedence.
 
 use super::CliResult;
 use shardpool::runtime::RuntimeOptions;
@@ -14,6 +17,7 @@ use shardpool::server::{RunningServer, Server, ServerConfig};
 use shardpool::topology::{Placement, Topology};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -23,16 +27,17 @@ pub struct ServeArgs {
     #[command(flatten)]
     knobs: Box<Knobs>,
     #[command(flatten)]
-    upstream: super::upstream_args::UpstreamArgs,
+    upstream: Box<super::upstream_args::UpstreamArgs>,
 }
 
 /// The knobs of `serve`. Every knob is a string here; it is parsed after merging the flag, the
 /// environment and the TOML file, so all three accept the same syntax.
 #[derive(clap::Args, Debug, Default)]
 struct Knobs {
-    /// TOML file with knobs (keys are the flag names with `_` for `-`).
+    /// TOML file with knobs (keys are the flag names with `_` for `-`; gateway knobs in an
+    /// `[upstream]` table). SIGHUP re-reads its `upstream.backends`.
     #[arg(long, env = "SHARDPOOL_CONFIG")]
-    config: Option<std::path::PathBuf>,
+    config: Option<PathBuf>,
     /// gRPC address [default: 127.0.0.1:50051].
     #[arg(long, env = "SHARDPOOL_LISTEN")]
     listen: Option<String>,
@@ -106,16 +111,31 @@ struct Resolved {
 }
 
 /// Looks knobs up: flag/env value first (clap merged those), then the TOML file.
-struct Lookup {
-    file: BTreeMap<String, String>,
+pub(super) struct Lookup<'a> {
+    /// The file's values of this table, as strings.
+    pub(super) file: &'a BTreeMap<String, String>,
+    /// How the table's keys are written in messages: `""` or `"upstream."`.
+    pub(super) table: &'static str,
 }
 
-impl Lookup {
+impl Lookup<'_> {
     /// Parses `cli` or the file's `key` with `parse`; `None` when neither is set. Errors name
     /// the flag, the variable and the key, and show the expected syntax.
-    fn get<T>(
+    pub(super) fn get<T>(
         &self,
         key: &str,
+        cli: &Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        self.get_as(key, key, cli, parse)
+    }
+
+    /// Like `get` for a key whose flag is named differently (`flag` with `_` for `-`; the
+    /// variable is `SHARDPOOL_` and the flag in capitals).
+    pub(super) fn get_as<T>(
+        &self,
+        key: &str,
+        flag: &str,
         cli: &Option<String>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Option<T>, String> {
@@ -126,9 +146,10 @@ impl Lookup {
         };
         parse(raw.trim()).map(Some).map_err(|e| {
             format!(
-                "invalid value `{raw}` for --{} (SHARDPOOL_{}, config key `{key}`, from the {from}): {e}",
-                key.replace('_', "-"),
-                key.to_uppercase()
+                "invalid value `{raw}` for --{} (SHARDPOOL_{}, config key `{}{key}`, from the {from}): {e}",
+                flag.replace('_', "-"),
+                flag.to_uppercase(),
+                self.table
             )
         })
     }
@@ -158,38 +179,64 @@ const KEYS: [&str; 21] = [
     "config",
 ];
 
-/// Reads a TOML knob file into key → string value (numbers and booleans as written).
-fn read_file(path: Option<&std::path::Path>) -> Result<BTreeMap<String, String>, String> {
+/// The `--config` file: the server's knobs (as strings) and the `[upstream]` table.
+#[derive(Debug, Default)]
+pub(super) struct ConfigFile {
+    /// Where it was read from (`None`: no file).
+    pub(super) path: Option<PathBuf>,
+    knobs: BTreeMap<String, String>,
+    /// The `[upstream]` table, checked by `upstream_args`.
+    pub(super) upstream: toml::Table,
+}
+
+/// A scalar TOML value as the string a flag would carry (numbers and booleans as written).
+pub(super) fn scalar(key: &str, v: toml::Value, path: &Path) -> Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        other => Err(format!(
+            "key `{key}` in {}: unsupported value {other}",
+            path.display()
+        )),
+    }
+}
+
+/// Reads a TOML knob file (no path: an empty one).
+pub(super) fn read_config(path: Option<&Path>) -> Result<ConfigFile, String> {
     let Some(path) = path else {
-        return Ok(BTreeMap::new());
+        return Ok(ConfigFile::default());
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     let table: toml::Table = text
         .parse()
         .map_err(|e| format!("config file {} is not valid TOML: {e}", path.display()))?;
-    let mut out = BTreeMap::new();
+    let mut out = ConfigFile {
+        path: Some(path.to_path_buf()),
+        ..ConfigFile::default()
+    };
     for (k, v) in table {
+        if k == "upstream" {
+            let toml::Value::Table(t) = v else {
+                return Err(format!(
+                    "`upstream` in {} must be a table: write `[upstream]` above its keys",
+                    path.display()
+                ));
+            };
+            out.upstream = t;
+            continue;
+        }
         if !KEYS.contains(&k.as_str()) || k == "config" {
             return Err(format!(
-                "unknown key `{k}` in {}; known keys: {}",
+                "unknown key `{k}` in {}; known keys: {}, and the [upstream] table",
                 path.display(),
                 KEYS[..KEYS.len() - 1].join(", ")
             ));
         }
-        let s = match v {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            other => {
-                return Err(format!(
-                    "key `{k}` in {}: unsupported value {other}",
-                    path.display()
-                ));
-            }
-        };
-        out.insert(k, s);
+        let v = scalar(&k, v, path)?;
+        out.knobs.insert(k, v);
     }
     Ok(out)
 }
@@ -290,9 +337,10 @@ fn parse_opt_count(s: &str) -> Result<Option<usize>, String> {
 }
 
 impl Knobs {
-    fn resolve(&self) -> Result<Resolved, String> {
+    fn resolve(&self, file: &ConfigFile) -> Result<Resolved, String> {
         let l = Lookup {
-            file: read_file(self.config.as_deref())?,
+            file: &file.knobs,
+            table: "",
         };
         let d = ServerConfig::default();
         let a = self;
@@ -410,12 +458,14 @@ pub fn run(args: ServeArgs) -> CliResult {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let r = args.knobs.resolve()?;
+    let file = read_config(args.knobs.config.as_deref())?;
+    let r = args.knobs.resolve(&file)?;
+    let upstream = args.upstream.resolve(&file)?;
     let topology = Topology::detect();
     let map = topology.place(&r.placement, r.shards)?;
     let grace = r.server.shutdown_grace;
     let (server, _upstream) =
-        super::upstream_args::start(&args.upstream, Server::new(r.server), &map, &r.runtime)?;
+        super::upstream_args::start(&upstream, Server::new(r.server), &map, &r.runtime)?;
     for (i, p) in map.places().iter().enumerate() {
         println!(
             "shardpool: shard {i} on cpu {} (NUMA node {})",
@@ -489,7 +539,7 @@ mod tests {
              initial_stream_window = \"64KiB\"\nplacement = \"cpus:0\"\n",
         )
         .unwrap();
-        let defaults = Knobs::default().resolve().unwrap();
+        let defaults = Knobs::default().resolve(&ConfigFile::default()).unwrap();
         assert_eq!(defaults.server, ServerConfig::default());
         assert_eq!(defaults.placement, Placement::AllCores);
 
@@ -501,7 +551,9 @@ mod tests {
             admin_listen: Some("127.0.0.1:0".into()),
             ..Knobs::default()
         };
-        let r = args.resolve().unwrap();
+        let r = args
+            .resolve(&read_config(args.config.as_deref()).unwrap())
+            .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             r.server.request_timeout,
@@ -526,7 +578,7 @@ mod tests {
             request_timeout: Some("soon".into()),
             ..Knobs::default()
         }
-        .resolve()
+        .resolve(&ConfigFile::default())
         .unwrap_err();
         assert!(
             err.contains("--request-timeout") && err.contains("SHARDPOOL_REQUEST_TIMEOUT"),
@@ -537,14 +589,14 @@ mod tests {
             initial_stream_window: Some("8GiB".into()),
             ..Knobs::default()
         }
-        .resolve()
+        .resolve(&ConfigFile::default())
         .unwrap_err();
         assert!(err.contains("2^31-1"), "{err}");
         let err = Knobs {
             max_connections_per_shard: Some("0".into()),
             ..Knobs::default()
         }
-        .resolve()
+        .resolve(&ConfigFile::default())
         .unwrap_err();
         assert!(err.contains("at least 1"), "{err}");
     }

@@ -1,10 +1,24 @@
-//! Gateway-mode flags of `shardpool serve` and the code that wires the gateway into the server.
+//! Gateway-mode knobs of `shardpool serve` and the code that wires the gateway into the server.
 //!
-//! With no `--backend`, `serve` starts `--embedded-origins` origins on loopback and sends every
-//! SayHello through them; with `--backend ADDR` (repeatable) it uses those; `--upstream none`
-//! keeps the direct Greeter. Every flag also reads a `SHARDPOOL_*` environment variable.
+//! With no backend, `serve` starts `--embedded-origins` origins on loopback and sends every
+//! SayHello through them; with backends it uses those; `--upstream none` keeps the direct
+//! Greeter. Every knob is a flag, a `SHARDPOOL_*` environment variable and a key of the
+//! `[upstream]` table of the `--config` file, in that order of precedence:
+//!
+//! ```toml
+//! [upstream]
+//! backends = ["127.0.0.1:7001", "127.0.0.1:7002"]   # --backend (repeatable), SHARDPOOL_BACKEND
+//! lb = "p2c"
+//! pool = "sharded"
+//! pool_max_size = 64
+//! health_interval = "500ms"
+//! ```
+//!
+//! Keys are the flag names with `_` for `-`, except `mode` (`--upstream`) and `backends`
+//! (`--backend`). Backends given by flag or variable replace the file's list. SIGHUP re-reads
+//! the file's `upstream.backends` (unless backends came from flags) and `--backends-file`.
 
-use super::serve::{parse_duration, parse_opt_duration};
+use super::serve::{ConfigFile, Lookup, parse_duration, parse_opt_duration, read_config, scalar};
 use shardpool::baseline::MutexPool;
 use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, ShardContext};
@@ -15,6 +29,7 @@ use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
 use shardpool::upstream::{
     Balance, ConnectorConfig, Gateway, GatewayConfig, HealthChecker, HealthConfig, UpstreamManager,
 };
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,14 +37,10 @@ use std::time::Duration;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-/// A duration that may be `off`. An alias, so clap takes the whole `Option` from the parser
-/// instead of treating the flag as optional.
-type OffOrDuration = Option<Duration>;
-
 /// Where SayHello answers come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum UpstreamMode {
-    /// `--backend`s if given, else embedded origins.
+    /// Backends if given, else embedded origins.
     Auto,
     /// Embedded origins on loopback (`--embedded-origins`).
     Embedded,
@@ -48,67 +59,338 @@ pub enum PoolKind {
     None,
 }
 
-/// Gateway flags of `shardpool serve`.
-#[derive(clap::Args, Debug)]
+/// Gateway knobs of `shardpool serve`. Strings here, parsed after merging flag, environment and
+/// the config file's `[upstream]` table, so all three accept the same syntax.
+#[derive(clap::Args, Debug, Default)]
 pub struct UpstreamArgs {
     /// Where answers come from: `auto` (backends if given, else embedded origins), `embedded`,
-    /// or `none` (the direct Greeter, for pure server benchmarks).
-    #[arg(long, env = "SHARDPOOL_UPSTREAM", value_enum, default_value_t = UpstreamMode::Auto)]
-    upstream: UpstreamMode,
-    /// An upstream origin `IP:PORT` (repeatable; the variable takes a comma-separated list).
+    /// or `none` (the direct Greeter, for pure server benchmarks) [default: auto] [config key:
+    /// upstream.mode].
+    #[arg(long, env = "SHARDPOOL_UPSTREAM")]
+    upstream: Option<String>,
+    /// An upstream origin `IP:PORT` (repeatable; the variable takes a comma-separated list);
+    /// replaces the config file's `upstream.backends`.
     #[arg(long = "backend", env = "SHARDPOOL_BACKEND", value_delimiter = ',')]
-    backends: Vec<SocketAddr>,
-    /// TOML file with `backends = ["IP:PORT", ...]`, added to --backend and re-read on SIGHUP.
+    backends: Vec<String>,
+    /// TOML file with `backends = ["IP:PORT", ...]`, added to the other backends and re-read
+    /// on SIGHUP.
     #[arg(long, env = "SHARDPOOL_BACKENDS_FILE")]
-    backends_file: Option<PathBuf>,
-    /// Origins started in-process when no backend is given.
-    #[arg(long, env = "SHARDPOOL_EMBEDDED_ORIGINS", default_value_t = 2)]
-    embedded_origins: usize,
-    /// Pool implementation: `sharded`, `mutex`, or `none` (connect per request).
-    #[arg(long, env = "SHARDPOOL_POOL", value_enum, default_value_t = PoolKind::Sharded)]
-    pool: PoolKind,
-    /// Load balancing: round-robin, least-connections, random, power-of-two (p2c).
-    #[arg(long, env = "SHARDPOOL_LB", default_value = "round-robin")]
-    lb: Balance,
-    /// Live connections per backend (all shards).
-    #[arg(long, env = "SHARDPOOL_POOL_MAX_SIZE", default_value_t = 256)]
-    pool_max_size: usize,
-    /// Idle connections kept per backend (all shards).
-    #[arg(long, env = "SHARDPOOL_POOL_MAX_IDLE", default_value_t = 256)]
-    pool_max_idle: usize,
-    /// Close pooled connections idle this long, or `off`.
-    #[arg(long, env = "SHARDPOOL_POOL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_opt_duration)]
-    pool_idle_timeout: OffOrDuration,
-    /// Longest time one upstream attempt may take (checkout, connect, exchange).
-    #[arg(long, env = "SHARDPOOL_UPSTREAM_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
-    upstream_timeout: Duration,
-    /// Upstream connect timeout.
-    #[arg(long, env = "SHARDPOOL_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
-    connect_timeout: Duration,
-    /// TCP keepalive idle time of upstream connections, or `off`.
-    #[arg(long, env = "SHARDPOOL_UPSTREAM_KEEPALIVE", default_value = "60s", value_parser = parse_opt_duration)]
-    upstream_keepalive: OffOrDuration,
-    /// Peek at pooled connections idle at least this long before reusing them (`0s`: always).
-    #[arg(long, env = "SHARDPOOL_VALIDATE_AFTER", default_value = "100ms", value_parser = parse_duration)]
-    validate_after: Duration,
-    /// Active health-check period, or `off`.
-    #[arg(long, env = "SHARDPOOL_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_opt_duration)]
-    health_interval: OffOrDuration,
-    /// Active health-check timeout.
-    #[arg(long, env = "SHARDPOOL_HEALTH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
-    health_timeout: Duration,
-    /// Consecutive failed requests that eject a backend (0: never).
-    #[arg(long, env = "SHARDPOOL_EJECT_AFTER", default_value_t = 3)]
-    eject_after: u32,
-    /// First ejection length (doubles per ejection in a row).
-    #[arg(long, env = "SHARDPOOL_EJECT_BACKOFF", default_value = "1s", value_parser = parse_duration)]
-    eject_backoff: Duration,
-    /// Longest ejection.
-    #[arg(long, env = "SHARDPOOL_EJECT_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
-    eject_backoff_max: Duration,
-    /// Upstream admin HTTP address (per-backend /metrics, add/remove backends), or unset: off.
+    backends_file: Option<String>,
+    /// Origins started in-process when no backend is given [default: 2].
+    #[arg(long, env = "SHARDPOOL_EMBEDDED_ORIGINS")]
+    embedded_origins: Option<String>,
+    /// Pool implementation: `sharded`, `mutex`, or `none` (connect per request)
+    /// [default: sharded].
+    #[arg(long, env = "SHARDPOOL_POOL")]
+    pool: Option<String>,
+    /// Load balancing: round-robin, least-connections, random, power-of-two (p2c)
+    /// [default: round-robin].
+    #[arg(long, env = "SHARDPOOL_LB")]
+    lb: Option<String>,
+    /// Live connections per backend (all shards) [default: 256].
+    #[arg(long, env = "SHARDPOOL_POOL_MAX_SIZE")]
+    pool_max_size: Option<String>,
+    /// Idle connections kept per backend (all shards) [default: 256].
+    #[arg(long, env = "SHARDPOOL_POOL_MAX_IDLE")]
+    pool_max_idle: Option<String>,
+    /// Close pooled connections idle this long, or `off` [default: 60s].
+    #[arg(long, env = "SHARDPOOL_POOL_IDLE_TIMEOUT")]
+    pool_idle_timeout: Option<String>,
+    /// Longest time one upstream attempt may take (checkout, connect, exchange) [default: 2s].
+    #[arg(long, env = "SHARDPOOL_UPSTREAM_TIMEOUT")]
+    upstream_timeout: Option<String>,
+    /// Upstream connect timeout [default: 1s].
+    #[arg(long, env = "SHARDPOOL_CONNECT_TIMEOUT")]
+    connect_timeout: Option<String>,
+    /// TCP keepalive idle time of upstream connections, or `off` [default: 60s].
+    #[arg(long, env = "SHARDPOOL_UPSTREAM_KEEPALIVE")]
+    upstream_keepalive: Option<String>,
+    /// Peek at pooled connections idle at least this long before reusing them (`0s`: always)
+    /// [default: 100ms].
+    #[arg(long, env = "SHARDPOOL_VALIDATE_AFTER")]
+    validate_after: Option<String>,
+    /// Active health-check period, or `off` [default: 1s].
+    #[arg(long, env = "SHARDPOOL_HEALTH_INTERVAL")]
+    health_interval: Option<String>,
+    /// Active health-check timeout [default: 500ms].
+    #[arg(long, env = "SHARDPOOL_HEALTH_TIMEOUT")]
+    health_timeout: Option<String>,
+    /// Consecutive failed requests that eject a backend (0: never) [default: 3].
+    #[arg(long, env = "SHARDPOOL_EJECT_AFTER")]
+    eject_after: Option<String>,
+    /// First ejection length (doubles per ejection in a row) [default: 1s].
+    #[arg(long, env = "SHARDPOOL_EJECT_BACKOFF")]
+    eject_backoff: Option<String>,
+    /// Longest ejection [default: 30s].
+    #[arg(long, env = "SHARDPOOL_EJECT_BACKOFF_MAX")]
+    eject_backoff_max: Option<String>,
+    /// Upstream admin HTTP address (per-backend /metrics, add/remove backends), or `off`
+    /// [default: off].
     #[arg(long, env = "SHARDPOOL_UPSTREAM_ADMIN_LISTEN")]
-    upstream_admin_listen: Option<SocketAddr>,
+    upstream_admin_listen: Option<String>,
+}
+
+/// Keys of the `[upstream]` table (`backends` is the list; the rest are scalars).
+const UPSTREAM_KEYS: [&str; 19] = [
+    "mode",
+    "backends",
+    "backends_file",
+    "embedded_origins",
+    "pool",
+    "lb",
+    "pool_max_size",
+    "pool_max_idle",
+    "pool_idle_timeout",
+    "upstream_timeout",
+    "connect_timeout",
+    "upstream_keepalive",
+    "validate_after",
+    "health_interval",
+    "health_timeout",
+    "eject_after",
+    "eject_backoff",
+    "eject_backoff_max",
+    "upstream_admin_listen",
+];
+
+/// The gateway settings after merging flags, environment, the config file and defaults.
+#[derive(Debug, PartialEq)]
+pub struct UpstreamSettings {
+    mode: UpstreamMode,
+    backends: BackendSources,
+    embedded_origins: usize,
+    pool: PoolKind,
+    pool_max_size: usize,
+    pool_max_idle: usize,
+    pool_idle_timeout: Option<Duration>,
+    gateway: GatewayConfig,
+    admin_listen: Option<SocketAddr>,
+}
+
+/// Where the backend list comes from, at start and on SIGHUP.
+#[derive(Clone, Debug, PartialEq)]
+struct BackendSources {
+    /// `--backend`/`SHARDPOOL_BACKEND` (fixed for the process), or the config file's list as
+    /// read at start.
+    initial: Vec<SocketAddr>,
+    /// The config file whose `upstream.backends` is re-read on SIGHUP (`None` when the flags
+    /// gave backends, or there is no config file).
+    config: Option<PathBuf>,
+    /// `--backends-file`, added to the list and re-read on SIGHUP.
+    file: Option<PathBuf>,
+}
+
+impl BackendSources {
+    /// Re-reads the files: the current list, or why it cannot be read.
+    fn reload(&self, fixed: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
+        let mut list = match &self.config {
+            // The whole [upstream] table must still be valid, though only the list is applied.
+            Some(path) => {
+                let file = read_config(Some(path))?;
+                UpstreamArgs::default().resolve(&file)?.backends.initial
+            }
+            None => self.initial.clone(),
+        };
+        if let Some(f) = &self.file {
+            list.extend(read_backends_file(f)?);
+        }
+        list.extend(fixed.iter().copied());
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|a| seen.insert(*a));
+        Ok(list)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|e| format!("{e}; expected IP:PORT like 127.0.0.1:7001"))
+}
+
+fn parse_count<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| "expected a whole number".to_string())
+}
+
+fn parse_enum<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
+    T::from_str(s, true).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        format!("use one of {}", names.join(", "))
+    })
+}
+
+/// The `upstream.backends` list of a config file (empty if absent).
+fn config_backends(file: &ConfigFile) -> Result<Vec<SocketAddr>, String> {
+    let Some(v) = file.upstream.get("backends") else {
+        return Ok(Vec::new());
+    };
+    let path = file.path.as_deref().unwrap_or(Path::new("the config file"));
+    let fix = "write `backends = [\"IP:PORT\", ...]` under [upstream]";
+    let toml::Value::Array(list) = v else {
+        return Err(format!(
+            "config key `upstream.backends` in {}: {v} is not a list; {fix}",
+            path.display()
+        ));
+    };
+    list.iter()
+        .map(|v| match v.as_str().map(parse_addr) {
+            Some(Ok(a)) => Ok(a),
+            Some(Err(e)) => Err(format!(
+                "config key `upstream.backends` in {}: `{v}`: {e}",
+                path.display()
+            )),
+            None => Err(format!(
+                "config key `upstream.backends` in {}: {v} is not a string; {fix}",
+                path.display()
+            )),
+        })
+        .collect()
+}
+
+impl UpstreamArgs {
+    /// Merges flags/environment with the config file's `[upstream]` table and the defaults.
+    /// Errors name the flag, the variable and the key, and say what is expected.
+    pub fn resolve(&self, file: &ConfigFile) -> Result<UpstreamSettings, String> {
+        let path = file.path.as_deref().unwrap_or(Path::new("the config file"));
+        let mut scalars = BTreeMap::new();
+        for (k, v) in &file.upstream {
+            if !UPSTREAM_KEYS.contains(&k.as_str()) {
+                return Err(format!(
+                    "unknown key `upstream.{k}` in {}; known keys of [upstream]: {}",
+                    path.display(),
+                    UPSTREAM_KEYS.join(", ")
+                ));
+            }
+            if k != "backends" {
+                scalars.insert(
+                    k.clone(),
+                    scalar(&format!("upstream.{k}"), v.clone(), path)?,
+                );
+            }
+        }
+        let l = Lookup {
+            file: &scalars,
+            table: "upstream.",
+        };
+        let a = self;
+        let dg = GatewayConfig::default();
+        let (dh, dc) = (&dg.health, &dg.connector);
+        let health = HealthConfig {
+            interval: l
+                .get("health_interval", &a.health_interval, parse_opt_duration)?
+                .unwrap_or(dh.interval),
+            timeout: l
+                .get("health_timeout", &a.health_timeout, parse_duration)?
+                .unwrap_or(dh.timeout),
+            eject_after: l
+                .get("eject_after", &a.eject_after, parse_count)?
+                .unwrap_or(dh.eject_after),
+            backoff_base: l
+                .get("eject_backoff", &a.eject_backoff, parse_duration)?
+                .unwrap_or(dh.backoff_base),
+            backoff_max: l
+                .get("eject_backoff_max", &a.eject_backoff_max, parse_duration)?
+                .unwrap_or(dh.backoff_max),
+        };
+        if health.backoff_max < health.backoff_base {
+            return Err(format!(
+                "--eject-backoff-max ({:?}) is shorter than --eject-backoff ({:?}); raise \
+                 eject_backoff_max or lower eject_backoff (SHARDPOOL_EJECT_BACKOFF[_MAX], config \
+                 keys upstream.eject_backoff[_max])",
+                health.backoff_max, health.backoff_base
+            ));
+        }
+        let connector = ConnectorConfig {
+            connect_timeout: l
+                .get("connect_timeout", &a.connect_timeout, parse_duration)?
+                .unwrap_or(dc.connect_timeout),
+            keepalive: l
+                .get(
+                    "upstream_keepalive",
+                    &a.upstream_keepalive,
+                    parse_opt_duration,
+                )?
+                .unwrap_or(dc.keepalive),
+            validate_after: l
+                .get("validate_after", &a.validate_after, parse_duration)?
+                .unwrap_or(dc.validate_after),
+        };
+        let gateway = GatewayConfig {
+            balance: l
+                .get("lb", &a.lb, |s| s.parse::<Balance>())?
+                .unwrap_or(dg.balance),
+            health,
+            request_timeout: l
+                .get("upstream_timeout", &a.upstream_timeout, parse_duration)?
+                .unwrap_or(dg.request_timeout),
+            connector,
+        };
+        let flag_backends = a
+            .backends
+            .iter()
+            .map(|b| {
+                parse_addr(b.trim()).map_err(|e| {
+                    format!(
+                        "invalid value `{b}` for --backend (SHARDPOOL_BACKEND, config key \
+                         `upstream.backends`): {e}"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let backends = if flag_backends.is_empty() {
+            BackendSources {
+                initial: config_backends(file)?,
+                config: file.path.clone(),
+                file: None,
+            }
+        } else {
+            BackendSources {
+                initial: flag_backends,
+                config: None,
+                file: None,
+            }
+        };
+        let backends = BackendSources {
+            file: l.get("backends_file", &a.backends_file, |s| Ok(PathBuf::from(s)))?,
+            ..backends
+        };
+        Ok(UpstreamSettings {
+            mode: l
+                .get_as("mode", "upstream", &a.upstream, parse_enum)?
+                .unwrap_or(UpstreamMode::Auto),
+            backends,
+            embedded_origins: l
+                .get("embedded_origins", &a.embedded_origins, parse_count)?
+                .unwrap_or(2),
+            pool: l
+                .get("pool", &a.pool, parse_enum)?
+                .unwrap_or(PoolKind::Sharded),
+            pool_max_size: l
+                .get("pool_max_size", &a.pool_max_size, parse_count)?
+                .unwrap_or(256),
+            pool_max_idle: l
+                .get("pool_max_idle", &a.pool_max_idle, parse_count)?
+                .unwrap_or(256),
+            pool_idle_timeout: l
+                .get(
+                    "pool_idle_timeout",
+                    &a.pool_idle_timeout,
+                    parse_opt_duration,
+                )?
+                .unwrap_or(Some(Duration::from_secs(60))),
+            gateway,
+            admin_listen: l
+                .get("upstream_admin_listen", &a.upstream_admin_listen, |s| {
+                    if matches!(s, "off" | "none") {
+                        Ok(None)
+                    } else {
+                        parse_addr(s).map(Some)
+                    }
+                })?
+                .flatten(),
+        })
+    }
 }
 
 /// What the gateway keeps running beside the server; drop it after the server has stopped.
@@ -135,7 +417,7 @@ impl Drop for UpstreamHandle {
 /// Starts `server` on `map`, in gateway mode unless `--upstream none`. Keep the handle until
 /// the server has stopped.
 pub fn start<F, H>(
-    args: &UpstreamArgs,
+    args: &UpstreamSettings,
     server: Server<F>,
     map: &ShardMap,
     runtime: &RuntimeOptions,
@@ -144,39 +426,28 @@ where
     F: Fn(ShardContext) -> H + Send + Sync + 'static,
     H: GreetHandler,
 {
-    if args.upstream == UpstreamMode::None {
+    if args.mode == UpstreamMode::None {
         return Ok((server.start(map, runtime)?, None));
     }
-    let connector = ConnectorConfig {
-        connect_timeout: args.connect_timeout,
-        keepalive: args.upstream_keepalive,
-        validate_after: args.validate_after,
-    };
-    let config = GatewayConfig {
-        balance: args.lb,
-        health: HealthConfig {
-            interval: args.health_interval,
-            timeout: args.health_timeout,
-            eject_after: args.eject_after,
-            backoff_base: args.eject_backoff,
-            backoff_max: args.eject_backoff_max,
-        },
-        request_timeout: args.upstream_timeout,
-        connector: connector.clone(),
-    };
-    let manager = UpstreamManager::new(connector, map.len());
+    let config = args.gateway.clone();
+    let manager = UpstreamManager::new(config.connector.clone(), map.len());
     let pool_config = Config::default()
         .shards(map.len())
         .max_size(args.pool_max_size)
         .max_idle_per_key(args.pool_max_idle)
         .max_total_idle(args.pool_max_idle.saturating_mul(64))
         .idle_timeout(args.pool_idle_timeout)
-        .wait_timeout(Some(args.upstream_timeout))
+        .wait_timeout(Some(config.request_timeout))
         .steal_order(map.steal_order());
+    let invalid = |e: shardpool::pool::ConfigError| {
+        format!(
+            "invalid upstream pool settings: {e} (flags --pool-max-size/--pool-max-idle, config \
+             keys upstream.pool_max_size/upstream.pool_max_idle)"
+        )
+    };
     match args.pool {
         PoolKind::Sharded => {
-            let pool = ShardedPool::new(manager.clone(), pool_config)
-                .map_err(|e| format!("invalid upstream pool settings: {e}"))?;
+            let pool = ShardedPool::new(manager.clone(), pool_config).map_err(invalid)?;
             run(
                 args,
                 Gateway::new(config, Some(pool), manager, map.len()),
@@ -186,8 +457,7 @@ where
             )
         }
         PoolKind::Mutex => {
-            let pool = MutexPool::new(manager.clone(), pool_config)
-                .map_err(|e| format!("invalid upstream pool settings: {e}"))?;
+            let pool = MutexPool::new(manager.clone(), pool_config).map_err(invalid)?;
             run(
                 args,
                 Gateway::new(config, Some(pool), manager, map.len()),
@@ -205,7 +475,7 @@ where
 }
 
 fn run<P, F, H>(
-    args: &UpstreamArgs,
+    args: &UpstreamSettings,
     gateway: Gateway<P>,
     server: Server<F>,
     map: &ShardMap,
@@ -217,13 +487,11 @@ where
     H: GreetHandler,
 {
     let mut origins = Vec::new();
-    let mut backends = args.backends.clone();
-    if let Some(file) = &args.backends_file {
-        backends.extend(read_backends_file(file)?);
-    }
-    if args.upstream == UpstreamMode::Embedded || backends.is_empty() {
+    let mut backends = args.backends.reload(&[])?;
+    let mut embedded = Vec::new();
+    if args.mode == UpstreamMode::Embedded || backends.is_empty() {
         if args.embedded_origins == 0 {
-            return Err("no backend: give --backend ADDR, a --backends-file, or --embedded-origins N > 0 (or --upstream none)".into());
+            return Err("no backend: give --backend ADDR, upstream.backends in the --config file, a --backends-file, or --embedded-origins N > 0 (or --upstream none)".into());
         }
         for i in 0..args.embedded_origins {
             let origin = Origin::start(OriginConfig {
@@ -231,26 +499,28 @@ where
                 ..OriginConfig::default()
             })
             .map_err(|e| format!("cannot start embedded origin {i}: {e}"))?;
-            backends.push(origin.local_addr());
+            embedded.push(origin.local_addr());
             origins.push(origin);
         }
+        backends.extend(embedded.iter().copied());
     }
     for b in &backends {
         gateway.add_backend(*b);
     }
     let server = gateway.install(server);
     let health = gateway.start_health_checks();
-    let admin = match args.upstream_admin_listen {
+    let admin = match args.admin_listen {
         Some(a) => Some(AdminEndpoint::start(a, gateway.clone())?),
         None => None,
     };
-    let sighup = match &args.backends_file {
-        Some(file) => Some(watch_sighup(
-            file.clone(),
+    let sighup = if args.backends.config.is_some() || args.backends.file.is_some() {
+        Some(watch_sighup(
             args.backends.clone(),
+            embedded,
             gateway.clone(),
-        )?),
-        None => None,
+        )?)
+    } else {
+        None
     };
     let running = server.start(map, runtime)?;
     println!(
@@ -267,7 +537,7 @@ where
             " (embedded origins)"
         },
         args.pool,
-        args.lb
+        args.gateway.balance
     );
     if let Some(a) = &admin {
         println!("shardpool: upstream admin on {}", a.local_addr());
@@ -317,10 +587,12 @@ fn read_backends_file(path: &Path) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
-/// On SIGHUP: the backend set becomes `--backend`s plus the file's list.
+/// On SIGHUP: the backend set becomes what `sources` list now (the config file's
+/// `upstream.backends` or the flags' list, plus the backends file), plus the embedded origins.
+/// A file that cannot be read or parsed keeps the current set.
 fn watch_sighup<P: ConnectionPool<UpstreamManager>>(
-    file: PathBuf,
-    fixed: Vec<SocketAddr>,
+    sources: BackendSources,
+    embedded: Vec<SocketAddr>,
     gateway: Gateway<P>,
 ) -> Result<signal_hook::iterator::Handle, BoxError> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
@@ -330,9 +602,8 @@ fn watch_sighup<P: ConnectionPool<UpstreamManager>>(
         .name("upstream-sighup".into())
         .spawn(move || {
             for _ in signals.forever() {
-                match read_backends_file(&file) {
-                    Ok(mut list) => {
-                        list.extend(fixed.iter().copied());
+                match sources.reload(&embedded) {
+                    Ok(list) => {
                         let (added, removed) = gateway.set_backends(&list);
                         tracing::info!(added, removed, "SIGHUP: backends reloaded");
                     }
@@ -359,5 +630,142 @@ mod tests {
         std::fs::write(&f, "other = 1\n").unwrap();
         assert!(read_backends_file(&f).unwrap_err().contains("backends = ["));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn config_file(name: &str, text: &str) -> (PathBuf, ConfigFile) {
+        let dir = std::env::temp_dir().join(format!(
+            "shardpool-upstream-cfg-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("serve.toml");
+        std::fs::write(&f, text).unwrap();
+        let file = read_config(Some(&f)).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn defaults_then_config_table_then_flags() {
+        let d = UpstreamArgs::default()
+            .resolve(&ConfigFile::default())
+            .unwrap();
+        assert_eq!(d.gateway, GatewayConfig::default());
+        assert_eq!(
+            (d.mode, d.pool, d.embedded_origins),
+            (UpstreamMode::Auto, PoolKind::Sharded, 2)
+        );
+        assert_eq!((d.pool_max_size, d.pool_max_idle), (256, 256));
+        assert_eq!(d.pool_idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!((d.admin_listen, d.backends.config.as_ref()), (None, None));
+
+        let (dir, file) = config_file(
+            "layers",
+            "request_timeout = \"5s\"\n[upstream]\nbackends = [\"127.0.0.1:7001\", \"127.0.0.1:7002\"]\n\
+             lb = \"random\"\npool = \"mutex\"\npool_max_size = 9\nhealth_interval = \"off\"\n\
+             eject_after = 5\nconnect_timeout = \"250ms\"\nmode = \"auto\"\n\
+             upstream_admin_listen = \"127.0.0.1:0\"\n",
+        );
+        let r = UpstreamArgs::default().resolve(&file).unwrap();
+        assert_eq!(r.gateway.balance, Balance::Random, "file beats default");
+        assert_eq!((r.pool, r.pool_max_size), (PoolKind::Mutex, 9));
+        assert_eq!(r.gateway.health.interval, None);
+        assert_eq!(r.gateway.health.eject_after, 5);
+        assert_eq!(
+            r.gateway.connector.connect_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(r.admin_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(r.backends.initial.len(), 2);
+        assert_eq!(
+            r.backends.config, file.path,
+            "SIGHUP re-reads the file's list"
+        );
+
+        let flags = UpstreamArgs {
+            lb: Some("p2c".into()),
+            backends: vec!["127.0.0.1:7009".into()],
+            pool_max_size: Some("3".into()),
+            ..UpstreamArgs::default()
+        };
+        let r = flags.resolve(&file).unwrap();
+        assert_eq!(r.gateway.balance, Balance::PowerOfTwo, "flag beats file");
+        assert_eq!(r.pool_max_size, 3);
+        assert_eq!(r.pool, PoolKind::Mutex, "unset flags keep the file's value");
+        assert_eq!(r.backends.initial, vec!["127.0.0.1:7009".parse().unwrap()]);
+        assert_eq!(
+            r.backends.config, None,
+            "flag backends replace the file's list"
+        );
+        assert_eq!(
+            r.backends
+                .reload(&["127.0.0.1:7009".parse().unwrap()])
+                .unwrap()
+                .len(),
+            1,
+            "no duplicates"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_upstream_values_name_the_key_and_the_fix() {
+        let bad = |name: &str, text: &str| -> String {
+            let (dir, file) = config_file(name, text);
+            let e = UpstreamArgs::default().resolve(&file).unwrap_err();
+            std::fs::remove_dir_all(&dir).unwrap();
+            e
+        };
+        let e = bad("size", "[upstream]\npool_max_size = \"lots\"\n");
+        assert!(
+            e.contains("upstream.pool_max_size")
+                && e.contains("--pool-max-size")
+                && e.contains("SHARDPOOL_POOL_MAX_SIZE")
+                && e.contains("whole number"),
+            "{e}"
+        );
+        let e = bad("lb", "[upstream]\nlb = \"fastest\"\n");
+        assert!(
+            e.contains("upstream.lb") && e.contains("round-robin"),
+            "{e}"
+        );
+        let e = bad("pool", "[upstream]\npool = \"bucket\"\n");
+        assert!(e.contains("sharded, mutex, none"), "{e}");
+        let e = bad("mode", "[upstream]\nmode = \"proxy\"\n");
+        assert!(
+            e.contains("--upstream") && e.contains("upstream.mode"),
+            "{e}"
+        );
+        let e = bad("key", "[upstream]\npool_size = 3\n");
+        assert!(
+            e.contains("upstream.pool_size") && e.contains("pool_max_size"),
+            "{e}"
+        );
+        let e = bad("list", "[upstream]\nbackends = \"127.0.0.1:7001\"\n");
+        assert!(
+            e.contains("not a list") && e.contains("backends = ["),
+            "{e}"
+        );
+        let e = bad("addr", "[upstream]\nbackends = [\"db:7001\"]\n");
+        assert!(e.contains("`\"db:7001\"`") && e.contains("IP:PORT"), "{e}");
+        let e = bad(
+            "backoff",
+            "[upstream]\neject_backoff = \"10s\"\neject_backoff_max = \"1s\"\n",
+        );
+        assert!(e.contains("eject_backoff_max"), "{e}");
+        let e = UpstreamArgs {
+            backends: vec!["nowhere".into()],
+            ..UpstreamArgs::default()
+        }
+        .resolve(&ConfigFile::default())
+        .unwrap_err();
+        assert!(e.contains("--backend") && e.contains("IP:PORT"), "{e}");
+        let dir =
+            std::env::temp_dir().join(format!("shardpool-upstream-nt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("serve.toml");
+        std::fs::write(&f, "upstream = 3\n").unwrap();
+        let e = read_config(Some(&f)).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("[upstream]"), "{e}");
     }
 }
