@@ -50,7 +50,7 @@ mod clock;
 #[allow(dead_code, unused_imports)]
 #[path = "../src/pool/stack.rs"]
 mod stack;
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../src/pool/sync.rs"]
 mod sync;
 
@@ -797,9 +797,21 @@ fn clock(c: &mut Criterion) {
     group.finish();
 }
 
+/// A value for the idle stack: it carries its node while popped, as the pool's entries do.
+struct StackValue {
+    id: u64,
+    slot: Option<stack::Slot>,
+}
+
+impl stack::Slotted for StackValue {
+    fn slot(&mut self) -> &mut Option<stack::Slot> {
+        &mut self.slot
+    }
+}
+
 /// The idle stack against crossbeam's `ArrayQueue`: pop one value and push it back (a checkout and
 /// a return), on 1 and 2 threads sharing one structure holding 8 values, capacity 32 (one shard's
-/// share of a 64-connection key on 2 shards).
+/// share of a 64-connection key on 2 shards; the stack's arena has the key's 64 nodes).
 fn idle_stack(c: &mut Criterion) {
     const CAPACITY: usize = 32;
     const FILLED: u64 = 8;
@@ -812,16 +824,18 @@ fn idle_stack(c: &mut Criterion) {
             "idle_stack_pop_push",
             threads,
             || {
-                let stack = Arc::new(stack::IdleStack::new(CAPACITY));
-                for v in 0..FILLED {
-                    stack.push(v).expect("room");
+                let stack = Arc::new(stack::IdleStacks::new([CAPACITY], MAX_SIZE));
+                for id in 0..FILLED {
+                    let value = StackValue { id, slot: None };
+                    stack.push(0, value).map_err(drop).expect("room");
                 }
                 let team = Team::new(threads, move |_| {
                     let stack = Arc::clone(&stack);
                     Box::new(move |iters| {
                         for _ in 0..iters {
-                            if let Some(v) = stack.pop() {
-                                stack.push(black_box(v)).expect("room");
+                            if let Some(mut v) = stack.pop(0) {
+                                v.id = black_box(v.id);
+                                stack.push(0, v).map_err(drop).expect("room");
                             }
                         }
                     })

@@ -167,7 +167,8 @@ impl<M: Manage> MutexPool<M> {
                     if waiting.take().is_some() {
                         inner.metrics[0].record_wait(started.elapsed());
                     }
-                    counters.local_hits.incr();
+                    // One counter set for all threads (one shard): always the shared cell.
+                    counters.local_hits.incr(false);
                     return Ok(self.guard(key, idle));
                 }
                 Found::Create => {
@@ -530,7 +531,8 @@ impl<M: Manage> Drop for MutexPooled<M> {
         let mut idle = unsafe { ManuallyDrop::take(&mut self.idle) };
         let pool = &self.pool;
         let counters = &pool.metrics[0].counters;
-        counters.returns.incr();
+        // Shared by every thread, as at checkout.
+        counters.returns.incr(false);
         let now = pool.now();
         // The same order as the sharded pool: discarded, then too old, then refused by recycle.
         let too_old = !self.discarded && pool.config.is_too_old(idle.created, now);

@@ -71,6 +71,10 @@ impl Config {
     }
 
     /// The most live (idle + checked out) connections per key. Default 64.
+    ///
+    /// Each key, when first used, allocates one idle-stack node per connection it may have (up to
+    /// 16 382): the connection's size plus about 40 bytes each. A key allowed more connections than
+    /// that lets at most 16 382 of them idle at once.
     #[must_use]
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.max_size = max_size;
@@ -80,8 +84,8 @@ impl Config {
     /// The most idle connections kept per key, across all shards. Default: `max_size`.
     ///
     /// The limit is split evenly over the shards (each shard's idle stack holds its share, so the
-    /// limit is exact and memory stays proportional to it); a return that finds its own shard's
-    /// share full spills to the other shards in steal order, and closes only when all are full.
+    /// limit is exact); a return that finds its own shard's share full spills to the other shards
+    /// in steal order, and closes only when all are full.
     #[must_use]
     pub fn max_idle_per_key(mut self, max_idle: usize) -> Self {
         self.max_idle_per_key = Some(max_idle);

@@ -45,7 +45,7 @@ mod manage;
 pub(crate) mod metrics;
 pub(crate) mod sharded;
 // Under `shardpool_loom_model_stack` the pool uses `stack_model` instead (loom-tests, docs/protocol.md);
-// the real stack still compiles there (its `Refused` and `MAX_CAPACITY` are shared).
+// the real stack still compiles there (its `Refused`, `Slot` and `MAX_CAPACITY` are shared).
 #[cfg_attr(shardpool_loom_model_stack, allow(dead_code))]
 pub(crate) mod stack;
 #[cfg(shardpool_loom_model_stack)]
@@ -211,14 +211,34 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     }
 }
 
-sync::thread_local! {
-    // Not `const { … }`: loom's `thread_local!` has no const form, and both builds share this line.
-    #[allow(clippy::missing_const_for_thread_local)]
-    static CURRENT_SHARD: std::cell::Cell<usize> = std::cell::Cell::new(usize::MAX);
+/// What the pool remembers about the calling thread.
+struct ThreadSlot {
+    /// The shard it is bound to (`usize::MAX`: none yet).
+    shard: std::cell::Cell<usize>,
+    /// Its token: unique among all threads the process ever ran, never 0 once assigned (0: none
+    /// yet). Shards' hot counters are owned by a token (`metrics`).
+    token: std::cell::Cell<u64>,
+}
+
+impl ThreadSlot {
+    const fn new() -> Self {
+        ThreadSlot {
+            shard: std::cell::Cell::new(usize::MAX),
+            token: std::cell::Cell::new(0),
+        }
+    }
+}
+
+// Read on every checkout and return, so `const` (see the shim).
+sync::const_thread_local! {
+    static THREAD: ThreadSlot = ThreadSlot::new();
 }
 
 /// Hands out shards to threads that never called [`bind_thread_to_shard`], round-robin.
 static NEXT_UNBOUND_SHARD: sync::Counter = sync::Counter::new();
+
+/// Hands out thread tokens; the first is 1.
+static NEXT_THREAD_TOKEN: sync::Counter = sync::Counter::new();
 
 /// Binds the calling thread to shard `shard` for every pool's [`ConnectionPool::get`] (taken modulo
 /// each pool's shard count). Thread-per-core runtimes call it once per executor thread.
@@ -230,24 +250,49 @@ static NEXT_UNBOUND_SHARD: sync::Counter = sync::Counter::new();
 /// assert_eq!(shardpool::pool::current_shard(), Some(1));
 /// ```
 pub fn bind_thread_to_shard(shard: usize) {
-    CURRENT_SHARD.with(|s| s.set(shard));
+    THREAD.with(|t| t.shard.set(shard));
 }
 
 /// The shard the calling thread is bound to, if it is.
 pub fn current_shard() -> Option<usize> {
-    CURRENT_SHARD.with(|s| Some(s.get()).filter(|&s| s != usize::MAX))
+    THREAD.with(|t| Some(t.shard.get()).filter(|&s| s != usize::MAX))
 }
 
 /// The calling thread's shard in a pool of `shards` shards.
 #[inline]
 pub(crate) fn shard_of_current_thread(shards: usize) -> usize {
-    CURRENT_SHARD.with(|s| {
-        let mut shard = s.get();
+    THREAD.with(|t| {
+        let mut shard = t.shard.get();
         if shard == usize::MAX {
             shard = NEXT_UNBOUND_SHARD.fetch_incr() as usize % MAX_SHARDS;
-            s.set(shard);
+            t.shard.set(shard);
         }
+        wrap_shard(shard, shards)
+    })
+}
+
+/// `shard % shards`, without an integer division (tens of cycles) in the common case,
+/// `shard < shards`.
+#[inline]
+pub(crate) fn wrap_shard(shard: usize, shards: usize) -> usize {
+    if shard < shards {
+        shard
+    } else {
         shard % shards
+    }
+}
+
+/// The calling thread's token (see `ThreadSlot`).
+#[inline]
+pub(crate) fn thread_token() -> u64 {
+    THREAD.with(|t| {
+        let token = t.token.get();
+        if token != 0 {
+            return token;
+        }
+        let token = NEXT_THREAD_TOKEN.fetch_incr() + 1;
+        t.token.set(token);
+        token
     })
 }
 

@@ -28,16 +28,16 @@
 
 use super::config::{Config, ConfigError, Validated};
 use super::keys::KeyTable;
-use super::metrics::{ShardMetrics, Stats};
+use super::metrics::{ShardCounters, ShardMetrics, Stats};
 #[cfg(not(shardpool_loom_model_stack))]
-use super::stack::IdleStack;
-use super::stack::Refused;
-// The loom models' linearizable stand-in for the idle stack (see `stack_model`).
+use super::stack::IdleStacks;
+use super::stack::{MAX_CAPACITY, Refused, Slot, Slotted};
+// The loom models' linearizable stand-in for the idle stacks (see `stack_model`).
 #[cfg(shardpool_loom_model_stack)]
-use super::stack_model::IdleStack;
-use super::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
+use super::stack_model::IdleStacks;
+use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
-use super::{ConnectionPool, Error, Manage, PooledConn, shard_of_current_thread};
+use super::{ConnectionPool, Error, Manage, PooledConn, shard_of_current_thread, wrap_shard};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -119,7 +119,8 @@ struct Shared<M: Manage> {
 pub(crate) struct KeyPool<M: Manage> {
     key: M::Key,
     shared: Arc<Shared<M>>,
-    stacks: Box<[IdleStack<Entry<M>>]>,
+    /// One idle stack per shard, over one node arena (see `stack`).
+    idle: IdleStacks<Entry<M>>,
     /// Permits in use: connections of this key that exist or are being created (invariant 1), plus
     /// the [`PERMIT_WAITING`] flag while checkouts wait.
     live: CachePadded<AtomicUsize>,
@@ -136,6 +137,14 @@ pub(crate) struct Entry<M: Manage> {
     created: u64,
     idle_since: u64,
     reused: bool,
+    /// The idle stacks' node this connection idles in, once it has idled (see `stack`).
+    slot: Option<Slot>,
+}
+
+impl<M: Manage> Slotted for Entry<M> {
+    fn slot(&mut self) -> &mut Option<Slot> {
+        &mut self.slot
+    }
 }
 
 /// Set in `KeyPool::live` while checkouts wait, so a freed permit notifies one of them.
@@ -201,7 +210,7 @@ impl<M: Manage> ShardedPool<M> {
     /// Live and idle connections of `key` now: `(live, idle)`, or `None` for an unknown key.
     pub fn key_gauges(&self, key: &M::Key) -> Option<(usize, usize)> {
         let kp = self.inner.keys.lookup(key)?;
-        Some((kp.live_count(), kp.stacks.iter().map(IdleStack::len).sum()))
+        Some((kp.live_count(), kp.idle_count()))
     }
 
     /// The key pool of `key`, added if new; `Closed` once the pool is closed.
@@ -217,7 +226,7 @@ impl<M: Manage> ShardedPool<M> {
     /// poll, and only a miss (create or wait, which allocate anyway) boxes the rest, so moving the
     /// future costs a few words, not the whole wait machinery.
     async fn checkout(&self, shard: usize, key: &M::Key) -> Result<Pooled<M>, Error<M::Error>> {
-        let shard = shard % self.inner.shared.config.shards;
+        let shard = wrap_shard(shard, self.inner.shared.config.shards);
         // Fast path: a known key with an idle connection; no lock, no reference count.
         if let Some(kp) = self.inner.keys.lookup(key)
             && let Some((entry, source)) = kp.take_idle(shard)
@@ -277,8 +286,8 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
         let mut live = 0u64;
         for kp in self.inner.keys.write().pools() {
             live += kp.live_count() as u64;
-            for (shard, stack) in kp.stacks.iter().enumerate() {
-                idle[shard] += stack.len() as u64;
+            for (shard, idle) in idle.iter_mut().enumerate() {
+                *idle += kp.idle.len(shard) as u64;
             }
         }
         let shards = shared
@@ -323,7 +332,7 @@ impl<M: Manage> Drop for Inner<M> {
 }
 
 impl<M: Manage> Shared<M> {
-    fn counters(&self, shard: usize) -> &super::metrics::ShardCounters {
+    fn counters(&self, shard: usize) -> &ShardCounters {
         &self.metrics[shard].counters
     }
 
@@ -382,9 +391,12 @@ impl<M: Manage> KeyPool<M> {
         let config = &shared.config;
         KeyPool {
             key,
-            stacks: (0..config.shards)
-                .map(|s| IdleStack::new(config.share(config.max_idle_per_key, s)))
-                .collect(),
+            // A node per connection that can exist, so a connection never lacks one to idle in
+            // (a key with more than `MAX_CAPACITY` connections lets only that many idle at once).
+            idle: IdleStacks::new(
+                (0..config.shards).map(|s| config.share(config.max_idle_per_key, s)),
+                config.max_size.min(MAX_CAPACITY),
+            ),
             shared: Arc::clone(shared),
             live: CachePadded::new(AtomicUsize::new(0)),
             closed: AtomicBool::new(false),
@@ -411,41 +423,70 @@ impl<M: Manage> KeyPool<M> {
         self.live.load(Ordering::Relaxed) & !PERMIT_WAITING
     }
 
+    /// Idle connections of this key across shards (a gauge).
+    fn idle_count(&self) -> usize {
+        (0..self.shared.config.shards)
+            .map(|shard| self.idle.len(shard))
+            .sum()
+    }
+
     /// Pops an acceptable idle entry: the shard's own first, then the other shards' in steal order.
     /// Expired and invalid entries met on the way are closed.
+    #[inline]
     fn take_idle(&self, shard: usize) -> Option<(Entry<M>, Source)> {
-        let config = &self.shared.config;
-        let victims = std::iter::once(shard).chain(config.steal_order[shard].iter().copied());
         let mut now = None;
-        for victim in victims {
-            while let Some(mut entry) = self.stacks[victim].pop() {
-                self.shared.release_idle(victim);
-                let now = *now.get_or_insert_with(|| self.shared.now());
-                let counters = self.shared.counters(shard);
-                // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
-                // check, so a steal can hand out an expired connection.
-                let check_expiry =
-                    victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
-                if check_expiry && config.is_expired(entry.created, entry.idle_since, now) {
-                    counters.expirations.incr();
-                    entry.close(shard);
-                } else if !self.shared.manager.is_valid(&mut entry.conn) {
-                    counters.validation_failures.incr();
-                    entry.close(shard);
-                } else {
-                    let source = if victim == shard {
-                        Source::Local
-                    } else {
-                        Source::Stolen
-                    };
-                    return Some((entry, source));
-                }
+        if let Some(entry) = self.pop_acceptable(shard, shard, &mut now) {
+            return Some((entry, Source::Local));
+        }
+        self.steal(shard, &mut now)
+    }
+
+    /// `take_idle` after the own shard's stack had nothing acceptable.
+    #[inline(never)]
+    fn steal(&self, shard: usize, now: &mut Option<u64>) -> Option<(Entry<M>, Source)> {
+        self.shared.config.steal_order[shard]
+            .iter()
+            .find_map(|&victim| self.pop_acceptable(shard, victim, now))
+            .map(|entry| (entry, Source::Stolen))
+    }
+
+    /// Pops shard `victim`'s stack for a checkout on shard `shard` until an entry passes the expiry
+    /// and validity checks (invariant 6), closing those that fail. `now` is read once, when needed.
+    #[inline]
+    fn pop_acceptable(
+        &self,
+        shard: usize,
+        victim: usize,
+        now: &mut Option<u64>,
+    ) -> Option<Entry<M>> {
+        let config = &self.shared.config;
+        while let Some(mut entry) = self.idle.pop(victim) {
+            self.shared.release_idle(victim);
+            let now = *now.get_or_insert_with(|| self.shared.now());
+            // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
+            // check, so a steal can hand out an expired connection.
+            let check_expiry =
+                victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
+            if check_expiry && config.is_expired(entry.created, entry.idle_since, now) {
+                self.reject(shard, entry, |c| &c.expirations);
+            } else if !self.shared.manager.is_valid(&mut entry.conn) {
+                self.reject(shard, entry, |c| &c.validation_failures);
+            } else {
+                return Some(entry);
             }
         }
         None
     }
 
+    /// Closes an idle entry that failed a check, counting it in `counter`.
+    #[cold]
+    fn reject(&self, shard: usize, entry: Entry<M>, counter: fn(&ShardCounters) -> &Counter) {
+        counter(self.shared.counters(shard)).incr();
+        entry.close(shard);
+    }
+
     /// Turns an entry into a guard, unless the key closed meanwhile (invariant 5).
+    #[inline]
     fn finish(
         &self,
         shard: usize,
@@ -458,7 +499,9 @@ impl<M: Manage> KeyPool<M> {
         }
         let counters = self.shared.counters(shard);
         match source {
-            Source::Local => counters.local_hits.incr(),
+            Source::Local => counters
+                .local_hits
+                .incr(counters.owned_here(shard, self.shared.config.shards)),
             Source::Stolen => counters.steals.incr(),
             Source::Created => counters.creates.incr(),
             Source::HandedOff => counters.handoffs.incr(),
@@ -519,6 +562,7 @@ impl<M: Manage> KeyPool<M> {
             created: now,
             idle_since: now,
             reused: false,
+            slot: None,
         })
     }
 
@@ -608,15 +652,32 @@ impl<M: Manage> KeyPool<M> {
     /// Puts a returned (or re-shelved) entry back: onto shard `shard`'s stack, spilling to the other
     /// shards' stacks when it is full; straight to a waiter if one waits; closed when the key is
     /// closed or every stack is full (the idle limits).
+    #[inline]
     fn put_idle(shard: usize, entry: Entry<M>) {
         let kp: *const KeyPool<M> = Arc::as_ptr(&entry.key_pool);
-        // SAFETY: `entry` owns an `Arc` to the key pool until `place` pushes it onto a stack. `place`
-        // touches the key pool only before that successful push (the push's CAS is its last
-        // access), and every path that gets the entry back uses the entry's own `Arc` from then on.
+        // SAFETY: `entry` owns an `Arc` to the key pool until a push lands it on a stack. The push's
+        // CAS is the last access to the key pool on that path; a refused push gives the entry, and
+        // so the `Arc`, back, and `put_refused` touches the key pool only while it holds the entry.
         let kp = unsafe { &*kp };
-        match kp.place(shard, entry) {
-            Ok(()) => {}
-            Err(Refused::Waiting(entry)) => {
+        // The common case, kept small enough to inline: room on the shard's own stack.
+        if let Err(refused) = kp.try_place_on(shard, entry) {
+            kp.put_refused(shard, refused);
+        }
+    }
+
+    /// The rest of `put_idle`, after the own shard's stack refused the entry.
+    #[cold]
+    fn put_refused(&self, shard: usize, refused: Refused<Entry<M>>) {
+        let refused = match refused {
+            Refused::Full(entry) => match self.place_elsewhere(shard, entry) {
+                // Nothing of `self` may be touched after a successful push (module docs).
+                Ok(()) => return,
+                Err(refused) => refused,
+            },
+            flagged => flagged,
+        };
+        match refused {
+            Refused::Waiting(entry) => {
                 // Hand-off touches the waiter queue after the entry may be gone: hold the pool.
                 let key_pool = Arc::clone(&entry.key_pool);
                 key_pool.waiters.hand_off(entry, &*key_pool, |entry| {
@@ -631,7 +692,7 @@ impl<M: Manage> KeyPool<M> {
                     }
                 });
             }
-            Err(Refused::Full(entry) | Refused::Closed(entry)) => entry.close(shard),
+            Refused::Full(entry) | Refused::Closed(entry) => entry.close(shard),
         }
     }
 
@@ -639,12 +700,15 @@ impl<M: Manage> KeyPool<M> {
     /// reserving total-idle budget as it goes. Gives the entry back when a stack is flagged (waiting
     /// or closed) or every stack is full or over budget.
     fn place(&self, shard: usize, entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
-        // The own shard first, on its own: the common case never reads the steal order.
-        let mut entry = match self.try_place_on(shard, entry) {
-            Ok(()) => return Ok(()),
-            Err(Refused::Full(back)) => back,
-            Err(flagged) => return Err(flagged),
-        };
+        match self.try_place_on(shard, entry) {
+            Err(Refused::Full(entry)) => self.place_elsewhere(shard, entry),
+            placed_or_flagged => placed_or_flagged,
+        }
+    }
+
+    /// Pushes `entry` onto the first stack in shard `shard`'s steal order with room (the own
+    /// shard's was full).
+    fn place_elsewhere(&self, shard: usize, mut entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
         for &target in &self.shared.config.steal_order[shard] {
             entry = match self.try_place_on(target, entry) {
                 Ok(()) => return Ok(()),
@@ -657,12 +721,12 @@ impl<M: Manage> KeyPool<M> {
 
     /// Pushes `entry` onto shard `target`'s stack within its total-idle budget. Over budget counts
     /// as full.
-    #[inline]
+    #[inline(always)]
     fn try_place_on(&self, target: usize, entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
         if !self.shared.reserve_idle(target) {
             return Err(Refused::Full(entry));
         }
-        let pushed = self.stacks[target].push(entry);
+        let pushed = self.idle.push(target, entry);
         // Nothing of `self` may be touched after a successful push (module docs).
         if pushed.is_err() {
             self.shared.release_idle(target);
@@ -679,17 +743,17 @@ impl<M: Manage> KeyPool<M> {
         // landing in between stays idle in a closed key.
         let drain_first = cfg!(shardpool_seeded_bug = "drain_before_flag");
         if !drain_first {
-            self.stacks.iter().for_each(IdleStack::close);
+            self.idle.close();
         }
         self.waiters.close(self);
-        for (shard, stack) in self.stacks.iter().enumerate() {
-            while let Some(entry) = stack.pop() {
+        for shard in 0..self.shared.config.shards {
+            while let Some(entry) = self.idle.pop(shard) {
                 self.shared.release_idle(shard);
                 entry.close(shard);
             }
         }
         if drain_first {
-            self.stacks.iter().for_each(IdleStack::close);
+            self.idle.close();
         }
     }
 
@@ -701,7 +765,7 @@ impl<M: Manage> KeyPool<M> {
         }
         let now = self.shared.now();
         let mut keep = Vec::new();
-        while let Some(entry) = self.stacks[shard].pop() {
+        while let Some(entry) = self.idle.pop(shard) {
             self.shared.release_idle(shard);
             if config.is_expired(entry.created, entry.idle_since, now) {
                 self.shared.counters(shard).expirations.incr();
@@ -720,7 +784,7 @@ impl<M: Manage> KeyPool<M> {
     async fn refill(this: &Arc<Self>, shard: usize) {
         let config = &this.shared.config;
         let want = config.share(config.min_idle, shard);
-        while this.stacks[shard].len() < want && !this.is_closed() && this.try_acquire_permit() {
+        while this.idle.len(shard) < want && !this.is_closed() && this.try_acquire_permit() {
             match KeyPool::new_entry(this).await {
                 Ok(entry) => {
                     this.shared.counters(shard).prewarms.incr();
@@ -737,9 +801,7 @@ impl<M: Manage> KeyPool<M> {
 
 impl<M: Manage> WaitSignal for KeyPool<M> {
     fn set_waiting(&self, waiting: bool) {
-        for stack in self.stacks.iter() {
-            stack.set_waiting(waiting);
-        }
+        self.idle.set_waiting(waiting);
         // Seeded bug for the loom models (docs/protocol.md): the permit word is not flagged, so a
         // freed permit does not wake a waiter.
         if cfg!(shardpool_seeded_bug = "no_permit_flag") {
@@ -757,14 +819,23 @@ impl<M: Manage> WaitSignal for KeyPool<M> {
 }
 
 impl<M: Manage> Entry<M> {
-    /// Drops the connection and then frees its permit (in that order: invariant 1).
+    /// Drops the connection, gives back its node, and then frees its permit (in that order:
+    /// invariant 1, and a node is free before a successor can be created to need one).
     fn close(self, shard: usize) {
-        let Entry { conn, key_pool, .. } = self;
+        let Entry {
+            conn,
+            key_pool,
+            slot,
+            ..
+        } = self;
         // Seeded bug for the loom models (docs/protocol.md): the permit freed while the connection
         // still exists, so a racing create can exceed `max_size`.
         #[cfg(shardpool_seeded_bug = "release_before_drop")]
         key_pool.release_permit();
         drop(conn);
+        if let Some(slot) = slot {
+            key_pool.idle.release(slot);
+        }
         key_pool.shared.counters(shard).closes.incr();
         #[cfg(not(shardpool_seeded_bug = "release_before_drop"))]
         key_pool.release_permit();
@@ -875,7 +946,11 @@ impl<M: Manage> PooledConn<M> for Pooled<M> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped (ManuallyDrop), so this is the only take of the entry.
         let entry = unsafe { ManuallyDrop::take(&mut this.entry) };
-        entry.key_pool.shared.counters(this.shard).returns.incr();
+        let shared = &*entry.key_pool.shared;
+        let counters = shared.counters(this.shard);
+        counters
+            .returns
+            .incr(counters.owned_here(this.shard, shared.config.shards));
         entry.close(this.shard);
     }
 
@@ -898,7 +973,10 @@ impl<M: Manage> Drop for Pooled<M> {
         let mut entry = unsafe { ManuallyDrop::take(&mut self.entry) };
         let shard = self.shard;
         let shared = &*entry.key_pool.shared;
-        shared.counters(shard).returns.incr();
+        let counters = shared.counters(shard);
+        counters
+            .returns
+            .incr(counters.owned_here(shard, shared.config.shards));
         let now = shared.now();
         if shared.config.is_too_old(entry.created, now) {
             shared.counters(shard).expirations.incr();

@@ -7,32 +7,43 @@
 //!
 //! Two things deliberately stay on `std` in both builds, because no control flow reads them and
 //! letting loom explore them would only multiply the states it must visit:
-//! [`Counter`] (monotonic metric counters) and [`MetricMutex`] (the wait-time histogram).
+//! [`Counter`] and [`HotCounter`] (monotonic metric counters) and [`MetricMutex`] (the wait-time
+//! histogram).
 //!
 //! [loom]: https://docs.rs/loom
 
 #[cfg(not(shardpool_loom))]
-pub(crate) use std::{
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering},
-    },
-    thread_local,
+pub(crate) use std::sync::{
+    Arc, Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering},
 };
 
 #[cfg(shardpool_loom)]
-pub(crate) use loom::{
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering},
-    },
-    thread_local,
+pub(crate) use loom::sync::{
+    Arc, Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering},
 };
 
 #[cfg(not(shardpool_loom))]
 pub(crate) use std::sync::Condvar;
 #[cfg(not(shardpool_loom))]
 pub(crate) use std::thread;
+
+/// `thread_local!` with a `const` initialiser, so each access is a plain thread-relative load with
+/// no lazy-initialisation check. Under loom, whose `thread_local!` has no const form, a lazy one.
+#[cfg(not(shardpool_loom))]
+macro_rules! const_thread_local {
+    ($(#[$meta:meta])* static $name:ident: $ty:ty = $init:expr;) => {
+        std::thread_local! { $(#[$meta])* static $name: $ty = const { $init }; }
+    };
+}
+#[cfg(shardpool_loom)]
+macro_rules! const_thread_local {
+    ($(#[$meta:meta])* static $name:ident: $ty:ty = $init:expr;) => {
+        loom::thread_local! { $(#[$meta])* static $name: $ty = $init; }
+    };
+}
+pub(crate) use const_thread_local;
 
 /// Locks `mutex`, ignoring poisoning: the pool never panics while holding a lock, and a user panic
 /// elsewhere must not turn every later checkout into a panic.
@@ -120,6 +131,41 @@ impl Counter {
     pub(crate) fn get(&self) -> u64 {
         // Ordering: Relaxed, as in `add`.
         self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A metric counter for the checkout/return hot path, in two cells: its owner thread adds with a
+/// plain load and store (no locked instruction), every other thread with `fetch_add`. Always `std`,
+/// like [`Counter`]. Who the owner is, is decided by the caller (`metrics::ShardCounters`); the
+/// caller guarantees that at most one thread ever passes `owner = true` for a given counter.
+#[derive(Debug, Default)]
+pub(crate) struct HotCounter {
+    owned: std::sync::atomic::AtomicU64,
+    shared: std::sync::atomic::AtomicU64,
+}
+
+impl HotCounter {
+    /// Adds one; `owner` says whether the calling thread is this counter's single owner.
+    #[inline]
+    pub(crate) fn incr(&self, owner: bool) {
+        if owner {
+            // Ordering: Relaxed. Only the owner writes `owned`, so a load and a store lose nothing;
+            // readers only want an eventually exact sum, as for `Counter`.
+            let n = self.owned.load(std::sync::atomic::Ordering::Relaxed);
+            // Ordering: Relaxed, as above.
+            self.owned
+                .store(n + 1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            // Ordering: Relaxed, as in `Counter::add`.
+            self.shared
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        // Ordering: Relaxed (both loads), as in `Counter::get`.
+        self.owned.load(std::sync::atomic::Ordering::Relaxed)
+            + self.shared.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
