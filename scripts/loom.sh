@@ -29,6 +29,7 @@ SEEDED_BUGS=(
     "steal_skips_expiry|expiry_vs_steal|invariant 6 broken"
     "stack_relaxed|steal_vs_owner|Causality violation"
     "handoff_unlocked|two_waiters|invariant 3 broken"
+    "remove_skips_close|remove_key_vs_return|outlived the removal"
 )
 
 passed=0

@@ -250,7 +250,23 @@ impl Harness {
         failing: u64,
         tune: impl FnOnce(Config) -> Config,
     ) -> Self {
-        let tracker = Arc::new(Tracker::new(max_size, failing));
+        Self::build(max_size, max_size, failing, tune)
+    }
+
+    /// As [`Harness::new`], for models that remove [`KEY`]: invariant 1 holds per key pool, and
+    /// after `remove_key` the old key pool's connections close as they come back while a new key
+    /// pool may already create up to `max_size`, so up to twice `max_size` may exist at once.
+    pub fn with_key_churn(max_size: usize) -> Self {
+        Self::build(max_size, 2 * max_size, 0, |c| c)
+    }
+
+    fn build(
+        max_size: usize,
+        max_existing: usize,
+        failing: u64,
+        tune: impl FnOnce(Config) -> Config,
+    ) -> Self {
+        let tracker = Arc::new(Tracker::new(max_existing, failing));
         let config = tune(
             Config::default()
                 .shards(2)

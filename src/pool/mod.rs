@@ -123,7 +123,9 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
     fn close(&self);
 
     /// Forgets `key`: closes its idle connections; its checked-out ones close when they come back,
-    /// and checkouts waiting on it fail with [`Error::Closed`]. A later checkout starts afresh.
+    /// and checkouts waiting on it fail with [`Error::Closed`]. A later checkout starts afresh. In
+    /// [`ShardedPool`] it starts with a new `max_size` budget: until the old checked-out
+    /// connections come back, the key can have up to twice `max_size` connections.
     fn remove_key(&self, key: &M::Key);
 
     /// The number of shards.
