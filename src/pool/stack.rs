@@ -157,7 +157,11 @@ struct Head {
 pub(crate) struct IdleStacks<T: Slotted> {
     heads: Box<[Head]>,
     free: CachePadded<AtomicU64>,
-    nodes: Box<[Node<T>]>,
+    /// Cache-padded: nodes travel between shards with their connections, so neighbouring nodes
+    /// are often written by different cores. Unpadded, two threads on two shards of one key shared
+    /// lines and took 143–283 ns per checkout+return where per-shard arrays took 73–124 ns
+    /// (docs/benchmarks.md).
+    nodes: Box<[CachePadded<Node<T>>]>,
 }
 
 // SAFETY: the stacks move `T` values between threads (push on one, pop on another) and never share
@@ -184,11 +188,13 @@ impl<T: Slotted> IdleStacks<T> {
             })
             .collect();
         assert!(nodes <= MAX_CAPACITY, "{nodes} nodes over {MAX_CAPACITY}");
-        let nodes: Box<[Node<T>]> = (0..nodes)
-            .map(|i| Node {
-                // Initially every node is on the free list, in index order.
-                next: AtomicU16::new(if i + 1 < nodes { (i + 1) as u16 } else { NIL }),
-                value: UnsafeCell::new(MaybeUninit::uninit()),
+        let nodes: Box<[CachePadded<Node<T>>]> = (0..nodes)
+            .map(|i| {
+                CachePadded::new(Node {
+                    // Initially every node is on the free list, in index order.
+                    next: AtomicU16::new(if i + 1 < nodes { (i + 1) as u16 } else { NIL }),
+                    value: UnsafeCell::new(MaybeUninit::uninit()),
+                })
             })
             .collect();
         let free_top = if nodes.is_empty() { NIL } else { 0 };
