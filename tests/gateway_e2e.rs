@@ -6,7 +6,10 @@
 use shardpool::baseline::MutexPool;
 use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::RuntimeOptions;
-use shardpool::server::proto::{HealthCheckRequest, HealthCheckResponse, HelloReply, HelloRequest};
+use shardpool::server::proto::{
+    AddBackendRequest, BackendList, HealthCheckRequest, HealthCheckResponse, HelloReply,
+    HelloRequest, ListBackendsRequest, RemoveBackendRequest,
+};
 use shardpool::server::{RunningServer, Server, ServerConfig};
 use shardpool::topology::{Placement, ShardMap, Topology};
 use shardpool::upstream::admin::AdminEndpoint;
@@ -666,4 +669,132 @@ fn stale_connections_are_retried_once_within_the_pool_limits() {
     let pool = gw.gateway.pool().unwrap();
     assert!(pool.stats().total.live <= max_size as u64);
     assert_no_leaks(pool);
+}
+
+async fn admin_rpc<Req>(
+    ch: Channel,
+    method: &'static str,
+    req: Req,
+) -> Result<BackendList, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+{
+    unary(ch, method, req).await
+}
+
+fn addresses(list: &BackendList) -> Vec<String> {
+    list.backends.iter().map(|b| b.address.clone()).collect()
+}
+
+#[test]
+fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
+    let (a, b) = (origin("a"), origin("b"));
+    let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+    let config = GatewayConfig {
+        health: quiet_health(),
+        ..GatewayConfig::default()
+    };
+    let gw = start(2, config, sharded(2), &[a.local_addr()]);
+    run(async {
+        let ch = channel(gw.addr()).await;
+        let bg = {
+            let ch = ch.clone();
+            tokio::spawn(async move { load(&ch, 3, 200).await })
+        };
+        eventually("a serves", || a.served() > 20).await;
+        let add = AddBackendRequest {
+            address: b_addr.clone(),
+        };
+        let list = admin_rpc(ch.clone(), "/shardpool.v1.Admin/AddBackend", add.clone())
+            .await
+            .unwrap();
+        assert_eq!(addresses(&list), vec![a_addr.clone(), b_addr.clone()]);
+        eventually("b serves", || b.served() > 20).await;
+        let remove = RemoveBackendRequest {
+            address: a_addr.clone(),
+        };
+        let list = admin_rpc(
+            ch.clone(),
+            "/shardpool.v1.Admin/RemoveBackend",
+            remove.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(addresses(&list), vec![b_addr.clone()]);
+        let a_after_removal = a.served();
+        let failed = bg.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "calls failed while backends changed: {failed:?}"
+        );
+        // At most the calls in flight at the removal still reached a.
+        assert!(a.served() <= a_after_removal + 3);
+        let list = admin_rpc(
+            ch.clone(),
+            "/shardpool.v1.Admin/ListBackends",
+            ListBackendsRequest {},
+        )
+        .await
+        .unwrap();
+        let only = &list.backends[..];
+        assert_eq!(only.len(), 1);
+        assert!(
+            only[0].healthy && only[0].requests > 20 && only[0].connections_reused > 0,
+            "{only:?}"
+        );
+
+        // Bad input: a status with a message, and nothing changes.
+        for bad in ["nowhere", "", "127.0.0.1", "localhost:7001"] {
+            let err = admin_rpc(
+                ch.clone(),
+                "/shardpool.v1.Admin/AddBackend",
+                AddBackendRequest {
+                    address: bad.into(),
+                },
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err:?}");
+            assert!(
+                err.message().contains(&format!("`{bad}`")) && err.message().contains("IP:PORT"),
+                "{err:?}"
+            );
+        }
+        let err = admin_rpc(ch.clone(), "/shardpool.v1.Admin/AddBackend", add)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+        assert!(err.message().contains(&b_addr), "{err:?}");
+        let err = admin_rpc(ch.clone(), "/shardpool.v1.Admin/RemoveBackend", remove)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+        assert!(err.message().contains(&a_addr), "{err:?}");
+        assert_eq!(gw.gateway.backends(), vec![b.local_addr()]);
+        assert!(load(&ch, 2, 10).await.is_empty());
+    });
+    assert_no_leaks(gw.gateway.pool().unwrap());
+    drop(gw);
+
+    // Without a gateway there are no backends to manage.
+    let (map, opts) = shards(1);
+    let direct = Server::new(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    })
+    .start(&map, &opts)
+    .unwrap();
+    run(async {
+        let ch = channel(direct.local_addr()).await;
+        let err = admin_rpc(
+            ch,
+            "/shardpool.v1.Admin/ListBackends",
+            ListBackendsRequest {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("gateway mode"), "{err:?}");
+    });
+    direct.shutdown(Duration::from_secs(2)).unwrap();
 }

@@ -1,11 +1,17 @@
-//! The admin HTTP/1.1 endpoint: `GET /metrics` in the Prometheus text format (version 0.0.4).
+//! The admin HTTP/1.1 endpoint: `GET /metrics` in the Prometheus text format (version 0.0.4);
+//! and the backend RPCs of `shardpool.v1.Admin` ([`BackendAdmin`]).
 
 use super::grpc::GrpcBody;
-use super::{Code, GreetHandler, ServerCounters, Shard};
+use super::proto::{
+    AddBackendRequest, Backend, BackendList, ListBackendsRequest, RemoveBackendRequest,
+};
+use super::{Code, GreetHandler, ServerCounters, Shard, Status};
 use crate::pool::{ShardStats, Stats};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 /// Serves the admin endpoint on `listener` until the drain phase.
@@ -247,6 +253,115 @@ pub(super) fn render(
         }
     }
     out
+}
+
+/// Run-time control of a gateway's upstream backends, behind `shardpool.v1.Admin`'s
+/// `AddBackend`, `RemoveBackend` and `ListBackends` RPCs. Attach one with
+/// [`Server::backend_admin`](super::Server::backend_admin); without one those RPCs answer
+/// `FAILED_PRECONDITION`.
+///
+/// The server only parses addresses and builds messages: what a backend is, how it is pooled and
+/// health checked stays behind this trait. The methods run on shard executor threads, so they
+/// must be quick and must not block.
+///
+/// ```
+/// use shardpool::server::BackendAdmin;
+/// use shardpool::server::proto::Backend;
+/// use std::net::SocketAddr;
+/// use std::sync::Mutex;
+///
+/// #[derive(Default)]
+/// struct Fixed(Mutex<Vec<SocketAddr>>);
+/// impl BackendAdmin for Fixed {
+///     fn add_backend(&self, addr: SocketAddr) -> bool {
+///         let mut list = self.0.lock().unwrap();
+///         !list.contains(&addr) && { list.push(addr); true }
+///     }
+///     fn remove_backend(&self, addr: SocketAddr) -> bool {
+///         let mut list = self.0.lock().unwrap();
+///         let before = list.len();
+///         list.retain(|a| *a != addr);
+///         list.len() != before
+///     }
+///     fn list_backends(&self) -> Vec<Backend> {
+///         let list = self.0.lock().unwrap();
+///         list.iter().map(|a| Backend { address: a.to_string(), ..Backend::default() }).collect()
+///     }
+/// }
+/// let admin = Fixed::default();
+/// assert!(admin.add_backend("127.0.0.1:7001".parse().unwrap()));
+/// assert!(!admin.add_backend("127.0.0.1:7001".parse().unwrap()));
+/// assert_eq!(admin.list_backends().len(), 1);
+/// ```
+pub trait BackendAdmin: Send + Sync + 'static {
+    /// Adds `addr`; `false` if it is a backend already.
+    fn add_backend(&self, addr: SocketAddr) -> bool;
+    /// Removes `addr` (calls using it finish); `false` if it is not a backend.
+    fn remove_backend(&self, addr: SocketAddr) -> bool;
+    /// The backends now, with their counters.
+    fn list_backends(&self) -> Vec<Backend>;
+}
+
+/// Parses the `address` field of a backend RPC, or INVALID_ARGUMENT saying what is expected.
+fn backend_address(address: &str) -> Result<SocketAddr, Status> {
+    address.trim().parse().map_err(|e| {
+        Status::new(
+            Code::InvalidArgument,
+            format!("address `{address}` is not IP:PORT ({e}); for example 127.0.0.1:7001"),
+        )
+    })
+}
+
+/// The backend RPCs of `shardpool.v1.Admin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BackendRpc {
+    Add,
+    Remove,
+    List,
+}
+
+/// Answers one backend RPC (`msg` is its request message) with the backend set after it.
+pub(super) fn backend_rpc(
+    hook: Option<&dyn BackendAdmin>,
+    rpc: BackendRpc,
+    msg: Bytes,
+) -> Result<BackendList, Status> {
+    let Some(hook) = hook else {
+        return Err(Status::new(
+            Code::FailedPrecondition,
+            "this server is not in gateway mode, so it has no upstream backends \
+             (start it without --upstream none)",
+        ));
+    };
+    match rpc {
+        BackendRpc::Add => {
+            let req: AddBackendRequest = super::decode(msg, "shardpool.v1.AddBackendRequest")?;
+            let addr = backend_address(&req.address)?;
+            if !hook.add_backend(addr) {
+                return Err(Status::new(
+                    Code::AlreadyExists,
+                    format!("{addr} is a backend already"),
+                ));
+            }
+        }
+        BackendRpc::Remove => {
+            let req: RemoveBackendRequest =
+                super::decode(msg, "shardpool.v1.RemoveBackendRequest")?;
+            let addr = backend_address(&req.address)?;
+            if !hook.remove_backend(addr) {
+                return Err(Status::new(
+                    Code::NotFound,
+                    format!("{addr} is not a backend (ListBackends lists them)"),
+                ));
+            }
+        }
+        BackendRpc::List => {
+            let _: ListBackendsRequest = super::decode(msg, "shardpool.v1.ListBackendsRequest")?;
+        }
+    }
+    Ok(BackendList {
+        backends: hook.list_backends(),
+    })
 }
 
 #[cfg(test)]

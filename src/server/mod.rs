@@ -3,7 +3,9 @@
 //! ([`proto`]).
 //!
 //! Services: `helloworld.Greeter/SayHello`, `grpc.health.v1.Health/Check` and
-//! `shardpool.v1.Admin/PoolMetrics`; Prometheus text on an admin HTTP/1.1 port (`/metrics`).
+//! `shardpool.v1.Admin/{PoolMetrics, AddBackend, RemoveBackend, ListBackends}`; Prometheus text
+//! on an admin HTTP/1.1 port (`/metrics`). The backend RPCs act through a [`BackendAdmin`] hook
+//! given to [`Server::backend_admin`] (the gateway's), else answer FAILED_PRECONDITION.
 //!
 //! # Hooks for embedders and for the gateway
 //!
@@ -53,6 +55,7 @@ pub mod proto;
 
 mod admin;
 
+pub use admin::BackendAdmin;
 pub use grpc::{Code, Status};
 
 use crate::pool::Stats;
@@ -373,6 +376,7 @@ pub struct Server<F> {
     config: ServerConfig,
     greeter: F,
     stats: Option<StatsSource>,
+    backends: Option<Arc<dyn BackendAdmin>>,
     health: Health,
 }
 
@@ -385,6 +389,7 @@ impl Server<DirectFactory> {
             config,
             greeter: |_| DirectGreeter,
             stats: None,
+            backends: None,
             health: Health::new(),
         }
     }
@@ -428,6 +433,7 @@ where
             config: self.config,
             greeter: factory,
             stats: self.stats,
+            backends: self.backends,
             health: self.health,
         }
     }
@@ -436,6 +442,13 @@ where
     #[must_use]
     pub fn pool_stats(mut self, source: StatsSource) -> Self {
         self.stats = Some(source);
+        self
+    }
+
+    /// Attaches the hook behind the backend RPCs of `shardpool.v1.Admin`.
+    #[must_use]
+    pub fn backend_admin(mut self, hook: Arc<dyn BackendAdmin>) -> Self {
+        self.backends = Some(hook);
         self
     }
 
@@ -485,6 +498,7 @@ where
         let shared = Arc::new(Shared {
             cfg,
             stats: self.stats,
+            backends: self.backends,
             health: self.health.clone(),
             counters,
             map: map.clone(),
@@ -585,6 +599,7 @@ impl RunningServer {
 struct Shared {
     cfg: Arc<ServerConfig>,
     stats: Option<StatsSource>,
+    backends: Option<Arc<dyn BackendAdmin>>,
     health: Health,
     counters: Arc<Vec<CachePadded<ServerCounters>>>,
     map: ShardMap,
@@ -810,6 +825,7 @@ enum Method {
     SayHello,
     HealthCheck,
     PoolMetrics,
+    Backends(admin::BackendRpc),
 }
 
 /// Maps `/service/method` to a [`Method`], or the UNIMPLEMENTED status naming what is unknown.
@@ -832,7 +848,12 @@ fn route(path: &str) -> Result<Method, Status> {
     match service {
         "helloworld.Greeter" => known(&[("SayHello", Method::SayHello)]),
         "grpc.health.v1.Health" => known(&[("Check", Method::HealthCheck)]),
-        "shardpool.v1.Admin" => known(&[("PoolMetrics", Method::PoolMetrics)]),
+        "shardpool.v1.Admin" => known(&[
+            ("PoolMetrics", Method::PoolMetrics),
+            ("AddBackend", Method::Backends(admin::BackendRpc::Add)),
+            ("RemoveBackend", Method::Backends(admin::BackendRpc::Remove)),
+            ("ListBackends", Method::Backends(admin::BackendRpc::List)),
+        ]),
         _ => Err(Status::new(
             Code::Unimplemented,
             format!("unknown service {service}"),
@@ -1008,6 +1029,11 @@ async fn call<H: GreetHandler>(
             };
             Ok(ok_response(&pool_metrics(&source(), &shard.shared.map)))
         }
+        Method::Backends(rpc) => Ok(ok_response(&admin::backend_rpc(
+            shard.shared.backends.as_deref(),
+            rpc,
+            msg,
+        )?)),
     }
 }
 

@@ -173,3 +173,63 @@ mod tests {
         assert!(HelloRequest::decode(&b"\x0a\x05ab"[..]).is_err());
     }
 }
+
+/// `shardpool.v1.AddBackendRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddBackendRequest {
+    /// The backend, `IP:PORT`.
+    #[prost(string, tag = "1")]
+    pub address: String,
+}
+
+/// `shardpool.v1.RemoveBackendRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RemoveBackendRequest {
+    /// The backend, `IP:PORT`.
+    #[prost(string, tag = "1")]
+    pub address: String,
+}
+
+/// `shardpool.v1.ListBackendsRequest` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListBackendsRequest {}
+
+/// `shardpool.v1.Backend`: one upstream backend of a gateway and its counters (all shards).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Backend {
+    /// `IP:PORT`.
+    #[prost(string, tag = "1")]
+    pub address: String,
+    /// Not ejected and passing active health checks.
+    #[prost(bool, tag = "2")]
+    pub healthy: bool,
+    /// Attempts sent, including failed ones.
+    #[prost(uint64, tag = "3")]
+    pub requests: u64,
+    /// Attempts that failed.
+    #[prost(uint64, tag = "4")]
+    pub errors: u64,
+    /// Attempts in flight now.
+    #[prost(uint64, tag = "5")]
+    pub in_flight: u64,
+    /// Connections created.
+    #[prost(uint64, tag = "6")]
+    pub connections_new: u64,
+    /// Checkouts that reused a pooled connection.
+    #[prost(uint64, tag = "7")]
+    pub connections_reused: u64,
+    /// Reused connections that moved from another shard.
+    #[prost(uint64, tag = "8")]
+    pub steals: u64,
+    /// Requests retried after a stale pooled connection.
+    #[prost(uint64, tag = "9")]
+    pub stale_retries: u64,
+}
+
+/// `shardpool.v1.BackendList`: the answer of every backend RPC (the set after the call).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BackendList {
+    /// Every backend, in the order they were added.
+    #[prost(message, repeated, tag = "1")]
+    pub backends: Vec<Backend>,
+}

@@ -17,7 +17,7 @@ use super::conn::{ConnectorConfig, Exchange, UpstreamManager, drop_thread_wrappe
 use super::frame::{self, Code as FrameCode, Op};
 use crate::pool::{ConnectionPool, Error as PoolError, PooledConn};
 use crate::runtime::ShardContext;
-use crate::server::{Code, GreetHandler, Health, Server, Status};
+use crate::server::{BackendAdmin, Code, GreetHandler, Health, Server, Status, proto};
 use crossbeam_utils::CachePadded;
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -218,6 +218,42 @@ impl BackendStats {
         } else {
             self.connections_reused as f64 / all as f64
         }
+    }
+}
+
+impl BackendStats {
+    /// This snapshot as the `shardpool.v1.Backend` message of the admin RPCs.
+    pub fn to_proto(&self) -> proto::Backend {
+        proto::Backend {
+            address: self.addr.to_string(),
+            healthy: self.healthy,
+            requests: self.requests,
+            errors: self.errors,
+            in_flight: self.in_flight,
+            connections_new: self.connections_new,
+            connections_reused: self.connections_reused,
+            steals: self.steals,
+            stale_retries: self.stale_retries,
+        }
+    }
+}
+
+/// The server's `AddBackend` / `RemoveBackend` / `ListBackends` RPCs act on the gateway
+/// ([`Gateway::install`] attaches it).
+impl<P: ConnectionPool<UpstreamManager>> BackendAdmin for Gateway<P> {
+    fn add_backend(&self, addr: SocketAddr) -> bool {
+        Gateway::add_backend(self, addr)
+    }
+
+    fn remove_backend(&self, addr: SocketAddr) -> bool {
+        Gateway::remove_backend(self, addr)
+    }
+
+    fn list_backends(&self) -> Vec<proto::Backend> {
+        self.backend_stats()
+            .iter()
+            .map(BackendStats::to_proto)
+            .collect()
     }
 }
 
@@ -474,8 +510,8 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
     }
 
     /// Installs the gateway in `server`: a [`GatewayGreeter`] per shard, the pool's statistics
-    /// (if pooled), and the server's health table (`helloworld.Greeter` is NOT_SERVING while no
-    /// backend is healthy).
+    /// (if pooled), the backend RPCs of `shardpool.v1.Admin` (through [`BackendAdmin`]), and the
+    /// server's health table (`helloworld.Greeter` is NOT_SERVING while no backend is healthy).
     pub fn install<F, H>(
         &self,
         server: Server<F>,
@@ -491,8 +527,9 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
             .unwrap_or_else(PoisonError::into_inner) = Some(server.health());
         self.shared.update_health_table();
         let shared = Arc::clone(&self.shared);
-        let server =
-            server.greeter(move |ctx: ShardContext| GatewayGreeter::new(Arc::clone(&shared), ctx));
+        let server = server
+            .greeter(move |ctx: ShardContext| GatewayGreeter::new(Arc::clone(&shared), ctx))
+            .backend_admin(Arc::new(self.clone()));
         match &self.shared.pool {
             Some(pool) => server.pool_stats(crate::server::pool_stats_source(pool.clone())),
             None => server,
