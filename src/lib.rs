@@ -11,6 +11,9 @@ pub mod baseline;
 #[cfg(all(feature = "runtime", not(shardpool_loom)))]
 pub mod runtime;
 
+#[cfg(all(any(feature = "server", feature = "bench"), not(shardpool_loom)))]
+pub mod wire;
+
 #[cfg(all(feature = "server", not(shardpool_loom)))]
 pub mod server;
 

@@ -1,31 +1,14 @@
 //! The client side of gRPC unary calls over a raw `h2` connection: framing, status codes and
 //! the outcome of one call. Hand-written (no tonic) so that the load generator costs little CPU.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// `helloworld.HelloRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HelloRequest {
-    /// The name to greet.
-    #[prost(string, tag = "1")]
-    pub name: String,
-}
-
-/// `helloworld.HelloReply`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HelloReply {
-    /// The greeting.
-    #[prost(string, tag = "1")]
-    pub message: String,
-}
-
-/// The path of the Greeter's unary method.
-pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+use crate::wire::{HelloReply, HelloRequest, SAY_HELLO, encode_frame};
 
 /// A gRPC status code (the 17 codes of the gRPC spec; anything else is kept as a number).
 ///
@@ -218,28 +201,6 @@ impl Failure {
         };
         Failure::client(code, format!("{context}: {err}"), broken)
     }
-}
-
-/// Encodes one gRPC message: 1 byte "compressed" flag (0), 4 bytes big-endian length, payload.
-///
-/// # Example
-///
-/// ```
-/// use shardpool::bench::{encode_frame, HelloRequest};
-///
-/// let frame = encode_frame(&HelloRequest { name: "a".into() });
-/// assert_eq!(&frame[..], &[0, 0, 0, 0, 3, 0x0a, 1, b'a']);
-/// ```
-pub fn encode_frame<M: prost::Message>(message: &M) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    // Encoding into a buffer with enough capacity cannot fail.
-    message
-        .encode(&mut buf)
-        .expect("BytesMut grows to fit the message");
-    buf.freeze()
 }
 
 /// Decodes exactly one uncompressed gRPC message from a complete response body.

@@ -7,90 +7,13 @@
 //! pool metrics are not available.
 
 use super::grpc::{self, Code};
+use crate::wire::{PoolMetricsRequest, PoolMetricsResponse, ShardPoolMetrics, encode_frame};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The path of the admin metrics RPC.
 pub const POOL_METRICS: &str = "/shardpool.v1.Admin/PoolMetrics";
-
-/// `shardpool.v1.PoolMetricsRequest` (empty).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PoolMetricsRequest {}
-
-/// `shardpool.v1.PoolMetricsResponse`: per-shard counters and their total.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PoolMetricsResponse {
-    /// One entry per pool shard.
-    #[prost(message, repeated, tag = "1")]
-    pub shards: Vec<ShardPoolMetrics>,
-    /// The sum over shards.
-    #[prost(message, optional, tag = "2")]
-    pub total: Option<ShardPoolMetrics>,
-}
-
-/// `shardpool.v1.ShardPoolMetrics`: one pool shard, or the total (same tags as the server's
-/// message in `tests/interop/protos/shardpool_admin.proto`).
-#[derive(Clone, PartialEq, prost::Message, Serialize)]
-pub struct ShardPoolMetrics {
-    /// Shard index (the total carries the shard count here).
-    #[prost(uint32, tag = "1")]
-    pub shard: u32,
-    /// Idle + checked out.
-    #[prost(uint64, tag = "2")]
-    pub live: u64,
-    /// Idle connections.
-    #[prost(uint64, tag = "3")]
-    pub idle: u64,
-    /// Connections checked out.
-    #[prost(uint64, tag = "4")]
-    pub checked_out: u64,
-    /// Checkouts served from the shard's own idle queue.
-    #[prost(uint64, tag = "5")]
-    pub hits: u64,
-    /// Checkouts served by stealing from another shard.
-    #[prost(uint64, tag = "6")]
-    pub steals: u64,
-    /// Connections created.
-    #[prost(uint64, tag = "7")]
-    pub creates: u64,
-    /// Failed connection creations.
-    #[prost(uint64, tag = "8")]
-    pub errors: u64,
-    /// Checkouts that gave up waiting.
-    #[prost(uint64, tag = "9")]
-    pub timeouts: u64,
-    /// Median checkout wait, µs.
-    #[prost(uint64, tag = "10")]
-    pub wait_p50_us: u64,
-    /// 90th percentile checkout wait, µs.
-    #[prost(uint64, tag = "11")]
-    pub wait_p90_us: u64,
-    /// 99th percentile checkout wait, µs.
-    #[prost(uint64, tag = "12")]
-    pub wait_p99_us: u64,
-    /// Longest checkout wait, µs.
-    #[prost(uint64, tag = "13")]
-    pub wait_max_us: u64,
-    /// Successful checkouts.
-    #[prost(uint64, tag = "14")]
-    pub checkouts: u64,
-    /// Checkouts handed a returned connection while waiting.
-    #[prost(uint64, tag = "15")]
-    pub handoffs: u64,
-    /// Checkouts that had to wait.
-    #[prost(uint64, tag = "16")]
-    pub waits: u64,
-    /// Connections closed.
-    #[prost(uint64, tag = "17")]
-    pub closes: u64,
-    /// CPU of the shard's executor (absent for the total).
-    #[prost(uint32, optional, tag = "18")]
-    pub cpu: Option<u32>,
-    /// NUMA node of that CPU (absent for the total).
-    #[prost(uint32, optional, tag = "19")]
-    pub numa_node: Option<u32>,
-}
 
 /// The pool totals at one instant.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -176,7 +99,7 @@ pub async fn fetch(
     let reply = grpc::unary_with_timeout(
         &send,
         &head,
-        grpc::encode_frame(&PoolMetricsRequest {}),
+        encode_frame(&PoolMetricsRequest {}),
         timeout,
     )
     .await

@@ -43,15 +43,17 @@ mod svg;
 pub use config::{
     BenchConfig, ConfigError, Load, Stop, available_cpus, parse_duration, resolve_target,
 };
+// The messages and framing are shared with the server (one copy: `crate::wire`).
+pub use crate::wire::{
+    HelloReply, HelloRequest, PoolMetricsRequest, PoolMetricsResponse, SAY_HELLO, ShardPoolMetrics,
+    encode_frame,
+};
 pub use grpc::{
-    Code, Failure, HelloReply, HelloRequest, SAY_HELLO, Side, connect, decode_frame,
-    decode_message, encode_frame, probe, request_head, unary, unary_with_timeout,
+    Code, Failure, Side, connect, decode_frame, decode_message, probe, request_head, unary,
+    unary_with_timeout,
 };
 pub use histogram::{LatencyHistogram, LatencySummary, PercentilePoint, Schedule};
-pub use metrics::{
-    POOL_METRICS, PoolDelta, PoolMetricsRequest, PoolMetricsResponse, PoolSnapshot,
-    ShardPoolMetrics, fetch as fetch_pool_metrics,
-};
+pub use metrics::{POOL_METRICS, PoolDelta, PoolSnapshot, fetch as fetch_pool_metrics};
 pub use report::{FailureRow, Report, format_us};
 pub use runner::{BenchError, FailureCount, Phase, Progress, RunResult, run};
 pub use svg::{Series, latency_plot};

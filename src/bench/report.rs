@@ -264,8 +264,9 @@ mod tests {
     use super::*;
     use crate::bench::grpc::{Code, Side};
     use crate::bench::histogram::LatencyHistogram;
-    use crate::bench::metrics::{PoolSnapshot, ShardPoolMetrics};
+    use crate::bench::metrics::PoolSnapshot;
     use crate::bench::runner::FailureCount;
+    use crate::wire::ShardPoolMetrics;
     use std::time::Duration;
 
     fn result() -> RunResult {

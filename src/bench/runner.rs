@@ -4,9 +4,10 @@
 //! histograms, merged when the run ends.
 
 use super::config::{BenchConfig, Load, Stop, available_cpus};
-use super::grpc::{self, Code, Failure, HelloReply, HelloRequest, Side};
+use super::grpc::{self, Code, Failure, Side};
 use super::histogram::{LatencyHistogram, Schedule};
 use super::metrics::{self, PoolSnapshot};
+use crate::wire::{HelloReply, HelloRequest, SAY_HELLO, encode_frame};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::Request;
@@ -429,8 +430,8 @@ fn shard_main(
         };
         let state = Rc::new(ShardState {
             conns,
-            head: grpc::request_head(&config.authority, grpc::SAY_HELLO),
-            body: grpc::encode_frame(&request),
+            head: grpc::request_head(&config.authority, SAY_HELLO),
+            body: encode_frame(&request),
             timeout: config.timeout,
             go,
             requests: match config.stop {

@@ -5,7 +5,8 @@
 //! (<https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md>), with no dependency on a
 //! gRPC library.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use crate::wire::{PREFIX_LEN, encode_frame};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
@@ -138,28 +139,6 @@ impl fmt::Display for Status {
 }
 
 impl std::error::Error for Status {}
-
-/// Length of the message prefix: 1 byte compressed flag + 4 bytes big-endian length.
-pub const PREFIX_LEN: usize = 5;
-
-/// Frames one encoded protobuf message: `0`, length (u32 BE), bytes.
-///
-/// ```
-/// # use shardpool::server::grpc::encode_message;
-/// let framed = encode_message(&"hi".to_string());
-/// assert_eq!(&framed[..], &[0, 0, 0, 0, 4, 10, 2, b'h', b'i']);
-/// ```
-pub fn encode_message<M: prost::Message>(msg: &M) -> Bytes {
-    let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(PREFIX_LEN + len);
-    buf.put_u8(0);
-    // A message longer than u32::MAX cannot be produced by our handlers (replies are bounded
-    // by the request size limit); saturate rather than wrap if one ever were.
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    // Encoding into a buffer reserved for `encoded_len` cannot fail.
-    let _ = msg.encode(&mut buf);
-    buf.freeze()
-}
 
 /// Reads exactly one unary request message from a request body and returns its payload
 /// (without the prefix).
@@ -405,7 +384,7 @@ pub fn ok_response<M: prost::Message>(msg: &M) -> Response<GrpcBody> {
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert(GRPC_STATUS, Code::Ok.header_value());
     let mut resp = Response::new(GrpcBody {
-        data: Some(encode_message(msg)),
+        data: Some(encode_frame(msg)),
         trailers: Some(trailers),
     });
     resp.headers_mut()

@@ -51,7 +51,8 @@
 
 pub mod grpc;
 pub mod io;
-pub mod proto;
+/// The messages the server speaks, one copy with the load generator's ([`crate::wire`]).
+pub use crate::wire as proto;
 
 mod admin;
 

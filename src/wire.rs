@@ -1,8 +1,39 @@
-//! Protobuf messages, written by hand with `prost` derives (no protoc, no build script).
+//! What the server and the load generator both put on the wire: the protobuf messages (written by
+//! hand with `prost` derives: no protoc, no build script), the Greeter's method path, and gRPC's
+//! 5-byte message framing. One copy, used by `server` and `bench`.
 //!
-//! They match `tests/interop/protos/*.proto`, which other languages compile:
+//! The messages match `tests/interop/protos/*.proto`, which other languages compile:
 //! `helloworld.proto` (the gRPC example), `health.proto` (`grpc.health.v1`) and
 //! `shardpool_admin.proto` (`shardpool.v1.Admin`).
+//!
+//! ```
+//! use shardpool::wire::{HelloRequest, encode_frame};
+//!
+//! // Not compressed (0), 3 bytes of message, then field 1 (name) = "a".
+//! let frame = encode_frame(&HelloRequest { name: "a".into() });
+//! assert_eq!(&frame[..], &[0, 0, 0, 0, 3, 0x0a, 1, b'a']);
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The path of the Greeter's unary method.
+pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+
+/// The length of gRPC's message prefix: a compressed flag byte and a big-endian `u32` length.
+pub const PREFIX_LEN: usize = 5;
+
+/// Frames one protobuf message: `0` (not compressed), its length (u32, big-endian), its bytes.
+pub fn encode_frame<M: prost::Message>(message: &M) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(PREFIX_LEN + len);
+    buf.put_u8(0);
+    // No message we produce comes near u32::MAX (requests and replies are bounded by the
+    // configured size limit); saturate rather than wrap if one ever did.
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    // Encoding into a buffer reserved for `encoded_len` cannot fail.
+    let _ = message.encode(&mut buf);
+    buf.freeze()
+}
 
 /// `helloworld.HelloRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -56,6 +87,7 @@ pub struct PoolMetricsRequest {}
 
 /// `shardpool.v1.ShardPoolMetrics`: one pool shard, or the total.
 #[derive(Clone, PartialEq, prost::Message)]
+#[cfg_attr(feature = "bench", derive(serde::Serialize))]
 pub struct ShardPoolMetrics {
     /// Shard index (the total repeats the shard count here).
     #[prost(uint32, tag = "1")]
