@@ -24,6 +24,7 @@ export RUST_BACKTRACE=0
 # bug | model that must catch it | what the failure must say
 SEEDED_BUGS=(
     "release_before_drop|freed_permit_wakes_waiter|invariant 1 broken"
+    "permit_before_vacate|freed_permit_wakes_waiter|no free node while holding a permit"
     "no_permit_flag|freed_permit_wakes_waiter|deadlock"
     "drain_before_flag|close_vs_return|invariant 5 broken"
     "steal_skips_expiry|expiry_vs_steal|invariant 6 broken"

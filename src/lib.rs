@@ -24,6 +24,6 @@ pub mod upstream;
 pub mod bench;
 
 pub use pool::{
-    Clock, Config, ConfigError, ConnectionPool, Error, Manage, ManualClock, Pooled, PooledConn,
-    ShardStats, ShardedPool, Stats,
+    Clock, Config, ConfigError, ConnectionPool, Error, MAX_SIZE, Manage, ManualClock, Pooled,
+    PooledConn, ShardStats, ShardedPool, Stats,
 };

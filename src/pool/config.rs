@@ -70,11 +70,11 @@ impl Config {
         self
     }
 
-    /// The most live (idle + checked out) connections per key. Default 64.
+    /// The most live (idle + checked out) connections per key. Default 64; at most [`MAX_SIZE`].
     ///
-    /// Each key, when first used, allocates one cache-padded idle-stack node per connection it may
-    /// have (up to 16 382): 128 bytes each for a connection type of up to about 90 bytes. A key
-    /// allowed more connections than that lets at most 16 382 of them idle at once.
+    /// Each connection lives in one cache-padded idle-stack node from creation to close, and a
+    /// key, when first used, allocates a node per connection it may have: 128 bytes each for a
+    /// connection type of up to about 90 bytes.
     #[must_use]
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.max_size = max_size;
@@ -155,17 +155,16 @@ impl Config {
         if self.max_size == 0 {
             return Err(ConfigError::ZeroMaxSize);
         }
+        if self.max_size > MAX_SIZE {
+            return Err(ConfigError::MaxSizeTooLarge {
+                max_size: self.max_size,
+            });
+        }
         let max_idle_per_key = self.max_idle_per_key.unwrap_or(self.max_size);
         if max_idle_per_key > self.max_size {
             return Err(ConfigError::IdleAboveSize {
                 max_idle_per_key,
                 max_size: self.max_size,
-            });
-        }
-        if max_idle_per_key.div_ceil(shards) > MAX_CAPACITY {
-            return Err(ConfigError::IdlePerShardTooLarge {
-                max_idle_per_key,
-                shards,
             });
         }
         if let Some(total) = self.max_total_idle
@@ -211,6 +210,17 @@ impl Config {
 
 /// The most shards a pool may have.
 pub const MAX_SHARDS: usize = 4096;
+
+/// The most live connections one key may have ([`Config::max_size`]): the capacity of a key's node
+/// arena, whose indices are 14 bits wide (see the idle stacks in docs/ARCHITECTURE.md).
+///
+/// ```
+/// use shardpool::{Config, ConfigError, MAX_SIZE};
+/// assert!(Config::default().max_size(MAX_SIZE).validate().is_ok());
+/// let err = Config::default().max_size(MAX_SIZE + 1).validate().unwrap_err();
+/// assert!(matches!(err, ConfigError::MaxSizeTooLarge { .. }));
+/// ```
+pub const MAX_SIZE: usize = MAX_CAPACITY;
 
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -330,12 +340,10 @@ pub enum ConfigError {
         /// The live limit it exceeds.
         max_size: usize,
     },
-    /// One shard's share of `max_idle_per_key` is over the idle stack's capacity.
-    IdlePerShardTooLarge {
-        /// The requested idle limit.
-        max_idle_per_key: usize,
-        /// The shard count it is spread over.
-        shards: usize,
+    /// `max_size` above [`MAX_SIZE`].
+    MaxSizeTooLarge {
+        /// The requested live limit.
+        max_size: usize,
     },
     /// `max_total_idle(0)` while keys may keep idle connections.
     ZeroTotalIdle,
@@ -376,13 +384,10 @@ impl fmt::Display for ConfigError {
                 "max_idle_per_key ({max_idle_per_key}) is above max_size ({max_size}): \
                  lower it or raise max_size"
             ),
-            ConfigError::IdlePerShardTooLarge {
-                max_idle_per_key,
-                shards,
-            } => write!(
+            ConfigError::MaxSizeTooLarge { max_size } => write!(
                 f,
-                "max_idle_per_key ({max_idle_per_key}) over {shards} shards puts more than \
-                 {MAX_CAPACITY} idle connections on one shard: lower it or add shards"
+                "max_size ({max_size}) is above {MAX_SIZE}, the most live connections one key \
+                 can have: lower it, or spread the destination over several keys"
             ),
             ConfigError::ZeroTotalIdle => write!(
                 f,

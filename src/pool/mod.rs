@@ -9,8 +9,11 @@
 //!    connections that exist (idle, checked out, or being created). A permit is taken from
 //!    `KeyPool::live` *before* `create` runs and given back only *after* the connection is dropped.
 //! 2. **One place.** A connection is in exactly one place: one shard's idle stack, one guard, one
-//!    waiter's hand-off slot, or closed. Moving it between places is a move of an owned value; no
-//!    code path clones a connection or keeps a second reference to it.
+//!    waiter's hand-off slot, or closed. It lives in one node of its key's idle stacks from create
+//!    to close, and the place that holds it holds the node's one lease (`stack::Lease`); moving it
+//!    between places moves the lease, never a copy, and no code path keeps a second reference.
+//!    A closing connection gives its node back before its permit, so a create that holds a permit
+//!    always finds a free node.
 //! 3. **Nothing lost.** At quiescence, `live == idle + checked out` for every key, and every created
 //!    connection is dropped exactly once: by `close`, by a failed check, by an idle limit, or when
 //!    its pool or key is closed.
@@ -45,7 +48,7 @@ mod manage;
 pub(crate) mod metrics;
 pub(crate) mod sharded;
 // Under `shardpool_loom_model_stack` the pool uses `stack_model` instead (loom-tests, docs/protocol.md);
-// the real stack still compiles there (its `Refused`, `Slot` and `MAX_CAPACITY` are shared).
+// the real stack still compiles there (its `Refused`, `Lease` and `MAX_CAPACITY` are shared).
 #[cfg_attr(shardpool_loom_model_stack, allow(dead_code))]
 pub(crate) mod stack;
 #[cfg(shardpool_loom_model_stack)]
@@ -55,7 +58,7 @@ mod timer;
 pub(crate) mod waiters;
 
 pub use clock::{Clock, ManualClock};
-pub use config::{Config, ConfigError, MAX_SHARDS, Validated};
+pub use config::{Config, ConfigError, MAX_SHARDS, MAX_SIZE, Validated};
 pub use manage::Manage;
 pub use metrics::{ShardStats, Stats};
 pub use sharded::{Pooled, ShardedPool};

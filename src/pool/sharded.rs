@@ -9,8 +9,10 @@
 //! 5. Otherwise register as a waiter (flagging the key), retry 2–4 once, then sleep until handed a
 //!    connection, told to retry, closed, or timed out.
 //!
-//! The hot path (1–2 and the return) allocates nothing and touches no shared reference count: an idle
-//! entry carries its own `Arc<KeyPool>`, which moves with it between stack and guard.
+//! The hot path (1–2 and the return) allocates nothing, touches no shared reference count and moves
+//! no connection: an entry lives in one node of its key's idle stacks from creation to close
+//! (`stack`), the stacks and the guard pass a lease on that node around, and the entry's own
+//! `Arc<KeyPool>` keeps the node alive meanwhile.
 //!
 //! # Memory ordering
 //!
@@ -31,7 +33,7 @@ use super::keys::KeyTable;
 use super::metrics::{ShardCounters, ShardMetrics, Stats};
 #[cfg(not(shardpool_loom_model_stack))]
 use super::stack::IdleStacks;
-use super::stack::{MAX_CAPACITY, Refused, Slot, Slotted};
+use super::stack::{Lease, Refused};
 // The loom models' linearizable stand-in for the idle stacks (see `stack_model`).
 #[cfg(shardpool_loom_model_stack)]
 use super::stack_model::IdleStacks;
@@ -119,17 +121,18 @@ struct Shared<M: Manage> {
 pub(crate) struct KeyPool<M: Manage> {
     key: M::Key,
     shared: Arc<Shared<M>>,
-    /// One idle stack per shard, over one node arena (see `stack`).
+    /// One idle stack per shard, over one node arena that holds every entry of this key (see
+    /// `stack`): `max_size` nodes.
     idle: IdleStacks<Entry<M>>,
     /// Permits in use: connections of this key that exist or are being created (invariant 1), plus
     /// the [`PERMIT_WAITING`] flag while checkouts wait.
     live: CachePadded<AtomicUsize>,
     closed: AtomicBool,
-    waiters: WaitQueue<Entry<M>>,
+    waiters: WaitQueue<Leased<M>>,
 }
 
-/// An idle or checked-out connection with its bookkeeping. It owns the `Arc` to its key pool, so a
-/// checkout or return moves it without touching a shared reference count.
+/// An idle or checked-out connection with its bookkeeping. It lives in a node of its key pool's
+/// idle stacks and owns an `Arc` to that key pool, which keeps the node alive (see [`Leased`]).
 pub(crate) struct Entry<M: Manage> {
     conn: M::Conn,
     key_pool: Arc<KeyPool<M>>,
@@ -137,13 +140,31 @@ pub(crate) struct Entry<M: Manage> {
     created: u64,
     idle_since: u64,
     reused: bool,
-    /// The idle stacks' node this connection idles in, once it has idled (see `stack`).
-    slot: Option<Slot>,
 }
 
-impl<M: Manage> Slotted for Entry<M> {
-    fn slot(&mut self) -> &mut Option<Slot> {
-        &mut self.slot
+/// An entry in its node, held by one owner: a checkout, a guard, a waiter being handed it, or a
+/// closer. Moving it moves a pointer and an index, not the connection.
+type Leased<M> = Lease<Entry<M>>;
+
+impl<M: Manage> Leased<M> {
+    #[inline]
+    fn entry(&self) -> &Entry<M> {
+        // SAFETY: the entry in the node owns an `Arc` to the key pool whose stacks issued this
+        // lease, and it leaves the node only by consuming the lease (`close`), so the node is alive
+        // for as long as the lease is borrowed.
+        unsafe { self.get() }
+    }
+
+    #[inline]
+    fn entry_mut(&mut self) -> &mut Entry<M> {
+        // SAFETY: as in `entry`.
+        unsafe { self.get_mut() }
+    }
+
+    /// The key pool that owns this entry's node.
+    #[inline]
+    fn key_pool(&self) -> &KeyPool<M> {
+        &self.entry().key_pool
     }
 }
 
@@ -229,9 +250,9 @@ impl<M: Manage> ShardedPool<M> {
         let shard = wrap_shard(shard, self.inner.shared.config.shards);
         // Fast path: a known key with an idle connection; no lock, no reference count.
         if let Some(kp) = self.inner.keys.lookup(key)
-            && let Some((entry, source)) = kp.take_idle(shard)
+            && let Some((lease, source)) = kp.take_idle(shard)
         {
-            return kp.finish(shard, entry, source);
+            return kp.finish(shard, lease, source);
         }
         Box::pin(self.checkout_slow(shard, key)).await
     }
@@ -243,8 +264,8 @@ impl<M: Manage> ShardedPool<M> {
         key: &M::Key,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         let kp = self.key_pool(key)?;
-        if let Some((entry, source)) = kp.take_idle(shard) {
-            return kp.finish(shard, entry, source);
+        if let Some((lease, source)) = kp.take_idle(shard) {
+            return kp.finish(shard, lease, source);
         }
         if kp.try_acquire_permit() {
             return KeyPool::create(kp, shard).await;
@@ -395,11 +416,11 @@ impl<M: Manage> KeyPool<M> {
         let config = &shared.config;
         KeyPool {
             key,
-            // A node per connection that can exist, so a connection never lacks one to idle in
-            // (a key with more than `MAX_CAPACITY` connections lets only that many idle at once).
+            // A node per connection that may exist (invariant 1), so creating one always finds a
+            // free node (`new_entry`). `Config` caps `max_size` at the stacks' capacity.
             idle: IdleStacks::new(
                 (0..config.shards).map(|s| config.share(config.max_idle_per_key, s)),
-                config.max_size.min(MAX_CAPACITY),
+                config.max_size,
             ),
             shared: Arc::clone(shared),
             live: CachePadded::new(AtomicUsize::new(0)),
@@ -437,21 +458,21 @@ impl<M: Manage> KeyPool<M> {
     /// Pops an acceptable idle entry: the shard's own first, then the other shards' in steal order.
     /// Expired and invalid entries met on the way are closed.
     #[inline]
-    fn take_idle(&self, shard: usize) -> Option<(Entry<M>, Source)> {
+    fn take_idle(&self, shard: usize) -> Option<(Leased<M>, Source)> {
         let mut now = None;
-        if let Some(entry) = self.pop_acceptable(shard, shard, &mut now) {
-            return Some((entry, Source::Local));
+        if let Some(lease) = self.pop_acceptable(shard, shard, &mut now) {
+            return Some((lease, Source::Local));
         }
         self.steal(shard, &mut now)
     }
 
     /// `take_idle` after the own shard's stack had nothing acceptable.
     #[inline(never)]
-    fn steal(&self, shard: usize, now: &mut Option<u64>) -> Option<(Entry<M>, Source)> {
+    fn steal(&self, shard: usize, now: &mut Option<u64>) -> Option<(Leased<M>, Source)> {
         self.shared.config.steal_order[shard]
             .iter()
             .find_map(|&victim| self.pop_acceptable(shard, victim, now))
-            .map(|entry| (entry, Source::Stolen))
+            .map(|lease| (lease, Source::Stolen))
     }
 
     /// Pops shard `victim`'s stack for a checkout on shard `shard` until an entry passes the expiry
@@ -462,21 +483,22 @@ impl<M: Manage> KeyPool<M> {
         shard: usize,
         victim: usize,
         now: &mut Option<u64>,
-    ) -> Option<Entry<M>> {
+    ) -> Option<Leased<M>> {
         let config = &self.shared.config;
-        while let Some(mut entry) = self.idle.pop(victim) {
+        while let Some(mut lease) = self.idle.pop(victim) {
             self.shared.release_idle(victim);
             let now = *now.get_or_insert_with(|| self.shared.now());
             // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
             // check, so a steal can hand out an expired connection.
             let check_expiry =
                 victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
+            let entry = lease.entry_mut();
             if check_expiry && config.is_expired(entry.created, entry.idle_since, now) {
-                self.reject(shard, entry, |c| &c.expirations);
+                self.reject(shard, lease, |c| &c.expirations);
             } else if !self.shared.manager.is_valid(&mut entry.conn) {
-                self.reject(shard, entry, |c| &c.validation_failures);
+                self.reject(shard, lease, |c| &c.validation_failures);
             } else {
-                return Some(entry);
+                return Some(lease);
             }
         }
         None
@@ -484,21 +506,21 @@ impl<M: Manage> KeyPool<M> {
 
     /// Closes an idle entry that failed a check, counting it in `counter`.
     #[cold]
-    fn reject(&self, shard: usize, entry: Entry<M>, counter: fn(&ShardCounters) -> &Counter) {
+    fn reject(&self, shard: usize, lease: Leased<M>, counter: fn(&ShardCounters) -> &Counter) {
         counter(self.shared.counters(shard)).incr();
-        entry.close(shard);
+        lease.close(shard);
     }
 
-    /// Turns an entry into a guard, unless the key closed meanwhile (invariant 5).
+    /// Turns a leased entry into a guard, unless the key closed meanwhile (invariant 5).
     #[inline]
     fn finish(
         &self,
         shard: usize,
-        entry: Entry<M>,
+        lease: Leased<M>,
         source: Source,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         if self.is_closed() {
-            entry.close(shard);
+            lease.close(shard);
             return Err(Error::Closed);
         }
         let counters = self.shared.counters(shard);
@@ -511,7 +533,7 @@ impl<M: Manage> KeyPool<M> {
             Source::HandedOff => counters.handoffs.incr(),
         }
         Ok(Pooled {
-            entry: ManuallyDrop::new(entry),
+            lease: ManuallyDrop::new(lease),
             shard,
         })
     }
@@ -547,9 +569,9 @@ impl<M: Manage> KeyPool<M> {
         }
     }
 
-    /// Creates a connection with a permit already taken. The permit is given back if creation
-    /// fails or the future is dropped (a cancelled checkout).
-    async fn new_entry(this: &Arc<Self>) -> Result<Entry<M>, M::Error> {
+    /// Creates a connection with a permit already taken and moves it into a node. The permit is
+    /// given back if creation fails or the future is dropped (a cancelled checkout).
+    async fn new_entry(this: &Arc<Self>) -> Result<Leased<M>, M::Error> {
         struct Permit<'a, M: Manage>(&'a KeyPool<M>);
         impl<M: Manage> Drop for Permit<'_, M> {
             fn drop(&mut self) {
@@ -560,20 +582,25 @@ impl<M: Manage> KeyPool<M> {
         let conn = this.shared.manager.create(&this.key).await?;
         std::mem::forget(permit);
         let now = this.shared.now();
-        Ok(Entry {
+        let entry = Entry {
             conn,
             key_pool: Arc::clone(this),
             created: now,
             idle_since: now,
             reused: false,
-            slot: None,
-        })
+        };
+        // A node is free: there is one per permit, and a closed entry gives its node back before
+        // its permit (`Leased::close`), whose Release our permit's Acquire saw.
+        Ok(this
+            .idle
+            .occupy(entry)
+            .unwrap_or_else(|_| unreachable!("no free node while holding a permit")))
     }
 
     /// Creates a connection for a checkout (a permit already taken).
     async fn create(this: Arc<Self>, shard: usize) -> Result<Pooled<M>, Error<M::Error>> {
         match KeyPool::new_entry(&this).await {
-            Ok(entry) => this.finish(shard, entry, Source::Created),
+            Ok(lease) => this.finish(shard, lease, Source::Created),
             Err(err) => {
                 this.shared.counters(shard).create_errors.incr();
                 Err(Error::Create(err))
@@ -592,9 +619,9 @@ impl<M: Manage> KeyPool<M> {
             if this.is_closed() {
                 return Err(Error::Closed);
             }
-            if let Some((entry, source)) = this.take_idle(shard) {
+            if let Some((lease, source)) = this.take_idle(shard) {
                 registration.leave(started);
-                return this.finish(shard, entry, source);
+                return this.finish(shard, lease, source);
             }
             if this.try_acquire_permit() {
                 registration.leave(started);
@@ -618,14 +645,14 @@ impl<M: Manage> KeyPool<M> {
                     registration.left = true;
                     return Err(Error::Closed);
                 }
-                Some(Wake::Handed(entry)) => {
+                Some(Wake::Handed(lease)) => {
                     registration.left = true;
-                    entry
+                    lease
                 }
                 None => {
                     registration.left = true;
                     match this.waiters.deregister(&registration.waiter, &*this) {
-                        Leftover::Item(entry) => entry,
+                        Leftover::Item(lease) => lease,
                         Leftover::Closed => return Err(Error::Closed),
                         Leftover::Nothing => {
                             shared.counters(shard).timeouts.incr();
@@ -637,7 +664,8 @@ impl<M: Manage> KeyPool<M> {
                 }
             };
             shared.metrics[shard].record_wait(started.elapsed());
-            let mut entry = handed;
+            let mut lease = handed;
+            let entry = lease.entry_mut();
             // Handed-off entries were just returned, but the rules apply to them too (invariant 6).
             if shared
                 .config
@@ -645,11 +673,11 @@ impl<M: Manage> KeyPool<M> {
                 || !shared.manager.is_valid(&mut entry.conn)
             {
                 shared.counters(shard).validation_failures.incr();
-                entry.close(shard);
+                lease.close(shard);
                 registration = Registration::new(&this, shard);
                 continue;
             }
-            return this.finish(shard, entry, Source::HandedOff);
+            return this.finish(shard, lease, Source::HandedOff);
         }
     }
 
@@ -657,23 +685,24 @@ impl<M: Manage> KeyPool<M> {
     /// shards' stacks when it is full; straight to a waiter if one waits; closed when the key is
     /// closed or every stack is full (the idle limits).
     #[inline]
-    fn put_idle(shard: usize, entry: Entry<M>) {
-        let kp: *const KeyPool<M> = Arc::as_ptr(&entry.key_pool);
-        // SAFETY: `entry` owns an `Arc` to the key pool until a push lands it on a stack. The push's
-        // CAS is the last access to the key pool on that path; a refused push gives the entry, and
-        // so the `Arc`, back, and `put_refused` touches the key pool only while it holds the entry.
+    fn put_idle(shard: usize, lease: Leased<M>) {
+        let kp: *const KeyPool<M> = lease.key_pool();
+        // SAFETY: the leased entry owns an `Arc` to the key pool until a push lands it on a stack.
+        // The push's CAS is the last access to the key pool on that path; a refused push gives the
+        // lease, and so the entry and its `Arc`, back, and `put_refused` touches the key pool only
+        // while it holds the lease.
         let kp = unsafe { &*kp };
         // The common case, kept small enough to inline: room on the shard's own stack.
-        if let Err(refused) = kp.try_place_on(shard, entry) {
+        if let Err(refused) = kp.try_place_on(shard, lease) {
             kp.put_refused(shard, refused);
         }
     }
 
     /// The rest of `put_idle`, after the own shard's stack refused the entry.
     #[cold]
-    fn put_refused(&self, shard: usize, refused: Refused<Entry<M>>) {
+    fn put_refused(&self, shard: usize, refused: Refused<Leased<M>>) {
         let refused = match refused {
-            Refused::Full(entry) => match self.place_elsewhere(shard, entry) {
+            Refused::Full(lease) => match self.place_elsewhere(shard, lease) {
                 // Nothing of `self` may be touched after a successful push (module docs).
                 Ok(()) => return,
                 Err(refused) => refused,
@@ -681,56 +710,60 @@ impl<M: Manage> KeyPool<M> {
             flagged => flagged,
         };
         match refused {
-            Refused::Waiting(entry) => {
+            Refused::Waiting(lease) => {
                 // Hand-off touches the waiter queue after the entry may be gone: hold the pool.
-                let key_pool = Arc::clone(&entry.key_pool);
-                key_pool.waiters.hand_off(entry, &*key_pool, |entry| {
-                    match key_pool.place(shard, entry) {
+                let key_pool = Arc::clone(&lease.entry().key_pool);
+                key_pool.waiters.hand_off(lease, &*key_pool, |lease| {
+                    match key_pool.place(shard, lease) {
                         Ok(()) => {}
                         // With the queue locked and empty no stack is flagged WAITING, and the
                         // permit word's flag is clear too, so closing here cannot try to notify
                         // (which would take the queue's lock again).
-                        Err(Refused::Full(e) | Refused::Closed(e) | Refused::Waiting(e)) => {
-                            e.close(shard)
+                        Err(Refused::Full(l) | Refused::Closed(l) | Refused::Waiting(l)) => {
+                            l.close(shard)
                         }
                     }
                 });
             }
-            Refused::Full(entry) | Refused::Closed(entry) => entry.close(shard),
+            Refused::Full(lease) | Refused::Closed(lease) => lease.close(shard),
         }
     }
 
-    /// Pushes `entry` onto shard `shard`'s stack or, when full, the others' in steal order,
-    /// reserving total-idle budget as it goes. Gives the entry back when a stack is flagged (waiting
+    /// Pushes `lease` onto shard `shard`'s stack or, when full, the others' in steal order,
+    /// reserving total-idle budget as it goes. Gives the lease back when a stack is flagged (waiting
     /// or closed) or every stack is full or over budget.
-    fn place(&self, shard: usize, entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
-        match self.try_place_on(shard, entry) {
-            Err(Refused::Full(entry)) => self.place_elsewhere(shard, entry),
+    fn place(&self, shard: usize, lease: Leased<M>) -> Result<(), Refused<Leased<M>>> {
+        match self.try_place_on(shard, lease) {
+            Err(Refused::Full(lease)) => self.place_elsewhere(shard, lease),
             placed_or_flagged => placed_or_flagged,
         }
     }
 
-    /// Pushes `entry` onto the first stack in shard `shard`'s steal order with room (the own
+    /// Pushes `lease` onto the first stack in shard `shard`'s steal order with room (the own
     /// shard's was full).
-    fn place_elsewhere(&self, shard: usize, mut entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
+    fn place_elsewhere(
+        &self,
+        shard: usize,
+        mut lease: Leased<M>,
+    ) -> Result<(), Refused<Leased<M>>> {
         for &target in &self.shared.config.steal_order[shard] {
-            entry = match self.try_place_on(target, entry) {
+            lease = match self.try_place_on(target, lease) {
                 Ok(()) => return Ok(()),
                 Err(Refused::Full(back)) => back,
                 Err(flagged) => return Err(flagged),
             };
         }
-        Err(Refused::Full(entry))
+        Err(Refused::Full(lease))
     }
 
-    /// Pushes `entry` onto shard `target`'s stack within its total-idle budget. Over budget counts
+    /// Pushes `lease` onto shard `target`'s stack within its total-idle budget. Over budget counts
     /// as full.
     #[inline(always)]
-    fn try_place_on(&self, target: usize, entry: Entry<M>) -> Result<(), Refused<Entry<M>>> {
+    fn try_place_on(&self, target: usize, lease: Leased<M>) -> Result<(), Refused<Leased<M>>> {
         if !self.shared.reserve_idle(target) {
-            return Err(Refused::Full(entry));
+            return Err(Refused::Full(lease));
         }
-        let pushed = self.idle.push(target, entry);
+        let pushed = self.idle.push(target, lease);
         // Nothing of `self` may be touched after a successful push (module docs).
         if pushed.is_err() {
             self.shared.release_idle(target);
@@ -751,9 +784,9 @@ impl<M: Manage> KeyPool<M> {
         }
         self.waiters.close(self);
         for shard in 0..self.shared.config.shards {
-            while let Some(entry) = self.idle.pop(shard) {
+            while let Some(lease) = self.idle.pop(shard) {
                 self.shared.release_idle(shard);
-                entry.close(shard);
+                lease.close(shard);
             }
         }
         if drain_first {
@@ -769,18 +802,19 @@ impl<M: Manage> KeyPool<M> {
         }
         let now = self.shared.now();
         let mut keep = Vec::new();
-        while let Some(entry) = self.idle.pop(shard) {
+        while let Some(lease) = self.idle.pop(shard) {
             self.shared.release_idle(shard);
+            let entry = lease.entry();
             if config.is_expired(entry.created, entry.idle_since, now) {
                 self.shared.counters(shard).expirations.incr();
-                entry.close(shard);
+                lease.close(shard);
             } else {
-                keep.push(entry);
+                keep.push(lease);
             }
         }
         // Popped newest first: put back oldest first so the newest is on top again.
-        for entry in keep.into_iter().rev() {
-            KeyPool::put_idle(shard, entry);
+        for lease in keep.into_iter().rev() {
+            KeyPool::put_idle(shard, lease);
         }
     }
 
@@ -790,9 +824,9 @@ impl<M: Manage> KeyPool<M> {
         let want = config.share(config.min_idle, shard);
         while this.idle.len(shard) < want && !this.is_closed() && this.try_acquire_permit() {
             match KeyPool::new_entry(this).await {
-                Ok(entry) => {
+                Ok(lease) => {
                     this.shared.counters(shard).prewarms.incr();
-                    KeyPool::put_idle(shard, entry);
+                    KeyPool::put_idle(shard, lease);
                 }
                 Err(_) => {
                     this.shared.counters(shard).create_errors.incr();
@@ -822,26 +856,29 @@ impl<M: Manage> WaitSignal for KeyPool<M> {
     }
 }
 
-impl<M: Manage> Entry<M> {
-    /// Drops the connection, gives back its node, and then frees its permit (in that order:
-    /// invariant 1, and a node is free before a successor can be created to need one).
+impl<M: Manage> Leased<M> {
+    /// Moves the entry out of its node and frees the node, drops the connection, and then frees
+    /// its permit (in that order: invariant 1, and a node is free before a successor can be created
+    /// to need one).
     fn close(self, shard: usize) {
-        let Entry {
-            conn,
-            key_pool,
-            slot,
-            ..
-        } = self;
+        let stacks: *const IdleStacks<Entry<M>> = &self.key_pool().idle;
+        // Seeded bug for the loom models (docs/protocol.md): the permit freed while the entry still
+        // holds its node, so a racing create can find no free node.
+        #[cfg(shardpool_seeded_bug = "permit_before_vacate")]
+        self.key_pool().release_permit();
+        // SAFETY: the leased entry owns an `Arc` to the key pool that owns `stacks`, and `vacate`
+        // hands that entry back here only after its last access to them.
+        let Entry { conn, key_pool, .. } = unsafe { &*stacks }.vacate(self);
         // Seeded bug for the loom models (docs/protocol.md): the permit freed while the connection
         // still exists, so a racing create can exceed `max_size`.
         #[cfg(shardpool_seeded_bug = "release_before_drop")]
         key_pool.release_permit();
         drop(conn);
-        if let Some(slot) = slot {
-            key_pool.idle.release(slot);
-        }
         key_pool.shared.counters(shard).closes.incr();
-        #[cfg(not(shardpool_seeded_bug = "release_before_drop"))]
+        #[cfg(not(any(
+            shardpool_seeded_bug = "release_before_drop",
+            shardpool_seeded_bug = "permit_before_vacate"
+        )))]
         key_pool.release_permit();
     }
 }
@@ -850,7 +887,7 @@ impl<M: Manage> Entry<M> {
 /// anything handed to it meanwhile.
 struct Registration<'a, M: Manage> {
     key_pool: &'a KeyPool<M>,
-    waiter: Arc<Waiter<Entry<M>>>,
+    waiter: Arc<Waiter<Leased<M>>>,
     shard: usize,
     /// Already out of the queue (woken with a hand-off or close, or deregistered).
     left: bool,
@@ -885,7 +922,7 @@ impl<'a, M: Manage> Registration<'a, M> {
             .deregister(&self.waiter, self.key_pool)
         {
             // Handed a connection we no longer need: pass it on (invariant 2: it is not lost).
-            Leftover::Item(entry) => KeyPool::put_idle(self.shard, entry),
+            Leftover::Item(lease) => KeyPool::put_idle(self.shard, lease),
             Leftover::Closed | Leftover::Nothing => {}
         }
     }
@@ -912,35 +949,29 @@ impl<M: Manage> Drop for Registration<'_, M> {
 /// assert_eq!(pool.stats().total.closes, 1);
 /// ```
 pub struct Pooled<M: Manage> {
-    entry: ManuallyDrop<Entry<M>>,
+    lease: ManuallyDrop<Leased<M>>,
     shard: usize,
-}
-
-impl<M: Manage> Pooled<M> {
-    fn key_pool(&self) -> &KeyPool<M> {
-        &self.entry.key_pool
-    }
 }
 
 impl<M: Manage> Deref for Pooled<M> {
     type Target = M::Conn;
     fn deref(&self) -> &M::Conn {
-        &self.entry.conn
+        &self.lease.entry().conn
     }
 }
 
 impl<M: Manage> DerefMut for Pooled<M> {
     fn deref_mut(&mut self) -> &mut M::Conn {
-        &mut self.entry.conn
+        &mut self.lease.entry_mut().conn
     }
 }
 
 impl<M: Manage> fmt::Debug for Pooled<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pooled")
-            .field("key", &self.key_pool().key)
+            .field("key", &self.lease.key_pool().key)
             .field("shard", &self.shard)
-            .field("reused", &self.entry.reused)
+            .field("reused", &self.lease.entry().reused)
             .finish_non_exhaustive()
     }
 }
@@ -948,18 +979,18 @@ impl<M: Manage> fmt::Debug for Pooled<M> {
 impl<M: Manage> PooledConn<M> for Pooled<M> {
     fn discard(self) {
         let mut this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never dropped (ManuallyDrop), so this is the only take of the entry.
-        let entry = unsafe { ManuallyDrop::take(&mut this.entry) };
-        let shared = &*entry.key_pool.shared;
+        // SAFETY: `this` is never dropped (ManuallyDrop), so this is the only take of the lease.
+        let lease = unsafe { ManuallyDrop::take(&mut this.lease) };
+        let shared = &*lease.key_pool().shared;
         let counters = shared.counters(this.shard);
         counters
             .returns
             .incr(counters.owned_here(this.shard, shared.config.shards));
-        entry.close(this.shard);
+        lease.close(this.shard);
     }
 
     fn is_reused(&self) -> bool {
-        self.entry.reused
+        self.lease.entry().reused
     }
 
     fn shard(&self) -> usize {
@@ -967,32 +998,37 @@ impl<M: Manage> PooledConn<M> for Pooled<M> {
     }
 
     fn key(&self) -> &M::Key {
-        &self.key_pool().key
+        &self.lease.key_pool().key
     }
 }
 
 impl<M: Manage> Drop for Pooled<M> {
     fn drop(&mut self) {
-        // SAFETY: drop runs once and nothing touches `entry` after it; `discard` never reaches here.
-        let mut entry = unsafe { ManuallyDrop::take(&mut self.entry) };
+        // SAFETY: drop runs once and nothing touches `lease` after it; `discard` never reaches here.
+        let mut lease = unsafe { ManuallyDrop::take(&mut self.lease) };
         let shard = self.shard;
-        let shared = &*entry.key_pool.shared;
+        let shared: *const Shared<M> = &*lease.key_pool().shared;
+        // SAFETY: the entry's key pool owns an `Arc` to `Shared`, and this function holds the lease
+        // (so the entry and its key pool) until `close` or `put_idle` consumes it, after which
+        // `shared` is not used.
+        let shared = unsafe { &*shared };
         let counters = shared.counters(shard);
         counters
             .returns
             .incr(counters.owned_here(shard, shared.config.shards));
         let now = shared.now();
+        let entry = lease.entry_mut();
         if shared.config.is_too_old(entry.created, now) {
-            shared.counters(shard).expirations.incr();
-            entry.close(shard);
+            counters.expirations.incr();
+            lease.close(shard);
             return;
         }
         if !shared.manager.recycle(&mut entry.conn) {
-            entry.close(shard);
+            lease.close(shard);
             return;
         }
         entry.idle_since = now;
         entry.reused = true;
-        KeyPool::put_idle(shard, entry);
+        KeyPool::put_idle(shard, lease);
     }
 }

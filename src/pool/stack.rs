@@ -9,12 +9,13 @@
 //!
 //! # Algorithm
 //!
-//! Treiber stacks over a fixed array of nodes. A node is a [`Slot`] for one value. A value that has
-//! been idle once keeps its slot for life: it carries it ([`Slotted`]) while checked out and brings
-//! it back with it, so a push is one CAS (link the value's own node onto a shard's `head`) and a pop
-//! is one CAS (unlink the top node; the popped value takes the node with it). A value that has no
-//! slot yet (a new connection) reserves one from the `free` list at its first push, and a value that
-//! is closed gives its slot back ([`IdleStacks::release`]); both are off the hot path.
+//! Treiber stacks over a fixed array of nodes. A value lives in one node from the moment it enters
+//! the stacks ([`IdleStacks::occupy`]) until it leaves them for good ([`IdleStacks::vacate`]); in
+//! between only the node's index moves. Whoever holds a value's [`Lease`] owns the node and reaches
+//! the value through it in place. A push links the leased node onto a shard's `head` (one CAS) and
+//! gives the lease up; a pop unlinks the top node (one CAS) and returns a lease on it. So a checkout
+//! and a return move an index, never the value, and touch no free list: `occupy` and `vacate`, the
+//! only users of the `free` list, run when a connection is created and when it is closed.
 //!
 //! Each list (every shard's `head`, and `free`) is a single `AtomicU64` word:
 //!
@@ -40,21 +41,22 @@
 //! own modification order: either the push came first (and whoever set the flag sees the value on
 //! the stack) or the pusher sees the flag. No fence is needed.
 //!
-//! A node's value is written only while the node is on no list (owned by the value's holder, or just
-//! reserved) and read only after it left a `head` (owned by the popper). A stale reader of a node's
-//! `next` link (a pop that lost a race) reads an atomic and then fails its CAS.
+//! A node's value is accessed only through a lease: while the node is on no list, by the one thread
+//! that holds its lease (pushing gives the lease up, popping hands out a new one). A stale reader of
+//! a node's `next` link (a pop that lost a race) reads an atomic and then fails its CAS.
 //!
 //! # Memory ordering
 //!
 //! Every change of a list word is a CAS. The CAS that links a node is `Release` (with `Acquire`, so
-//! it continues the release sequence): it publishes the node's value and `next` link written before
-//! it. The load and the CAS that unlink a node are `Acquire`: they make that value and link visible
+//! it continues the release sequence): it publishes the node's `next` link and everything the
+//! lease holder wrote to the value before it. The load and the CAS that unlink a node are `Acquire`: they make that value and link visible
 //! to the popper. All operations on a word are read-modify-writes, so each new value continues the
 //! release sequence of the ones before it.
 //!
 //! # Limits
 //!
-//! At most [`MAX_CAPACITY`] nodes per key and values per stack. The tag wraps after 2³⁴ changes of
+//! At most [`MAX_CAPACITY`] nodes per key and values per stack; the pool's `max_size` is capped
+//! there, so every connection that may exist has a node. The tag wraps after 2³⁴ changes of
 //! one list; a thread would have to stall between its load and its CAS for exactly that many
 //! operations on the same list (minutes of a single stack's full speed) for ABA to return, which we
 //! accept.
@@ -62,7 +64,7 @@
 use super::sync::{AtomicU16, AtomicU64, Ordering, UnsafeCell};
 use crossbeam_utils::{Backoff, CachePadded};
 use std::mem::MaybeUninit;
-use std::num::NonZeroU16;
+use std::ptr::NonNull;
 
 const INDEX_BITS: u32 = 14;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
@@ -110,35 +112,82 @@ impl Word {
     }
 }
 
-/// Why [`IdleStacks::push`] gave its value back.
+/// Why [`IdleStacks::push`] gave its lease back.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused<T> {
-    /// The stack is at its capacity, or the value has no slot and none is free.
+    /// The stack is at its capacity.
     Full(T),
     /// A checkout is waiting (the `WAITING` flag): hand the value to it.
     Waiting(T),
-    /// The stack is closed: drop the value.
+    /// The stack is closed: close the value.
     Closed(T),
 }
 
-/// The right to one node of an [`IdleStacks`]: held by exactly one value, or by no value while the
-/// node is on a list. Not `Clone`: a slot is moved, never shared.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Slot(NonZeroU16);
-
-impl Slot {
-    fn new(index: u16) -> Self {
-        Slot(NonZeroU16::new(index + 1).unwrap_or_else(|| unreachable!("index < NIL")))
-    }
-    fn index(&self) -> usize {
-        usize::from(self.0.get() - 1)
-    }
+/// The right to one node of an [`IdleStacks`] and to the value in it: held by exactly one owner, and
+/// by nobody while the node is on a stack. Not `Clone`: a lease is moved, never shared.
+///
+/// A lease does not borrow its stacks; whoever holds one keeps the stacks that issued it alive (the
+/// pool does: the value in the node owns an `Arc` to the key pool that owns the stacks). A lease
+/// that is dropped instead of pushed or vacated leaks its value and node; the pool never does that.
+#[derive(Debug)]
+#[must_use = "push or vacate a lease; dropping it leaks its value and node"]
+pub(crate) struct Lease<T> {
+    cell: NonNull<UnsafeCell<MaybeUninit<T>>>,
+    index: u16,
 }
 
-/// A value that carries the slot it idles in (see the module docs).
-pub(crate) trait Slotted {
-    /// The value's slot: `None` until its first push, and while it is on a stack.
-    fn slot(&mut self) -> &mut Option<Slot>;
+// SAFETY: a lease is the only access path to its value (module docs), so sending the lease sends the
+// value: `T: Send` suffices.
+unsafe impl<T: Send> Send for Lease<T> {}
+// SAFETY: `&Lease` only gives `&T` (`get`), so sharing it shares a `&T`: `T: Sync` suffices.
+unsafe impl<T: Sync> Sync for Lease<T> {}
+
+impl<T> Lease<T> {
+    /// A lease on node `index`, whose value cell is `cell`; the value must be initialised.
+    pub(super) fn new(cell: &UnsafeCell<MaybeUninit<T>>, index: u16) -> Self {
+        Lease {
+            cell: NonNull::from(cell),
+            index,
+        }
+    }
+
+    /// The index of the leased node.
+    pub(super) fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The leased value.
+    ///
+    /// # Safety
+    ///
+    /// The stacks that issued this lease are alive (see the type's docs).
+    #[inline]
+    pub(crate) unsafe fn get(&self) -> &T {
+        // SAFETY: the caller keeps the node alive; holding the lease means no other thread accesses
+        // the value, which the push or `occupy` that produced the lease initialised.
+        unsafe { self.cell.as_ref() }.with(|value| unsafe { (*value).assume_init_ref() })
+    }
+
+    /// The leased value, mutably.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Lease::get`].
+    #[inline]
+    pub(crate) unsafe fn get_mut(&mut self) -> &mut T {
+        // SAFETY: as in `get`; `&mut self` makes this the only reference to the value.
+        unsafe { self.cell.as_ref() }.with_mut(|value| unsafe { (*value).assume_init_mut() })
+    }
+
+    /// Moves the value out, leaving the node's cell uninitialised.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Lease::get`]; the node is then free for another value, and the lease is gone.
+    pub(super) unsafe fn take(self) -> T {
+        // SAFETY: as in `get_mut`; consuming the lease means nobody reads the moved-out value again.
+        unsafe { self.cell.as_ref() }.with_mut(|value| unsafe { (*value).assume_init_read() })
+    }
 }
 
 struct Node<T> {
@@ -154,7 +203,7 @@ struct Head {
 }
 
 /// A key's idle stacks, one per shard, sharing one node arena. See the module docs.
-pub(crate) struct IdleStacks<T: Slotted> {
+pub(crate) struct IdleStacks<T> {
     heads: Box<[Head]>,
     free: CachePadded<AtomicU64>,
     /// Cache-padded: nodes travel between shards with their connections, so neighbouring nodes
@@ -164,13 +213,13 @@ pub(crate) struct IdleStacks<T: Slotted> {
     nodes: Box<[CachePadded<Node<T>>]>,
 }
 
-// SAFETY: the stacks move `T` values between threads (push on one, pop on another) and never share
-// a `&T`, so `T: Send` is all they need; each value is accessed by one owner at a time (module docs).
-unsafe impl<T: Slotted + Send> Send for IdleStacks<T> {}
-// SAFETY: as above: concurrent `push`/`pop` through `&self` hand each value to exactly one thread.
-unsafe impl<T: Slotted + Send> Sync for IdleStacks<T> {}
+// SAFETY: the stacks move `T` values between threads (a lease goes from one thread to another) and
+// never share a `&T` between two of them at once, so `T: Send` is all they need (module docs).
+unsafe impl<T: Send> Send for IdleStacks<T> {}
+// SAFETY: as above: concurrent `push`/`pop` through `&self` hand each node to exactly one thread.
+unsafe impl<T: Send> Sync for IdleStacks<T> {}
 
-impl<T: Slotted> IdleStacks<T> {
+impl<T> IdleStacks<T> {
     /// Empty stacks, one per entry of `capacities` (each its most values; 0 refuses every push),
     /// sharing `nodes` nodes (at most [`MAX_CAPACITY`]).
     pub(crate) fn new(capacities: impl IntoIterator<Item = usize>, nodes: usize) -> Self {
@@ -211,65 +260,59 @@ impl<T: Slotted> IdleStacks<T> {
         Word(self.heads[shard].word.load(Ordering::Relaxed)).len()
     }
 
-    /// Pushes `value` on top of shard `shard`'s stack, unless that stack is flagged (closed or
-    /// `WAITING`) or full, or the value has no slot and none is free.
+    /// Moves `value` into a free node and leases it to the caller, or gives it back when every
+    /// node is taken.
+    pub(crate) fn occupy(&self, value: T) -> Result<Lease<T>, T> {
+        let Some(index) = self.unlink(&self.free) else {
+            return Err(value);
+        };
+        let node = &self.nodes[usize::from(index)];
+        // SAFETY: `unlink` took the node off the free list, so this thread owns it and its cell is
+        // uninitialised (a vacated or never used node); nobody else accesses it.
+        node.value.with_mut(|cell| unsafe { (*cell).write(value) });
+        Ok(Lease::new(&node.value, index))
+    }
+
+    /// Moves the leased value out and puts its node back on the free list.
+    pub(crate) fn vacate(&self, lease: Lease<T>) -> T {
+        let index = lease.index();
+        debug_assert!(self.issued(&lease), "a lease of other stacks");
+        // SAFETY: the lease is one of ours, and `&self` keeps the node alive.
+        let value = unsafe { lease.take() };
+        self.link(&self.free, index, None)
+            .unwrap_or_else(|_| unreachable!("the free list is never flagged or bounded"));
+        value
+    }
+
+    /// Pushes the leased node on top of shard `shard`'s stack, unless that stack is flagged
+    /// (closed or `WAITING`) or full; then the lease comes back.
     ///
     /// On success this CAS is the last access the pusher makes to the stacks: the value may be
     /// popped, and the stacks' owner freed, the moment it lands.
     #[inline(always)]
-    pub(crate) fn push(&self, shard: usize, mut value: T) -> Result<(), Refused<T>> {
+    pub(crate) fn push(&self, shard: usize, lease: Lease<T>) -> Result<(), Refused<Lease<T>>> {
+        debug_assert!(self.issued(&lease), "a lease of other stacks");
         let head = &self.heads[shard];
-        let slot = match value.slot().take() {
-            Some(slot) => slot,
-            None => {
-                // Ordering: Relaxed. A first look at the flags and length before taking a node
-                // for a value that has none; the CAS in `link` re-checks them.
-                let word = Word(head.word.load(Ordering::Relaxed));
-                if let Some(refusal) = Refusal::of(word, head.capacity) {
-                    return Err(refusal.with(value));
-                }
-                match self.reserve() {
-                    Some(slot) => slot,
-                    None => return Err(Refused::Full(value)),
-                }
-            }
-        };
-        let index = slot.index();
-        let node = &self.nodes[index];
-        // SAFETY: `slot` gives this thread the node: it is on no list, and no other value holds it
-        // (module docs: one owner at a time), so no other thread reads or writes its value.
-        node.value.with_mut(|cell| unsafe { (*cell).write(value) });
-        match self.link(&head.word, index as u16, Some(head.capacity)) {
+        match self.link(&head.word, lease.index(), Some(head.capacity)) {
             Ok(()) => Ok(()),
-            Err(refused) => {
-                // SAFETY: the node is still ours (never linked); we wrote its value just above.
-                let mut value = node
-                    .value
-                    .with_mut(|cell| unsafe { (*cell).assume_init_read() });
-                *value.slot() = Some(slot);
-                Err(refused.with(value))
-            }
+            Err(refused) => Err(refused.with(lease)),
         }
     }
 
-    /// Pops the most recently pushed value of shard `shard`'s stack; it takes its slot with it.
+    /// Pops the most recently pushed node of shard `shard`'s stack and leases it to the caller.
     #[inline]
-    pub(crate) fn pop(&self, shard: usize) -> Option<T> {
+    pub(crate) fn pop(&self, shard: usize) -> Option<Lease<T>> {
         let index = self.unlink(&self.heads[shard].word)?;
-        let node = &self.nodes[usize::from(index)];
-        // SAFETY: `unlink` took the node off the stack, so this thread owns it; the value was
-        // initialised by the push that linked it, whose Release CAS our Acquire in `unlink` saw.
-        let mut value = node
-            .value
-            .with_mut(|cell| unsafe { (*cell).assume_init_read() });
-        *value.slot() = Some(Slot::new(index));
-        Some(value)
+        // `unlink` took the node off the stack, so this thread owns it; its value was initialised
+        // by `occupy`, and what the last holder wrote is visible through `unlink`'s Acquire.
+        Some(Lease::new(&self.nodes[usize::from(index)].value, index))
     }
 
-    /// Gives a slot back to the free list (its value is being closed).
-    pub(crate) fn release(&self, slot: Slot) {
-        self.link(&self.free, slot.index() as u16, None)
-            .unwrap_or_else(|_| unreachable!("the free list is never flagged or bounded"));
+    /// Whether `lease` is a lease on one of these nodes.
+    fn issued(&self, lease: &Lease<T>) -> bool {
+        self.nodes
+            .get(usize::from(lease.index()))
+            .is_some_and(|node| std::ptr::eq(&node.value, lease.cell.as_ptr()))
     }
 
     /// Sets or clears the `WAITING` flag on every shard's stack.
@@ -291,11 +334,6 @@ impl<T: Slotted> IdleStacks<T> {
         for head in self.heads.iter() {
             update_flags(&head.word, |flags| flags | CLOSED);
         }
-    }
-
-    /// A free slot, if any.
-    fn reserve(&self) -> Option<Slot> {
-        self.unlink(&self.free).map(Slot::new)
     }
 
     /// Unlinks the top node of `list` and returns its index.
@@ -401,11 +439,14 @@ impl Refusal {
     }
 }
 
-impl<T: Slotted> Drop for IdleStacks<T> {
+impl<T> Drop for IdleStacks<T> {
+    /// Drops the idle values. Leased values cannot be here: their holders keep the stacks alive.
     fn drop(&mut self) {
         for shard in 0..self.heads.len() {
-            while let Some(value) = self.pop(shard) {
-                drop(value);
+            while let Some(lease) = self.pop(shard) {
+                // SAFETY: the lease was just popped from these stacks, which are alive until this
+                // function returns.
+                drop(unsafe { lease.take() });
             }
         }
     }
@@ -416,33 +457,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// A test value: an id and the slot it carries.
-    #[derive(Debug, PartialEq, Eq)]
-    struct Token<V = usize> {
-        id: V,
-        slot: Option<Slot>,
+    /// Puts a new value with id `id` on shard `shard`'s stack; a refusal gives the id back.
+    fn put(stacks: &IdleStacks<usize>, shard: usize, id: usize) -> Result<(), Refused<usize>> {
+        let lease = stacks.occupy(id).map_err(Refused::Full)?;
+        stacks.push(shard, lease).map_err(|refused| match refused {
+            Refused::Full(l) => Refused::Full(stacks.vacate(l)),
+            Refused::Waiting(l) => Refused::Waiting(stacks.vacate(l)),
+            Refused::Closed(l) => Refused::Closed(stacks.vacate(l)),
+        })
     }
 
-    impl<V> Slotted for Token<V> {
-        fn slot(&mut self) -> &mut Option<Slot> {
-            &mut self.slot
-        }
-    }
-
-    fn token(id: usize) -> Token {
-        Token { id, slot: None }
-    }
-
-    fn pop_id(stacks: &IdleStacks<Token>, shard: usize) -> Option<usize> {
-        stacks.pop(shard).map(|t| t.id)
-    }
-
-    fn refused_id(r: Result<(), Refused<Token>>) -> Refused<usize> {
-        match r.expect_err("refused") {
-            Refused::Full(t) => Refused::Full(t.id),
-            Refused::Waiting(t) => Refused::Waiting(t.id),
-            Refused::Closed(t) => Refused::Closed(t.id),
-        }
+    /// Pops shard `shard`'s stack and takes the value out for good.
+    fn pop_id(stacks: &IdleStacks<usize>, shard: usize) -> Option<usize> {
+        stacks.pop(shard).map(|lease| stacks.vacate(lease))
     }
 
     #[test]
@@ -450,16 +477,16 @@ mod tests {
         let stacks = IdleStacks::new([3], 8);
         assert_eq!(pop_id(&stacks, 0), None);
         for id in 1..=3 {
-            stacks.push(0, token(id)).unwrap();
+            put(&stacks, 0, id).unwrap();
         }
         assert_eq!(
-            refused_id(stacks.push(0, token(4))),
-            Refused::Full(4),
+            put(&stacks, 0, 4),
+            Err(Refused::Full(4)),
             "a full stack gives the value back"
         );
         assert_eq!(stacks.len(0), 3);
         assert_eq!(pop_id(&stacks, 0), Some(3), "most recently pushed first");
-        stacks.push(0, token(5)).unwrap();
+        put(&stacks, 0, 5).unwrap();
         assert_eq!(pop_id(&stacks, 0), Some(5));
         assert_eq!(pop_id(&stacks, 0), Some(2));
         assert_eq!(pop_id(&stacks, 0), Some(1));
@@ -470,25 +497,25 @@ mod tests {
     #[test]
     fn flags_refuse_pushes_but_not_pops() {
         let stacks = IdleStacks::new([2, 2], 4);
-        stacks.push(0, token(1)).unwrap();
+        put(&stacks, 0, 1).unwrap();
         stacks.set_waiting(true);
-        assert_eq!(refused_id(stacks.push(1, token(2))), Refused::Waiting(2));
+        assert_eq!(put(&stacks, 1, 2), Err(Refused::Waiting(2)));
         assert_eq!(stacks.len(1), 0, "a refused push leaves no trace");
         stacks.set_waiting(false);
-        stacks.push(0, token(2)).unwrap();
+        put(&stacks, 0, 2).unwrap();
         stacks.close();
         stacks.set_waiting(true);
         assert_eq!(
-            refused_id(stacks.push(0, token(3))),
-            Refused::Closed(3),
+            put(&stacks, 0, 3),
+            Err(Refused::Closed(3)),
             "closed wins over waiting"
         );
         assert_eq!(pop_id(&stacks, 0), Some(2));
         assert_eq!(pop_id(&stacks, 0), Some(1));
         assert_eq!(pop_id(&stacks, 0), None);
         assert_eq!(
-            refused_id(stacks.push(1, token(4))),
-            Refused::Closed(4),
+            put(&stacks, 1, 4),
+            Err(Refused::Closed(4)),
             "every shard's stack stays closed"
         );
     }
@@ -496,62 +523,69 @@ mod tests {
     #[test]
     fn zero_capacity_rejects_every_push() {
         let stacks = IdleStacks::new([0], 4);
-        assert_eq!(refused_id(stacks.push(0, token(1))), Refused::Full(1));
+        assert_eq!(put(&stacks, 0, 1), Err(Refused::Full(1)));
         assert_eq!(pop_id(&stacks, 0), None);
     }
 
-    /// Values keep their node while checked out; with every node held, a value without one is
-    /// refused until a slot is released.
+    /// A value stays in its node while leased and while idle on any shard's stack; with every node
+    /// occupied a new value is refused until one is vacated.
     #[test]
-    fn slots_travel_with_values_and_are_shared_by_the_shards() {
+    fn values_stay_in_their_node_across_shards() {
         let stacks = IdleStacks::new([2, 2], 2);
-        stacks.push(0, token(1)).unwrap();
-        stacks.push(1, token(2)).unwrap();
+        put(&stacks, 0, 1).unwrap();
+        put(&stacks, 1, 2).unwrap();
         let mut one = stacks.pop(0).unwrap();
-        assert!(one.slot.is_some(), "a popped value carries its node");
+        let node = one.index();
+        // SAFETY: `stacks` outlives every lease in this test.
+        unsafe { *one.get_mut() += 10 };
         assert_eq!(
-            refused_id(stacks.push(0, token(3))),
-            Refused::Full(3),
-            "both nodes are held (one idle on shard 1, one by a checked-out value)"
+            stacks.occupy(3).map(|lease| stacks.vacate(lease)),
+            Err(3),
+            "both nodes are taken (one idle on shard 1, one leased)"
         );
         stacks.push(1, one).unwrap();
-        assert_eq!(
-            stacks.len(1),
-            2,
-            "a value moves to another shard's stack with its node"
-        );
-        one = stacks.pop(1).unwrap();
-        stacks.release(one.slot.take().unwrap());
-        stacks.push(0, token(3)).unwrap();
+        assert_eq!(stacks.len(1), 2, "a value moves to another shard's stack");
+        let one = stacks.pop(1).unwrap();
+        assert_eq!(one.index(), node, "in the same node");
+        // SAFETY: as above.
+        assert_eq!(unsafe { *one.get() }, 11, "with what its last holder wrote");
+        assert_eq!(stacks.vacate(one), 11);
+        put(&stacks, 0, 3).unwrap();
         assert_eq!(pop_id(&stacks, 0), Some(3));
     }
 
     #[test]
-    fn drop_drops_every_value_once() {
+    fn drop_drops_every_idle_value_once() {
         let tracker = Arc::new(());
         let stacks = IdleStacks::new([2, 2], 4);
         for shard in [0, 1, 1] {
-            let value = Token {
-                id: Arc::clone(&tracker),
-                slot: None,
-            };
-            stacks.push(shard, value).unwrap();
+            let lease = stacks.occupy(Arc::clone(&tracker)).unwrap();
+            stacks.push(shard, lease).unwrap();
         }
+        let vacated = stacks.pop(1).map(|lease| stacks.vacate(lease)).unwrap();
         assert_eq!(Arc::strong_count(&tracker), 4);
         drop(stacks);
-        assert_eq!(Arc::strong_count(&tracker), 1);
+        assert_eq!(
+            Arc::strong_count(&tracker),
+            2,
+            "only the vacated value is left"
+        );
+        drop(vacated);
     }
 
-    /// Threads pop from their own shard's stack, else steal from the other, and push back onto
-    /// either; at the end every token is present exactly once.
+    /// Threads pop from their own shard's stack, else steal from the other, count each use in the
+    /// value in place, and push back onto either; at the end every token is present exactly once
+    /// and the uses add up.
     #[test]
     fn concurrent_push_pop_across_shards_loses_and_duplicates_nothing() {
         const THREADS: usize = 4;
         const TOKENS: usize = 64;
         const ROUNDS: usize = 20_000;
-        let stacks = Arc::new(IdleStacks::new([TOKENS, TOKENS], TOKENS));
+        let stacks: Arc<IdleStacks<(usize, u64)>> =
+            Arc::new(IdleStacks::new([TOKENS, TOKENS], TOKENS));
         for id in 0..TOKENS {
-            stacks.push(id % 2, token(id)).unwrap();
+            let lease = stacks.occupy((id, 0)).unwrap();
+            stacks.push(id % 2, lease).unwrap();
         }
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
@@ -559,34 +593,41 @@ mod tests {
                 std::thread::spawn(move || {
                     let home = t % 2;
                     let mut held = Vec::new();
+                    let mut uses = 0u64;
                     for round in 0..ROUNDS {
                         if round % 3 == 2 || held.len() == 8 {
-                            for (i, value) in held.drain(..).enumerate() {
+                            for (i, lease) in held.drain(..).enumerate() {
                                 let shard = (home + i) % 2;
-                                assert!(stacks.push(shard, value).is_ok(), "room for every token");
+                                assert!(stacks.push(shard, lease).is_ok(), "room for every token");
                             }
-                        } else if let Some(value) =
+                        } else if let Some(mut lease) =
                             stacks.pop(home).or_else(|| stacks.pop(1 - home))
                         {
-                            held.push(value);
+                            // SAFETY: `stacks` outlives this thread's leases (the Arc).
+                            unsafe { lease.get_mut().1 += 1 };
+                            uses += 1;
+                            held.push(lease);
                         }
                     }
-                    for value in held {
-                        assert!(stacks.push(home, value).is_ok(), "room for every token");
+                    for lease in held {
+                        assert!(stacks.push(home, lease).is_ok(), "room for every token");
                     }
+                    uses
                 })
             })
             .collect();
-        for handle in handles {
-            handle.join().unwrap();
-        }
+        let uses: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
         let mut seen = [false; TOKENS];
+        let mut counted = 0;
         for shard in 0..2 {
-            while let Some(id) = pop_id(&stacks, shard) {
+            while let Some(lease) = stacks.pop(shard) {
+                let (id, used) = stacks.vacate(lease);
                 assert!(!seen[id], "token {id} popped twice");
                 seen[id] = true;
+                counted += used;
             }
         }
         assert!(seen.iter().all(|&s| s), "a token was lost");
+        assert_eq!(counted, uses, "a use written in place was lost");
     }
 }

@@ -2,80 +2,112 @@
 //!
 //! Built instead of the real [`stack`](super::stack) when the crate is compiled with
 //! `--cfg shardpool_loom --cfg shardpool_loom_model_stack` (see `scripts/loom.sh` and
-//! docs/protocol.md). It has the real stacks' interface and semantics, the `WAITING` and `CLOSED`
-//! flags included, but each shard's stack is one loom `Mutex` around a deque, and there is no node
-//! arena (values never get a slot, so none is ever released): every operation is atomic and orders
-//! everything before it. The models run once against it and once against the real, fully
-//! instrumented stack, so a model failure can be told apart as a protocol bug (fails on both) or a
-//! memory-ordering bug inside the stack (fails only on the real one). The lock also makes this
-//! stand-in blind to missing `Release`/`Acquire` in the stack: it proves the protocol *given* a
-//! linearizable stack, which is exactly what the real stack's own run then has to back up.
+//! docs/protocol.md). It has the real stacks' interface and semantics, the node arena, the leases
+//! and the `WAITING` and `CLOSED` flags included, but each shard's stack and the free list are a
+//! loom `Mutex` around a list of node indices: every operation is atomic and orders everything
+//! before it. The models run once against it and once against the real, fully instrumented stack,
+//! so a model failure can be told apart as a protocol bug (fails on both) or a memory-ordering bug
+//! inside the stack (fails only on the real one). The locks also make this stand-in blind to
+//! missing `Release`/`Acquire` in the stack: it proves the protocol *given* a linearizable stack,
+//! which is exactly what the real stack's own run then has to back up.
 
-use super::stack::{Refused, Slot};
-use super::sync::{Mutex, lock};
+use super::stack::{Lease, Refused};
+use super::sync::{Mutex, UnsafeCell, lock};
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 
 /// What one shard's lock guards.
-struct State<T> {
-    values: VecDeque<T>,
+struct State {
+    /// Node indices, oldest first.
+    nodes: VecDeque<u16>,
     /// A checkout waits for this key: pushes are refused with [`Refused::Waiting`].
     waiting: bool,
     /// The key is closed: pushes are refused with [`Refused::Closed`]; pops still drain.
     closed: bool,
 }
 
-/// Bounded LIFOs, one per shard, with the real idle stacks' interface (see the module docs).
+/// Bounded LIFOs, one per shard, over one node arena, with the real idle stacks' interface (see
+/// the module docs).
 pub(crate) struct IdleStacks<T> {
-    stacks: Box<[(usize, Mutex<State<T>>)]>,
+    stacks: Box<[(usize, Mutex<State>)]>,
+    free: Mutex<Vec<u16>>,
+    cells: Box<[UnsafeCell<MaybeUninit<T>>]>,
 }
 
+// SAFETY: as for the real stacks: a value is reached only through its one lease.
+unsafe impl<T: Send> Send for IdleStacks<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for IdleStacks<T> {}
+
 impl<T> IdleStacks<T> {
-    /// Empty stacks with the given capacities; `nodes` is ignored (no arena).
-    pub(crate) fn new(capacities: impl IntoIterator<Item = usize>, _nodes: usize) -> Self {
+    /// Empty stacks with the given capacities, sharing `nodes` nodes.
+    pub(crate) fn new(capacities: impl IntoIterator<Item = usize>, nodes: usize) -> Self {
         let stacks = capacities
             .into_iter()
             .map(|capacity| {
                 let state = State {
-                    values: VecDeque::with_capacity(capacity),
+                    nodes: VecDeque::with_capacity(capacity),
                     waiting: false,
                     closed: false,
                 };
                 (capacity, Mutex::new(state))
             })
             .collect();
-        IdleStacks { stacks }
+        IdleStacks {
+            stacks,
+            free: Mutex::new((0..nodes as u16).rev().collect()),
+            cells: (0..nodes)
+                .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+                .collect(),
+        }
     }
 
     /// How many values shard `shard`'s stack holds now.
     pub(crate) fn len(&self, shard: usize) -> usize {
-        lock(&self.stacks[shard].1).values.len()
+        lock(&self.stacks[shard].1).nodes.len()
     }
 
-    /// Pushes `value` on top of shard `shard`'s stack, unless it is closed, flagged `WAITING`, or
-    /// full (checked in that order, as the real stacks do: a flag wins over `Full`).
-    pub(crate) fn push(&self, shard: usize, value: T) -> Result<(), Refused<T>> {
+    /// Moves `value` into a free node and leases it, or gives it back when every node is taken.
+    pub(crate) fn occupy(&self, value: T) -> Result<Lease<T>, T> {
+        let Some(index) = lock(&self.free).pop() else {
+            return Err(value);
+        };
+        let cell = &self.cells[usize::from(index)];
+        // SAFETY: the node left the free list under its lock, so this thread alone owns it.
+        cell.with_mut(|cell| unsafe { (*cell).write(value) });
+        Ok(Lease::new(cell, index))
+    }
+
+    /// Moves the leased value out and puts its node back on the free list.
+    pub(crate) fn vacate(&self, lease: Lease<T>) -> T {
+        let index = lease.index();
+        // SAFETY: the lease is one of ours, and `&self` keeps the node alive.
+        let value = unsafe { lease.take() };
+        lock(&self.free).push(index);
+        value
+    }
+
+    /// Pushes the leased node on top of shard `shard`'s stack, unless it is closed, flagged
+    /// `WAITING`, or full (checked in that order, as the real stacks do: a flag wins over `Full`).
+    pub(crate) fn push(&self, shard: usize, lease: Lease<T>) -> Result<(), Refused<Lease<T>>> {
         let (capacity, state) = &self.stacks[shard];
         let mut state = lock(state);
         if state.closed {
-            Err(Refused::Closed(value))
+            Err(Refused::Closed(lease))
         } else if state.waiting {
-            Err(Refused::Waiting(value))
-        } else if state.values.len() >= *capacity {
-            Err(Refused::Full(value))
+            Err(Refused::Waiting(lease))
+        } else if state.nodes.len() >= *capacity {
+            Err(Refused::Full(lease))
         } else {
-            state.values.push_back(value);
+            state.nodes.push_back(lease.index());
             Ok(())
         }
     }
 
-    /// Pops the most recently pushed value of shard `shard`'s stack.
-    pub(crate) fn pop(&self, shard: usize) -> Option<T> {
-        lock(&self.stacks[shard].1).values.pop_back()
-    }
-
-    /// Values here never get a slot, so there is none to give back.
-    pub(crate) fn release(&self, slot: Slot) {
-        drop(slot);
+    /// Pops the most recently pushed node of shard `shard`'s stack and leases it.
+    pub(crate) fn pop(&self, shard: usize) -> Option<Lease<T>> {
+        let index = lock(&self.stacks[shard].1).nodes.pop_back()?;
+        Some(Lease::new(&self.cells[usize::from(index)], index))
     }
 
     /// Sets or clears the `WAITING` flag on every shard's stack.
@@ -90,6 +122,18 @@ impl<T> IdleStacks<T> {
     pub(crate) fn close(&self) {
         for (_, state) in self.stacks.iter() {
             lock(state).closed = true;
+        }
+    }
+}
+
+impl<T> Drop for IdleStacks<T> {
+    /// Drops the idle values, as the real stacks do.
+    fn drop(&mut self) {
+        for shard in 0..self.stacks.len() {
+            while let Some(lease) = self.pop(shard) {
+                // SAFETY: the lease was just popped from these stacks, alive until we return.
+                drop(unsafe { lease.take() });
+            }
         }
     }
 }
