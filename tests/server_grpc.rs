@@ -7,13 +7,11 @@
 use bytes::Bytes;
 use prost::Message;
 use shardpool::pool::{ShardStats, Stats};
-use shardpool::runtime::{RuntimeOptions, ShardContext};
+use shardpool::runtime::ShardContext;
 use shardpool::server::proto::{
-    HealthCheckRequest, HealthCheckResponse, HelloReply, HelloRequest, PoolMetricsRequest,
-    PoolMetricsResponse, ServingStatus,
+    HelloReply, HelloRequest, PoolMetricsRequest, PoolMetricsResponse, ServingStatus,
 };
 use shardpool::server::{GreetHandler, RunningServer, Server, ServerConfig, Status};
-use shardpool::topology::{Placement, ShardMap, Topology};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -23,7 +21,19 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const TEST_LIMIT: Duration = Duration::from_secs(30);
+#[allow(dead_code)] // each test binary compiles the shared module alone and uses only part of it
+#[path = "common/grpc.rs"]
+mod grpc;
+#[allow(dead_code)] // each test binary compiles the shared module alone and uses only part of it
+#[path = "common/inproc.rs"]
+mod inproc;
+#[allow(dead_code)] // each test binary compiles the shared module alone and uses only part of it
+#[path = "common/raw.rs"]
+mod raw;
+
+use grpc::{channel, health, say_hello, unary};
+use inproc::{eventually, local_config, run, shards};
+use raw::{PING, grpc_frame, h2_connect, read_frame_types};
 
 /// A greeter for tests: `sleep:<ms>:<name>` waits before answering; it records the highest
 /// number of calls in flight at once on its shard.
@@ -56,25 +66,6 @@ impl GreetHandler for TestGreeter {
     }
 }
 
-fn one_shard() -> (ShardMap, RuntimeOptions) {
-    let map = Topology::from_nodes(vec![(0, vec![0])])
-        .unwrap()
-        .place(&Placement::AllCores, None)
-        .unwrap();
-    let opts = RuntimeOptions {
-        pin: false,
-        ..RuntimeOptions::default()
-    };
-    (map, opts)
-}
-
-fn local_config() -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..ServerConfig::default()
-    }
-}
-
 struct TestServer {
     server: Option<RunningServer>,
     max_in_flight: Arc<AtomicUsize>,
@@ -84,7 +75,7 @@ struct TestServer {
 
 impl TestServer {
     fn start(config: ServerConfig) -> TestServer {
-        let (map, opts) = one_shard();
+        let (map, opts) = shards(1);
         let max_in_flight = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
         let stats_calls = Arc::new(AtomicU64::new(0));
@@ -127,8 +118,10 @@ impl TestServer {
         self.server.as_ref().unwrap().local_addr()
     }
 
-    fn take(&mut self) -> RunningServer {
-        self.server.take().unwrap()
+    /// The address, the server itself (the test shuts it down) and the started-calls counter.
+    fn into_parts(mut self) -> (SocketAddr, RunningServer, Arc<AtomicUsize>) {
+        let addr = self.addr();
+        (addr, self.server.take().unwrap(), Arc::clone(&self.started))
     }
 }
 
@@ -140,72 +133,6 @@ impl Drop for TestServer {
     }
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn unary<Req, Resp>(
-    ch: Channel,
-    path: &'static str,
-    req: tonic::Request<Req>,
-) -> Result<Resp, tonic::Status>
-where
-    Req: prost::Message + Send + Sync + 'static,
-    Resp: prost::Message + Default + Send + Sync + 'static,
-{
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
-    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-    grpc.unary(req, http::uri::PathAndQuery::from_static(path), codec)
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn say_hello(ch: Channel, name: impl Into<String>) -> Result<String, tonic::Status> {
-    let req = tonic::Request::new(HelloRequest { name: name.into() });
-    let reply: HelloReply = unary(ch, "/helloworld.Greeter/SayHello", req).await?;
-    Ok(reply.message)
-}
-
-async fn health(ch: Channel, service: &str) -> Result<i32, tonic::Status> {
-    let req = tonic::Request::new(HealthCheckRequest {
-        service: service.into(),
-    });
-    let r: HealthCheckResponse = unary(ch, "/grpc.health.v1.Health/Check", req).await?;
-    Ok(r.status)
-}
-
-/// Waits (bounded) until the greeter has started `n` calls.
-async fn until_started(started: &AtomicUsize, n: usize) {
-    for _ in 0..1000 {
-        // Ordering: Relaxed, see TestGreeter.
-        if started.load(Ordering::Relaxed) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the server did not start {n} calls within 10 s");
-}
-
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(TEST_LIMIT, f)
-            .await
-            .expect("test took too long");
-    });
-}
-
 /// What a raw HTTP/2 request got back.
 #[derive(Debug)]
 struct Raw {
@@ -214,10 +141,9 @@ struct Raw {
     grpc_message: Option<String>,
 }
 
-/// Sends one request with the h2 crate, bypassing tonic's checks.
+/// Sends one SayHello request with the h2 crate, bypassing tonic's checks.
 async fn raw_call(
     addr: SocketAddr,
-    path: &str,
     content_type: &str,
     extra: &[(&str, &str)],
     body: Bytes,
@@ -226,7 +152,7 @@ async fn raw_call(
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
-    let mut req = http::Request::post(format!("http://{addr}{path}"))
+    let mut req = http::Request::post(format!("http://{addr}/helloworld.Greeter/SayHello"))
         .header("content-type", content_type)
         .header("te", "trailers");
     for (k, v) in extra {
@@ -255,11 +181,45 @@ async fn raw_call(
     out
 }
 
-fn framed(payload: &[u8], compressed: bool) -> Bytes {
-    let mut v = vec![u8::from(compressed)];
-    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    v.extend_from_slice(payload);
-    Bytes::from(v)
+/// `shardpool.v1.Admin/PoolMetrics` (panics on an error status).
+async fn pool_metrics(ch: Channel) -> PoolMetricsResponse {
+    let req = tonic::Request::new(PoolMetricsRequest {});
+    unary(ch, "/shardpool.v1.Admin/PoolMetrics", req)
+        .await
+        .unwrap()
+}
+
+type Call = tokio::task::JoinHandle<Result<String, tonic::Status>>;
+
+/// Starts one SayHello call on `ch` per name, all at once.
+fn spawn_calls(ch: &Channel, names: impl IntoIterator<Item = String>) -> Vec<Call> {
+    names
+        .into_iter()
+        .map(|name| tokio::spawn(say_hello(ch.clone(), name)))
+        .collect()
+}
+
+/// Names that make the greeter sleep `ms` before it answers `Hello, {i}!` to call `i`.
+fn sleepers(n: usize, ms: u64) -> impl Iterator<Item = String> {
+    (0..n).map(move |i| format!("sleep:{ms}:{i}"))
+}
+
+/// Opens a connection to `addr`, starts `n` [`sleepers`] on it and waits (bounded) until the
+/// greeter has started all `n` of them.
+async fn calls_in_flight(
+    addr: SocketAddr,
+    started: &AtomicUsize,
+    n: usize,
+    ms: u64,
+) -> (Channel, Vec<Call>) {
+    let ch = channel(addr).await;
+    let calls = spawn_calls(&ch, sleepers(n, ms));
+    eventually(&format!("the greeter started {n} calls"), || {
+        // Ordering: Relaxed, see TestGreeter.
+        started.load(Ordering::Relaxed) >= n
+    })
+    .await;
+    (ch, calls)
 }
 
 #[test]
@@ -291,15 +251,8 @@ fn greeter_health_and_metrics_answer() {
         let err = health(ch.clone(), "no.such.Service").await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
-        let req = || tonic::Request::new(PoolMetricsRequest {});
-        let first: PoolMetricsResponse =
-            unary(ch.clone(), "/shardpool.v1.Admin/PoolMetrics", req())
-                .await
-                .unwrap();
-        let second: PoolMetricsResponse =
-            unary(ch.clone(), "/shardpool.v1.Admin/PoolMetrics", req())
-                .await
-                .unwrap();
+        let first = pool_metrics(ch.clone()).await;
+        let second = pool_metrics(ch.clone()).await;
         assert_eq!(first.shards.len(), 1);
         let (a, b) = (&first.shards[0], &second.shards[0]);
         assert_eq!(
@@ -324,9 +277,7 @@ fn many_concurrent_calls_on_one_and_many_connections() {
     run(async move {
         // One connection (a tonic Channel is one HTTP/2 connection), 500 calls at once.
         let ch = channel(addr).await;
-        let calls: Vec<_> = (0..500)
-            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("one-{i}"))))
-            .collect();
+        let calls = spawn_calls(&ch, (0..500).map(|i| format!("one-{i}")));
         for (i, c) in calls.into_iter().enumerate() {
             assert_eq!(c.await.unwrap().unwrap(), format!("Hello, one-{i}!"));
         }
@@ -355,22 +306,15 @@ fn bad_input_gets_the_right_status() {
     run(async move {
         let ch = channel(addr).await;
         // Unknown service and method.
-        let r: Result<HelloReply, _> = unary(
-            ch.clone(),
-            "/helloworld.Greeter/SayGoodbye",
-            tonic::Request::new(HelloRequest::default()),
-        )
-        .await;
-        let e = r.unwrap_err();
+        let unknown = |path| {
+            let req = tonic::Request::new(HelloRequest::default());
+            unary::<_, HelloReply>(ch.clone(), path, req)
+        };
+        let e = unknown("/helloworld.Greeter/SayGoodbye").await.unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);
         assert!(e.message().contains("SayGoodbye"), "{e:?}");
-        let r: Result<HelloReply, _> = unary(
-            ch.clone(),
-            "/nope.Nope/X",
-            tonic::Request::new(HelloRequest::default()),
-        )
-        .await;
-        assert_eq!(r.unwrap_err().code(), Code::Unimplemented);
+        let e = unknown("/nope.Nope/X").await.unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
 
         // Larger than the configured maximum.
         let e = say_hello(ch.clone(), "x".repeat(2000)).await.unwrap_err();
@@ -379,63 +323,41 @@ fn bad_input_gets_the_right_status() {
         // Just under the limit is fine.
         assert!(say_hello(ch.clone(), "x".repeat(1000)).await.is_ok());
 
-        let path = "/helloworld.Greeter/SayHello";
-        let good = framed(b"\x0a\x03Bob", false);
-        let ok = raw_call(addr, path, "application/grpc", &[], good.clone()).await;
+        let good = grpc_frame(b"\x0a\x03Bob", false);
+        let ok = raw_call(addr, "application/grpc", &[], good.clone()).await;
         assert_eq!(
             (ok.http_status, ok.grpc_status.as_deref()),
             (200, Some("0"))
         );
 
         // Wrong content-type → HTTP 415.
-        let r = raw_call(addr, path, "application/json", &[], good.clone()).await;
+        let r = raw_call(addr, "application/json", &[], good.clone()).await;
         assert_eq!(r.http_status, 415, "{r:?}");
 
-        // A compressed message with no supported encoding → UNIMPLEMENTED.
-        let r = raw_call(
-            addr,
-            path,
-            "application/grpc",
-            &[],
-            framed(b"\x0a\x03Bob", true),
-        )
-        .await;
-        assert_eq!(r.grpc_status.as_deref(), Some("12"), "{r:?}");
-        let r = raw_call(
-            addr,
-            path,
-            "application/grpc",
-            &[("grpc-encoding", "gzip")],
-            good.clone(),
-        )
-        .await;
-        assert_eq!(r.grpc_status.as_deref(), Some("12"), "{r:?}");
-        assert!(r.grpc_message.unwrap().contains("gzip"));
-
-        // Undecodable protobuf → INVALID_ARGUMENT with a message.
-        let r = raw_call(
-            addr,
-            path,
-            "application/grpc",
-            &[],
-            framed(b"\x0a\x09ab", false),
-        )
-        .await;
-        assert_eq!(r.grpc_status.as_deref(), Some("3"), "{r:?}");
-        assert!(r.grpc_message.unwrap().contains("HelloRequest"));
-
-        // A body cut inside the message → INTERNAL; a malformed grpc-timeout → INVALID_ARGUMENT.
-        let r = raw_call(addr, path, "application/grpc", &[], good.slice(..6)).await;
-        assert_eq!(r.grpc_status.as_deref(), Some("13"), "{r:?}");
-        let r = raw_call(
-            addr,
-            path,
-            "application/grpc",
-            &[("grpc-timeout", "soon")],
-            good.clone(),
-        )
-        .await;
-        assert_eq!(r.grpc_status.as_deref(), Some("3"), "{r:?}");
+        // Bad requests, each with the gRPC status (and a word of its message, "" for any) it gets.
+        let no_headers: &[(&str, &str)] = &[];
+        let cases = [
+            // A compressed message with no supported encoding → UNIMPLEMENTED.
+            (no_headers, grpc_frame(b"\x0a\x03Bob", true), "12", ""),
+            (&[("grpc-encoding", "gzip")], good.clone(), "12", "gzip"),
+            // Undecodable protobuf → INVALID_ARGUMENT with a message.
+            (
+                no_headers,
+                grpc_frame(b"\x0a\x09ab", false),
+                "3",
+                "HelloRequest",
+            ),
+            // A body cut inside the message → INTERNAL.
+            (no_headers, good.slice(..6), "13", ""),
+            // A malformed grpc-timeout → INVALID_ARGUMENT.
+            (&[("grpc-timeout", "soon")], good.clone(), "3", ""),
+        ];
+        for (extra, body, status, says) in cases {
+            let r = raw_call(addr, "application/grpc", extra, body).await;
+            assert_eq!(r.grpc_status.as_deref(), Some(status), "{r:?}");
+            let message = r.grpc_message.as_deref().unwrap_or_default();
+            assert!(message.contains(says), "{r:?}");
+        }
 
         // The server is still fine after all that.
         assert_eq!(say_hello(ch, "after").await.unwrap(), "Hello, after!");
@@ -452,22 +374,14 @@ fn grpc_timeout_and_request_timeout_give_deadline_exceeded() {
     run(async move {
         // grpc-timeout sent raw: tonic would also time the call out on the client side, which
         // would hide what the server answers.
-        let late = framed(
+        let late = grpc_frame(
             &HelloRequest {
                 name: "sleep:5000:late".into(),
             }
             .encode_to_vec(),
             false,
         );
-        let path = "/helloworld.Greeter/SayHello";
-        let r = raw_call(
-            addr,
-            path,
-            "application/grpc",
-            &[("grpc-timeout", "50m")],
-            late,
-        )
-        .await;
+        let r = raw_call(addr, "application/grpc", &[("grpc-timeout", "50m")], late).await;
         assert_eq!(r.grpc_status.as_deref(), Some("4"), "{r:?}");
         assert!(r.grpc_message.unwrap().contains("deadline"));
         let ch = channel(addr).await;
@@ -495,9 +409,7 @@ fn concurrency_limit_per_connection_is_enforced() {
     let addr = server.addr();
     run(async move {
         let ch = channel(addr).await;
-        let calls: Vec<_> = (0..6)
-            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("sleep:200:{i}"))))
-            .collect();
+        let calls = spawn_calls(&ch, sleepers(6, 200));
         for c in calls {
             c.await.unwrap().unwrap();
         }
@@ -508,16 +420,9 @@ fn concurrency_limit_per_connection_is_enforced() {
 
 #[test]
 fn graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
-    let mut server = TestServer::start(local_config());
-    let addr = server.addr();
-    let running = server.take();
-    let started = Arc::clone(&server.started);
+    let (addr, running, started) = TestServer::start(local_config()).into_parts();
     run(async move {
-        let ch = channel(addr).await;
-        let calls: Vec<_> = (0..20)
-            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("sleep:300:{i}"))))
-            .collect();
-        until_started(&started, 20).await;
+        let (_ch, calls) = calls_in_flight(addr, &started, 20, 300).await;
         let stop = tokio::task::spawn_blocking(move || running.shutdown(Duration::from_secs(10)));
         for (i, c) in calls.into_iter().enumerate() {
             assert_eq!(c.await.unwrap().unwrap(), format!("Hello, {i}!"));
@@ -534,16 +439,9 @@ fn graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
 
 #[test]
 fn calls_past_the_grace_period_are_answered_unavailable() {
-    let mut server = TestServer::start(local_config());
-    let addr = server.addr();
-    let running = server.take();
-    let started = Arc::clone(&server.started);
+    let (addr, running, started) = TestServer::start(local_config()).into_parts();
     run(async move {
-        let ch = channel(addr).await;
-        let calls: Vec<_> = (0..5)
-            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("sleep:20000:{i}"))))
-            .collect();
-        until_started(&started, 5).await;
+        let (ch, calls) = calls_in_flight(addr, &started, 5, 20000).await;
         let health_during = {
             let ch = ch.clone();
             let switch = running.shutdown_switch();
@@ -614,7 +512,7 @@ impl GreetHandler for PooledGreeter {
 
 #[test]
 fn pool_in_the_request_path_shows_in_pool_metrics() {
-    let (map, opts) = one_shard();
+    let (map, opts) = shards(1);
     let pool = shardpool::pool::ShardedPool::new(
         Sessions {
             created: AtomicU64::new(0),
@@ -634,9 +532,7 @@ fn pool_in_the_request_path_shows_in_pool_metrics() {
     let addr = server.local_addr();
     run(async move {
         let ch = channel(addr).await;
-        let calls: Vec<_> = (0..100)
-            .map(|i| tokio::spawn(say_hello(ch.clone(), format!("p{i}"))))
-            .collect();
+        let calls = spawn_calls(&ch, (0..100).map(|i| format!("p{i}")));
         for (i, c) in calls.into_iter().enumerate() {
             let reply = c.await.unwrap().unwrap();
             assert!(
@@ -644,13 +540,7 @@ fn pool_in_the_request_path_shows_in_pool_metrics() {
                 "{reply}"
             );
         }
-        let m: PoolMetricsResponse = unary(
-            ch,
-            "/shardpool.v1.Admin/PoolMetrics",
-            tonic::Request::new(PoolMetricsRequest {}),
-        )
-        .await
-        .unwrap();
+        let m = pool_metrics(ch).await;
         let total = m.total.unwrap();
         assert_eq!(total.checkouts, 100, "{total:?}");
         assert_eq!(
@@ -666,54 +556,6 @@ fn pool_in_the_request_path_shows_in_pool_metrics() {
     shardpool::pool::ConnectionPool::close(&pool);
 }
 
-/// Opens a raw HTTP/2 connection (preface + empty SETTINGS) and returns the stream.
-fn raw_h2_connect(addr: SocketAddr) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .unwrap();
-    s
-}
-
-/// Reads HTTP/2 frames until `done(types so far)`, EOF, an error or `limit`; returns the frame
-/// types seen.
-fn frame_types(
-    s: &mut std::net::TcpStream,
-    limit: Duration,
-    done: impl Fn(&[u8]) -> bool,
-) -> Vec<u8> {
-    use std::io::Read;
-    let start = std::time::Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let parse = |buf: &[u8]| {
-        let mut types = Vec::new();
-        let mut pos = 0;
-        while pos + 9 <= buf.len() {
-            let len = u32::from_be_bytes([0, buf[pos], buf[pos + 1], buf[pos + 2]]) as usize;
-            types.push(buf[pos + 3]);
-            pos += 9 + len;
-        }
-        types
-    };
-    while start.elapsed() < limit && !done(&parse(&buf)) {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-    }
-    parse(&buf)
-}
-
-const PING: u8 = 0x6;
-
 #[test]
 fn http2_keepalive_pings_idle_connections() {
     // The PING timer runs on the hyper ↔ glommio timer bridge (SendSleep).
@@ -721,16 +563,16 @@ fn http2_keepalive_pings_idle_connections() {
         http2_keepalive_interval: Some(Duration::from_millis(100)),
         ..local_config()
     });
-    let mut s = raw_h2_connect(server.addr());
-    let types = frame_types(&mut s, Duration::from_secs(5), |t| t.contains(&PING));
+    let mut s = h2_connect(server.addr());
+    let types = read_frame_types(&mut s, Duration::from_secs(5), |t| t.contains(&PING));
     assert!(
         types.contains(&PING),
         "no PING within 600 ms: frame types {types:?}"
     );
 
     let quiet = TestServer::start(local_config());
-    let mut s = raw_h2_connect(quiet.addr());
-    let types = frame_types(&mut s, Duration::from_millis(300), |_| false);
+    let mut s = h2_connect(quiet.addr());
+    let types = read_frame_types(&mut s, Duration::from_millis(300), |_| false);
     assert!(
         !types.contains(&PING),
         "PING without keepalive configured: {types:?}"
@@ -744,21 +586,17 @@ fn connections_over_the_per_shard_limit_are_closed() {
         ..local_config()
     });
     let addr = server.addr();
-    let mut first = raw_h2_connect(addr);
-    let mut second = raw_h2_connect(addr);
+    let mut first = h2_connect(addr);
+    let mut second = h2_connect(addr);
     // Both are served: the server answers with its SETTINGS (type 4).
-    assert_eq!(
-        frame_types(&mut first, Duration::from_secs(5), |t| !t.is_empty()).first(),
-        Some(&4)
-    );
-    assert_eq!(
-        frame_types(&mut second, Duration::from_secs(5), |t| !t.is_empty()).first(),
-        Some(&4)
-    );
+    for s in [&mut first, &mut second] {
+        let types = read_frame_types(s, Duration::from_secs(5), |t| !t.is_empty());
+        assert_eq!(types.first(), Some(&4), "{types:?}");
+    }
     // The third is accepted by the kernel and closed by the server without a frame.
-    let mut third = raw_h2_connect(addr);
+    let mut third = h2_connect(addr);
     assert_eq!(
-        frame_types(&mut third, Duration::from_secs(5), |t| !t.is_empty()),
+        read_frame_types(&mut third, Duration::from_secs(5), |t| !t.is_empty()),
         Vec::<u8>::new()
     );
     drop(first);
