@@ -5,13 +5,10 @@
 
 use shardpool::baseline::MutexPool;
 use shardpool::pool::{Config, ConnectionPool, ShardedPool};
-use shardpool::runtime::RuntimeOptions;
 use shardpool::server::proto::{
-    AddBackendRequest, BackendList, HealthCheckRequest, HealthCheckResponse, HelloReply,
-    HelloRequest, ListBackendsRequest, RemoveBackendRequest,
+    AddBackendRequest, BackendList, ListBackendsRequest, RemoveBackendRequest,
 };
-use shardpool::server::{RunningServer, Server, ServerConfig};
-use shardpool::topology::{Placement, ShardMap, Topology};
+use shardpool::server::{RunningServer, Server};
 use shardpool::upstream::admin::AdminEndpoint;
 use shardpool::upstream::frame::{self, Code as FrameCode, Op};
 use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
@@ -25,19 +22,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-const TEST_LIMIT: Duration = Duration::from_secs(30);
+#[path = "common/grpc.rs"]
+mod grpc;
+#[path = "common/inproc.rs"]
+mod inproc;
+#[path = "common/raw.rs"]
+mod raw;
 
-fn shards(n: usize) -> (ShardMap, RuntimeOptions) {
-    let map = Topology::from_nodes(vec![(0, (0..n).collect())])
-        .unwrap()
-        .place(&Placement::AllCores, None)
-        .unwrap();
-    let opts = RuntimeOptions {
-        pin: false,
-        ..RuntimeOptions::default()
-    };
-    (map, opts)
-}
+use grpc::{channel, health, say_hello, unary};
+use inproc::{eventually, local_config, run, shards};
 
 fn origin(id: &str) -> RunningOrigin {
     Origin::start(OriginConfig {
@@ -90,10 +83,7 @@ fn start<P: ConnectionPool<UpstreamManager>>(
     for b in backends {
         assert!(gateway.add_backend(*b));
     }
-    let server = gateway.install(Server::new(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..ServerConfig::default()
-    }));
+    let server = gateway.install(Server::new(local_config()));
     let health = gateway.start_health_checks();
     let server = server.start(&map, &opts).unwrap();
     TestGateway {
@@ -103,65 +93,27 @@ fn start<P: ConnectionPool<UpstreamManager>>(
     }
 }
 
+/// A sharded pool with `config`, for [`start`].
+fn sharded_with(
+    config: Config,
+) -> impl FnOnce(UpstreamManager) -> Option<ShardedPool<UpstreamManager>> {
+    move |m| Some(ShardedPool::new(m, config).unwrap())
+}
+
+/// A sharded pool for `n` shards with the default test limits, for [`start`].
 fn sharded(n: usize) -> impl FnOnce(UpstreamManager) -> Option<ShardedPool<UpstreamManager>> {
-    move |m| Some(ShardedPool::new(m, pool_config(n)).unwrap())
+    sharded_with(pool_config(n))
 }
 
-fn quiet_health() -> HealthConfig {
-    HealthConfig {
-        interval: None,
-        ..HealthConfig::default()
-    }
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn unary<Req, Resp>(ch: Channel, path: &'static str, req: Req) -> Result<Resp, tonic::Status>
-where
-    Req: prost::Message + Send + Sync + 'static,
-    Resp: prost::Message + Default + Send + Sync + 'static,
-{
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
-    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-    grpc.unary(
-        tonic::Request::new(req),
-        http::uri::PathAndQuery::from_static(path),
-        codec,
-    )
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-async fn say_hello(ch: Channel, name: &str) -> Result<String, tonic::Status> {
-    let r: HelloReply = unary(
-        ch,
-        "/helloworld.Greeter/SayHello",
-        HelloRequest { name: name.into() },
-    )
-    .await?;
-    Ok(r.message)
-}
-
-async fn greeter_health(ch: Channel) -> i32 {
-    let r: HealthCheckResponse = unary(
-        ch,
-        "/grpc.health.v1.Health/Check",
-        HealthCheckRequest {
-            service: "helloworld.Greeter".into(),
+/// The default gateway with the active health checks off.
+fn quiet_gateway() -> GatewayConfig {
+    GatewayConfig {
+        health: HealthConfig {
+            interval: None,
+            ..HealthConfig::default()
         },
-    )
-    .await
-    .unwrap();
-    r.status
+        ..GatewayConfig::default()
+    }
 }
 
 /// `tasks` concurrent clients, `each` calls each; returns the failures' statuses.
@@ -186,30 +138,6 @@ async fn load(ch: &Channel, tasks: usize, each: usize) -> Vec<tonic::Status> {
         failed.extend(j.await.unwrap());
     }
     failed
-}
-
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(TEST_LIMIT, f)
-            .await
-            .expect("test took too long");
-    });
-}
-
-/// Polls `cond` every 10 ms for up to 10 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 /// At quiescence every live connection is idle or checked out (here: idle).
@@ -243,8 +171,7 @@ fn every_pool_kind_and_policy_greets_through_the_origins() {
     ] {
         let config = GatewayConfig {
             balance: policy,
-            health: quiet_health(),
-            ..GatewayConfig::default()
+            ..quiet_gateway()
         };
         let gw = start(2, config, sharded(2), &backends);
         run(async {
@@ -268,10 +195,7 @@ fn every_pool_kind_and_policy_greets_through_the_origins() {
         );
         assert_no_leaks(gw.gateway.pool().unwrap());
     }
-    let config = GatewayConfig {
-        health: quiet_health(),
-        ..GatewayConfig::default()
-    };
+    let config = quiet_gateway();
     let gw = start(
         2,
         config.clone(),
@@ -302,10 +226,7 @@ fn every_pool_kind_and_policy_greets_through_the_origins() {
 #[test]
 fn the_hot_path_reuses_its_own_wrapper_and_steals_rewrap() {
     let o = origin("hot");
-    let config = GatewayConfig {
-        health: quiet_health(),
-        ..GatewayConfig::default()
-    };
+    let config = quiet_gateway();
     let gw = start(1, config, sharded(1), &[o.local_addr()]);
     run(async {
         let ch = channel(gw.addr()).await;
@@ -324,14 +245,11 @@ fn the_hot_path_reuses_its_own_wrapper_and_steals_rewrap() {
 
     // Two shards, one idle connection per shard at most: when a shard finds its own queue empty
     // it steals the other's connection, which is re-wrapped (dup) exactly once per move.
-    let config = GatewayConfig {
-        health: quiet_health(),
-        ..GatewayConfig::default()
-    };
+    let config = quiet_gateway();
     let gw = start(
         2,
         config,
-        |m| Some(ShardedPool::new(m, pool_config(2).max_size(1)).unwrap()),
+        sharded_with(pool_config(2).max_size(1)),
         &[o.local_addr()],
     );
     run(async {
@@ -400,7 +318,7 @@ fn an_origin_killed_mid_load_fails_over_without_leaks() {
                 .any(|s| s.addr == a_addr && !s.healthy)
         })
         .await;
-        assert_eq!(greeter_health(ch.clone()).await, 1);
+        assert_eq!(health(ch.clone(), "helloworld.Greeter").await.unwrap(), 1);
         assert!(load(&ch, 2, 20).await.is_empty());
     });
     assert!(stop.load(Ordering::Relaxed));
@@ -433,7 +351,7 @@ fn a_stalled_origin_times_out_and_the_pool_recovers() {
     let gw = start(
         1,
         config,
-        |m| Some(ShardedPool::new(m, pool_config(1).max_size(2)).unwrap()),
+        sharded_with(pool_config(1).max_size(2)),
         &[o.local_addr()],
     );
     run(async {
@@ -466,21 +384,11 @@ fn a_stalled_origin_times_out_and_the_pool_recovers() {
 #[test]
 fn backends_added_and_removed_while_serving() {
     let (a, b) = (origin("a"), origin("b"));
-    let config = GatewayConfig {
-        health: quiet_health(),
-        ..GatewayConfig::default()
-    };
+    let config = quiet_gateway();
     let gw = start(2, config, sharded(2), &[a.local_addr()]);
     let admin = AdminEndpoint::start("127.0.0.1:0".parse().unwrap(), gw.gateway.clone()).unwrap();
     let admin_addr = admin.local_addr();
-    let http = move |req: &str| -> String {
-        let mut s = std::net::TcpStream::connect(admin_addr).unwrap();
-        s.write_all(format!("{req} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let http = move |req: &str| raw::http(admin_addr, req);
     let counted = Arc::new(AtomicU64::new(0));
     run(async {
         let ch = channel(gw.addr()).await;
@@ -559,7 +467,7 @@ fn no_healthy_backend_answers_unavailable_and_health_says_not_serving() {
         );
         assert!(err.message().contains(&dead.to_string()), "{err:?}");
         assert_eq!(
-            greeter_health(ch.clone()).await,
+            health(ch.clone(), "helloworld.Greeter").await.unwrap(),
             2,
             "NOT_SERVING while no backend is healthy"
         );
@@ -641,7 +549,7 @@ fn stale_connections_are_retried_once_within_the_pool_limits() {
     let gw = start(
         1,
         config,
-        |m| Some(ShardedPool::new(m, pool_config(1).max_size(max_size)).unwrap()),
+        sharded_with(pool_config(1).max_size(max_size)),
         &[o.local_addr()],
     );
     run(async {
@@ -679,7 +587,7 @@ async fn admin_rpc<Req>(
 where
     Req: prost::Message + Send + Sync + 'static,
 {
-    unary(ch, method, req).await
+    unary(ch, method, tonic::Request::new(req)).await
 }
 
 fn addresses(list: &BackendList) -> Vec<String> {
@@ -690,10 +598,7 @@ fn addresses(list: &BackendList) -> Vec<String> {
 fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
     let (a, b) = (origin("a"), origin("b"));
     let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
-    let config = GatewayConfig {
-        health: quiet_health(),
-        ..GatewayConfig::default()
-    };
+    let config = quiet_gateway();
     let gw = start(2, config, sharded(2), &[a.local_addr()]);
     run(async {
         let ch = channel(gw.addr()).await;
@@ -778,12 +683,7 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
 
     // Without a gateway there are no backends to manage.
     let (map, opts) = shards(1);
-    let direct = Server::new(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..ServerConfig::default()
-    })
-    .start(&map, &opts)
-    .unwrap();
+    let direct = Server::new(local_config()).start(&map, &opts).unwrap();
     run(async {
         let ch = channel(direct.local_addr()).await;
         let err = admin_rpc(

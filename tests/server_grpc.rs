@@ -21,13 +21,10 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
-#[allow(dead_code)] // each test binary compiles the shared module alone and uses only part of it
 #[path = "common/grpc.rs"]
 mod grpc;
-#[allow(dead_code)] // each test binary compiles the shared module alone and uses only part of it
 #[path = "common/inproc.rs"]
 mod inproc;
-#[allow(dead_code)] // each test binary compiles the shared module alone and uses only part of it
 #[path = "common/raw.rs"]
 mod raw;
 

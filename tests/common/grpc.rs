@@ -1,5 +1,6 @@
 //! A tonic client for the gRPC tests: connect, one unary call, and the Greeter and Health calls
 //! built on it. Shared by the in-process server tests and the tests of the `shardpool` binary.
+#![allow(dead_code)] // each test binary compiles this module alone and uses only part of it
 
 use shardpool::server::proto::{HealthCheckRequest, HealthCheckResponse, HelloReply, HelloRequest};
 use std::net::SocketAddr;

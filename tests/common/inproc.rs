@@ -1,5 +1,6 @@
 //! Running a server inside the test process: an unpinned shard layout, a loopback config on
 //! port 0, and a tokio runtime that bounds each test's client side in time.
+#![allow(dead_code)] // each test binary compiles this module alone and uses only part of it
 
 use shardpool::runtime::RuntimeOptions;
 use shardpool::server::ServerConfig;

@@ -1,5 +1,6 @@
 //! Raw bytes on loopback sockets, below any client library: an HTTP/1.1 request, an HTTP/2
 //! connection preface and the frame types that come back, and gRPC message framing.
+#![allow(dead_code)] // each test binary compiles this module alone and uses only part of it
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
