@@ -4,6 +4,7 @@
 
 use shardpool::server::proto::{HealthCheckRequest, HealthCheckResponse, HelloReply, HelloRequest};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tonic::transport::Channel;
 
 /// One HTTP/2 connection to `addr` (panics if it cannot connect).
@@ -49,4 +50,19 @@ pub async fn health(ch: Channel, service: &str) -> Result<i32, tonic::Status> {
     });
     let r: HealthCheckResponse = unary(ch, "/grpc.health.v1.Health/Check", req).await?;
     Ok(r.status)
+}
+
+/// [`say_hello`] on a new connection to `addr`, from a runtime of its own, for tests that are
+/// not async; panics if the call takes more than 10 s.
+pub fn say_hello_blocking(addr: SocketAddr, name: &str) -> Result<String, tonic::Status> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = channel(addr).await;
+        tokio::time::timeout(Duration::from_secs(10), say_hello(ch, name))
+            .await
+            .expect("call took too long")
+    })
 }
