@@ -5,96 +5,48 @@
 //! - `python3` with `pip install grpcio grpcio-tools protobuf`
 //! - `h2load` from Debian/Ubuntu `nghttp2-client`
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+#[path = "common/grpc.rs"]
+mod grpc;
+#[path = "common/process.rs"]
+mod process;
+#[path = "common/raw.rs"]
+mod raw;
+
+use grpc::say_hello_blocking;
+use process::{Proc, fails_with, scratch_path};
+use raw::{GOAWAY, frame_types, h2_connect, http};
 
 /// A running `shardpool serve`; killed on drop.
 struct ServeProcess {
-    child: Child,
+    process: Proc,
     addr: SocketAddr,
     admin: Option<SocketAddr>,
-    stdout_rest: mpsc::Receiver<String>,
 }
 
 impl ServeProcess {
     /// Starts the binary with `args` (plus `--listen 127.0.0.1:0 --pin false`) and `envs`, and
     /// waits for its "serving gRPC on" line.
     fn start(args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardpool"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--pin", "false"])
-            .args(args)
-            .envs(envs.iter().copied())
-            .env("SHARDPOOL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start the shardpool binary");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = ServeProcess {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            admin: None,
-            stdout_rest: rx,
-        };
-        loop {
-            let line = server
-                .stdout_rest
-                .recv_timeout(STARTUP_LIMIT)
-                .expect("shardpool serve did not print its address in time (see its stderr above)");
-            if let Some(rest) = line.strip_prefix("shardpool: serving gRPC on ") {
-                let mut parts = rest.split_whitespace();
-                server.addr = parts.next().unwrap().parse().unwrap();
-                server.admin = rest
-                    .split("on ")
-                    .nth(1)
-                    .map(|a| a.trim_end_matches(')').parse().unwrap());
-                return server;
-            }
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--pin", "false"];
+        all.extend_from_slice(args);
+        // stderr inherited: if the server does not start, its reason shows in the test output.
+        let process = Proc::start(&all, envs, Stdio::inherit());
+        // `ADDR` or `ADDR (admin /metrics on ADMIN)`.
+        let rest = process.line_with("shardpool: serving gRPC on ");
+        ServeProcess {
+            addr: rest.split_whitespace().next().unwrap().parse().unwrap(),
+            admin: rest
+                .split("on ")
+                .nth(1)
+                .map(|a| a.trim_end_matches(')').parse().unwrap()),
+            process,
         }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with the pid of our own child process has no memory-safety concerns.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    /// Waits up to `limit` for the process to exit; its exit status.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "shardpool serve did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -104,15 +56,7 @@ fn interop_dir() -> PathBuf {
 
 /// GET /metrics over HTTP/1.1; the body.
 fn scrape(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = http(admin, "GET /metrics");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     text.split_once("\r\n\r\n").unwrap().1.to_string()
 }
@@ -181,7 +125,7 @@ fn h2load_run_has_zero_errors_and_every_call_is_ok() {
     // helloworld.HelloRequest{name: "h2load"} with the 5-byte gRPC prefix.
     let mut body = vec![0, 0, 0, 0, 8, 0x0a, 6];
     body.extend_from_slice(b"h2load");
-    let req = std::env::temp_dir().join(format!("shardpool-h2load-{}.bin", std::process::id()));
+    let req = scratch_path("h2load-request.bin");
     std::fs::write(&req, &body).unwrap();
     let n = 20_000;
     let out = Command::new("h2load")
@@ -200,7 +144,7 @@ fn h2load_run_has_zero_errors_and_every_call_is_ok() {
         ))
         .output()
         .expect("h2load not found: install it with `apt-get install nghttp2-client`");
-    std::fs::remove_file(&req).unwrap();
+    std::fs::remove_dir_all(req.parent().unwrap()).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "h2load failed:\n{text}");
     assert!(
@@ -220,39 +164,16 @@ fn metrics_sum_ok(metrics: &str) -> u64 {
 
 #[test]
 fn knobs_come_from_flags_env_and_toml_in_that_order() {
-    let dir = std::env::temp_dir().join(format!("shardpool-knobs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let toml = dir.join("serve.toml");
+    let toml = scratch_path("serve.toml");
     std::fs::write(
         &toml,
         "max_message_size = \"100\"\nshards = 1\nadmin_listen = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let big = |addr: SocketAddr, len: usize| {
-        rt.block_on(async move {
-            let mut grpc = tonic::client::Grpc::new(
-                tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap(),
-            );
-            grpc.ready().await.unwrap();
-            let req = shardpool::server::proto::HelloRequest {
-                name: "x".repeat(len),
-            };
-            let codec =
-                tonic_prost::ProstCodec::<_, shardpool::server::proto::HelloReply>::default();
-            let path = http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHello");
-            grpc.unary(tonic::Request::new(req), path, codec)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.code())
-        })
+        say_hello_blocking(addr, &"x".repeat(len))
+            .map(|_| ())
+            .map_err(|e| e.code())
     };
     let cfg = toml.to_str().unwrap();
     // File only: limit 100 bytes.
@@ -276,31 +197,23 @@ fn knobs_come_from_flags_env_and_toml_in_that_order() {
     );
     assert_eq!(big(s.addr, 50), Err(tonic::Code::ResourceExhausted));
     drop(s);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(toml.parent().unwrap()).unwrap();
 
     // A bad value is a clear CLI error, not a panic.
-    let out = Command::new(env!("CARGO_BIN_EXE_shardpool"))
-        .args([
+    fails_with(
+        &[
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--request-timeout",
             "soon",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--request-timeout") && err.contains("SHARDPOOL_REQUEST_TIMEOUT"),
-        "{err}"
+        ],
+        &["--request-timeout", "SHARDPOOL_REQUEST_TIMEOUT"],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_shardpool"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "100000"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--shards"));
+    fails_with(
+        &["serve", "--listen", "127.0.0.1:0", "--shards", "100000"],
+        &["--shards"],
+    );
 }
 
 #[test]
@@ -311,16 +224,14 @@ fn sigterm_drains_and_exits_cleanly() {
     let addr = server.addr;
     // An open, idle HTTP/2 connection must not keep the server alive past the drain: it gets a
     // GOAWAY and closes.
-    let mut idle = TcpStream::connect(addr).unwrap();
-    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .unwrap();
+    let mut idle = h2_connect(addr);
     // Wait for the server's first frame (its SETTINGS): the connection is then being served.
     idle.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut seen = vec![0u8; 9];
     idle.read_exact(&mut seen).unwrap();
-    server.signal(libc::SIGTERM);
-    let status = server.wait_exit(Duration::from_secs(10));
+    server.process.signal(libc::SIGTERM);
+    let status = server.process.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
     assert!(
         TcpStream::connect(addr).is_err(),
@@ -328,12 +239,8 @@ fn sigterm_drains_and_exits_cleanly() {
     );
     // The idle connection saw the server's frames (SETTINGS, GOAWAY) and then EOF.
     let _ = idle.read_to_end(&mut seen);
-    let mut goaway = false;
-    let mut pos = 0;
-    while pos + 9 <= seen.len() {
-        let len = u32::from_be_bytes([0, seen[pos], seen[pos + 1], seen[pos + 2]]) as usize;
-        goaway |= seen[pos + 3] == 0x07;
-        pos += 9 + len;
-    }
-    assert!(goaway, "no GOAWAY frame in {seen:?}");
+    assert!(
+        frame_types(&seen).contains(&GOAWAY),
+        "no GOAWAY frame in {seen:?}"
+    );
 }
