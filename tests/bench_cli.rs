@@ -4,13 +4,20 @@
 //! is down, and bad flags. Every run is a fraction of a second to about a second of load.
 #![cfg(feature = "cli")]
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use shardpool::bench::{self, BenchConfig, Load, Stop};
 use std::net::SocketAddr;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+#[path = "common/process.rs"]
+mod process;
+#[path = "common/raw.rs"]
+mod raw;
+
+use process::{fails_with, scratch_path, shardpool};
+use raw::grpc_frame;
 
 /// How the test server answers `SayHello`.
 #[derive(Clone, Copy)]
@@ -26,14 +33,6 @@ enum Behaviour {
 
 struct TestServer {
     addr: SocketAddr,
-}
-
-fn grpc_frame(message: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(5 + message.len());
-    buf.put_u8(0);
-    buf.put_u32(message.len() as u32);
-    buf.put_slice(message);
-    buf.freeze()
 }
 
 /// `HelloReply { message }` encoded by hand: field 1, wire type 2.
@@ -73,6 +72,22 @@ fn trailers(status: u32, message: &str) -> http::HeaderMap {
     map
 }
 
+/// Response headers of a gRPC answer: HTTP 200, `content-type: application/grpc`.
+fn ok_head() -> http::Response<()> {
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap()
+}
+
+/// A trailers-only answer: [`ok_head`] with the gRPC status (and message, if any) in it.
+fn trailers_only(status: u32, message: &str) -> http::Response<()> {
+    let mut head = ok_head();
+    head.headers_mut().extend(trailers(status, message));
+    head
+}
+
 async fn handle(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
@@ -85,41 +100,24 @@ async fn handle(
         let chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
     }
-    let ok_head = || {
-        http::Response::builder()
-            .status(200)
-            .header("content-type", "application/grpc")
-            .body(())
-            .unwrap()
-    };
     if path == "/shardpool.v1.Admin/PoolMetrics" {
         // Pretend every SayHello was a checkout, with 3 connections ever created and 1 steal.
         let served = calls.load(Ordering::Relaxed);
         let mut send = respond.send_response(ok_head(), false)?;
-        send.send_data(grpc_frame(&pool_metrics(served, 3, served / 100)), false)?;
+        send.send_data(
+            grpc_frame(&pool_metrics(served, 3, served / 100), false),
+            false,
+        )?;
         return send.send_trailers(trailers(0, ""));
     }
     if path != "/helloworld.Greeter/SayHello" {
-        let head = http::Response::builder()
-            .status(200)
-            .header("content-type", "application/grpc")
-            .header("grpc-status", "12")
-            .body(())
-            .unwrap();
-        respond.send_response(head, true)?;
+        respond.send_response(trailers_only(12, ""), true)?;
         return Ok(());
     }
     let n = calls.fetch_add(1, Ordering::Relaxed);
     match behaviour {
         Behaviour::Failing if n.is_multiple_of(3) => {
-            let head = http::Response::builder()
-                .status(200)
-                .header("content-type", "application/grpc")
-                .header("grpc-status", "14")
-                .header("grpc-message", "backend%20down")
-                .body(())
-                .unwrap();
-            respond.send_response(head, true)?;
+            respond.send_response(trailers_only(14, "backend%20down"), true)?;
             return Ok(());
         }
         Behaviour::Failing if n % 3 == 1 => {
@@ -131,7 +129,7 @@ async fn handle(
         _ => {}
     }
     let mut send = respond.send_response(ok_head(), false)?;
-    send.send_data(grpc_frame(&hello_reply("Hello shardpool")), false)?;
+    send.send_data(grpc_frame(&hello_reply("Hello shardpool"), false), false)?;
     send.send_trailers(trailers(0, ""))
 }
 
@@ -172,27 +170,42 @@ impl TestServer {
     }
 }
 
-fn shardpool(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_shardpool"))
-        .args(args)
-        .output()
-        .expect("run the shardpool binary");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+/// `shardpool bench --target TARGET ARGS`, which must succeed; its stdout.
+fn bench_ok(target: SocketAddr, args: &[&str]) -> String {
+    let target = target.to_string();
+    let mut all = vec!["bench", "--target", &target];
+    all.extend_from_slice(args);
+    let output = shardpool(&all);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
-        !stderr.contains("panicked"),
-        "shardpool panicked:\n{stderr}"
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    output
+    stdout
 }
 
-fn temp_path(name: &str) -> std::path::PathBuf {
-    // One directory per test (tests run in parallel), removed by the test.
-    let dir = std::env::temp_dir().join(format!(
-        "shardpool-bench-test-{}-{name}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// An open loop at 400 req/s through one connection with one stream slot (no warmup, no pool
+/// metrics), run in-process for `run_for` against a server whose call number `at` takes `stall`.
+/// Its config and result; no call may fail.
+fn open_loop_with_one_stall(
+    at: u64,
+    stall: Duration,
+    run_for: Duration,
+) -> (BenchConfig, bench::RunResult) {
+    let server = TestServer::start(Behaviour::StallOnce { at, stall });
+    let config = BenchConfig::new(server.addr)
+        .connections(1)
+        .streams(1)
+        .threads(1)
+        .pin(false)
+        .warmup(Duration::ZERO)
+        .pool_metrics(false)
+        .load(Load::Open { rate: 400.0 })
+        .stop(Stop::Duration(run_for));
+    let result = bench::run(&config, &mut |_| {}).unwrap();
+    assert_eq!(result.failed(), 0);
+    (config, result)
 }
 
 fn read_json(path: &std::path::Path) -> serde_json::Value {
@@ -202,34 +215,27 @@ fn read_json(path: &std::path::Path) -> serde_json::Value {
 #[test]
 fn closed_loop_against_a_healthy_server() {
     let server = TestServer::start(Behaviour::Healthy);
-    let json = temp_path("healthy.json");
-    let svg = temp_path("healthy.svg");
-    let target = server.addr.to_string();
-    let output = shardpool(&[
-        "bench",
-        "--target",
-        &target,
-        "-c",
-        "4",
-        "-m",
-        "4",
-        "--requests",
-        "2000",
-        "--warmup",
-        "200ms",
-        "--threads",
-        "2",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let json = scratch_path("healthy.json");
+    let svg = scratch_path("healthy.svg");
+    let stdout = bench_ok(
+        server.addr,
+        &[
+            "-c",
+            "4",
+            "-m",
+            "4",
+            "--requests",
+            "2000",
+            "--warmup",
+            "200ms",
+            "--threads",
+            "2",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
     );
     assert!(
         stdout.contains("requests   2000  ok 2000  failed 0"),
@@ -279,30 +285,23 @@ fn closed_loop_against_a_healthy_server() {
 #[test]
 fn failed_calls_are_counted_by_status() {
     let server = TestServer::start(Behaviour::Failing);
-    let json = temp_path("failing.json");
-    let target = server.addr.to_string();
-    let output = shardpool(&[
-        "bench",
-        "--target",
-        &target,
-        "-c",
-        "2",
-        "-m",
-        "4",
-        "--requests",
-        "3000",
-        "--warmup",
-        "0s",
-        "--quiet",
-        "--no-pool-metrics",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let json = scratch_path("failing.json");
+    let stdout = bench_ok(
+        server.addr,
+        &[
+            "-c",
+            "2",
+            "-m",
+            "4",
+            "--requests",
+            "3000",
+            "--warmup",
+            "0s",
+            "--quiet",
+            "--no-pool-metrics",
+            "--json",
+            json.to_str().unwrap(),
+        ],
     );
     assert!(stdout.contains("UNAVAILABLE"), "{stdout}");
     assert!(stdout.contains("backend down"), "{stdout}");
@@ -341,14 +340,10 @@ fn a_target_that_is_down_is_a_clear_error() {
         .unwrap()
         .port();
     let target = format!("127.0.0.1:{port}");
-    let output = shardpool(&["bench", "--target", &target, "--duration", "1s", "--quiet"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(
-        stderr.contains(&format!("cannot connect to {target}")),
-        "{stderr}"
+    fails_with(
+        &["bench", "--target", &target, "--duration", "1s", "--quiet"],
+        &[&format!("cannot connect to {target}"), "Start a server"],
     );
-    assert!(stderr.contains("Start a server"), "{stderr}");
 }
 
 #[test]
@@ -366,10 +361,7 @@ fn bad_flags_name_the_fix() {
     ] {
         let mut all = vec!["bench", "--quiet"];
         all.extend_from_slice(args);
-        let output = shardpool(&all);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} should fail");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        fails_with(&all, &[expected]);
     }
 }
 
@@ -379,21 +371,8 @@ fn bad_flags_name_the_fix() {
 /// one slow call and stays low.
 #[test]
 fn open_loop_latency_is_corrected_for_coordinated_omission() {
-    let server = TestServer::start(Behaviour::StallOnce {
-        at: 100,
-        stall: Duration::from_millis(300),
-    });
-    let config = BenchConfig::new(server.addr)
-        .connections(1)
-        .streams(1)
-        .threads(1)
-        .pin(false)
-        .warmup(Duration::ZERO)
-        .pool_metrics(false)
-        .load(Load::Open { rate: 400.0 })
-        .stop(Stop::Duration(Duration::from_secs(1)));
-    let result = bench::run(&config, &mut |_| {}).unwrap();
-    assert_eq!(result.failed(), 0);
+    let (config, result) =
+        open_loop_with_one_stall(100, Duration::from_millis(300), Duration::from_secs(1));
     assert_eq!(result.unsent, 0);
     let report = bench::Report::new(&config, &result);
     assert_eq!(report.mode, "open");
@@ -422,21 +401,8 @@ fn open_loop_latency_is_corrected_for_coordinated_omission() {
 /// unsent, not silently dropped: ok + unsent = the 80 requests the schedule had due.
 #[test]
 fn open_loop_counts_requests_it_could_not_send() {
-    let server = TestServer::start(Behaviour::StallOnce {
-        at: 5,
-        stall: Duration::from_millis(1500),
-    });
-    let config = BenchConfig::new(server.addr)
-        .connections(1)
-        .streams(1)
-        .threads(1)
-        .pin(false)
-        .warmup(Duration::ZERO)
-        .pool_metrics(false)
-        .load(Load::Open { rate: 400.0 })
-        .stop(Stop::Duration(Duration::from_millis(200)));
-    let result = bench::run(&config, &mut |_| {}).unwrap();
-    assert_eq!(result.failed(), 0);
+    let (config, result) =
+        open_loop_with_one_stall(5, Duration::from_millis(1500), Duration::from_millis(200));
     assert_eq!(
         result.ok + result.unsent,
         80,

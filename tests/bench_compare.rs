@@ -4,28 +4,16 @@
 #![cfg(feature = "cli")]
 
 use std::net::TcpStream;
-use std::process::{Command, Output};
 
-fn shardpool(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_shardpool"))
-        .args(args)
-        .output()
-        .expect("run the shardpool binary");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("panicked"),
-        "shardpool panicked:\n{stderr}"
-    );
-    output
-}
+#[path = "common/process.rs"]
+mod process;
+
+use process::{BIN, fails_with, shardpool};
 
 #[test]
 fn compare_runs_alternating_rounds_and_cleans_up() {
     let out = std::env::temp_dir().join(format!("shardpool-compare-test-{}", std::process::id()));
-    let server_cmd = format!(
-        "{} serve --listen {{addr}} --shards 1",
-        env!("CARGO_BIN_EXE_shardpool")
-    );
+    let server_cmd = format!("{BIN} serve --listen {{addr}} --shards 1");
     let output = shardpool(&[
         "compare",
         "--variants",
@@ -125,10 +113,7 @@ fn compare_rejects_bad_flags_with_the_fix() {
             std::env::temp_dir().join(format!("shardpool-compare-bad-{}", std::process::id()));
         all.push(out.to_str().unwrap());
         all.extend_from_slice(args);
-        let output = shardpool(&all);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} should fail");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        fails_with(&all, &[expected]);
         let _ = std::fs::remove_dir_all(&out);
     }
 }
