@@ -16,6 +16,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shardpool");
 const LINE_LIMIT: Duration = Duration::from_secs(20);
 
 /// Runs the binary with `args` to completion; panics if it panicked.
+#[track_caller]
 pub fn shardpool(args: &[&str]) -> Output {
     let output = Command::new(BIN)
         .args(args)
@@ -30,6 +31,7 @@ pub fn shardpool(args: &[&str]) -> Output {
 }
 
 /// Runs the binary with `args`, which must fail with a stderr containing every one of `expected`.
+#[track_caller]
 pub fn fails_with(args: &[&str], expected: &[&str]) {
     let output = shardpool(args);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -79,6 +81,7 @@ impl Proc {
 
     /// The rest of the first stdout line containing `marker`, after it; panics if none comes
     /// within 20 s (or the process closes its stdout first).
+    #[track_caller]
     pub fn line_with(&self, marker: &str) -> String {
         let deadline = Instant::now() + LINE_LIMIT;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -93,6 +96,7 @@ impl Proc {
     }
 
     /// The address printed right after `marker` on a stdout line (waits as [`Proc::line_with`]).
+    #[track_caller]
     pub fn addr_after(&self, marker: &str) -> SocketAddr {
         let rest = self.line_with(marker);
         rest.split_whitespace().next().unwrap().parse().unwrap()
@@ -105,6 +109,7 @@ impl Proc {
     }
 
     /// Waits up to `limit` for the process to exit; its exit status.
+    #[track_caller]
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
         loop {

@@ -13,6 +13,7 @@ pub const GOAWAY: u8 = 0x7;
 
 /// Sends `request_line` (for example `GET /metrics`) as an HTTP/1.1 request that closes the
 /// connection; the whole response, head and body. Panics if nothing complete arrives in 10 s.
+#[track_caller]
 pub fn http(addr: SocketAddr, request_line: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -26,6 +27,7 @@ pub fn http(addr: SocketAddr, request_line: &str) -> String {
 }
 
 /// Opens a raw HTTP/2 connection (preface + empty SETTINGS) and returns the stream.
+#[track_caller]
 pub fn h2_connect(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
