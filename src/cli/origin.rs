@@ -32,6 +32,14 @@ pub struct OriginArgs {
     /// keep-alive timeout; pooled clients then meet stale connections).
     #[arg(long, env = "SHARDPOOL_ORIGIN_IDLE_TIMEOUT", default_value = "off", value_parser = parse_opt_duration)]
     idle_timeout: OffOrDuration,
+    /// Deliberately share the port with another origin of the same user already listening on
+    /// it (the kernel splits connections between them); without it a port in use is an error.
+    #[arg(
+        long,
+        env = "SHARDPOOL_ORIGIN_REUSE_PORT_SHARED",
+        default_value_t = false
+    )]
+    reuse_port_shared: bool,
 }
 
 /// A duration that may be `off` (an alias, so clap takes the whole `Option` from the parser).
@@ -49,6 +57,7 @@ pub fn run(args: OriginArgs) -> CliResult {
         shards: args.shards,
         pin: args.pin,
         idle_timeout: args.idle_timeout,
+        reuse_port_shared: args.reuse_port_shared,
     })
     .map_err(|e| format!("cannot start the origin on {}: {e}", args.listen))?;
     println!(

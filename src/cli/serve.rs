@@ -65,6 +65,12 @@ struct Knobs {
     /// listen(2) backlog per shard [default: 1024].
     #[arg(long, env = "SHARDPOOL_LISTEN_BACKLOG")]
     listen_backlog: Option<String>,
+    /// Deliberately share --listen (and --admin-listen) with another shardpool process of the
+    /// same user already on it, e.g. for a zero-downtime restart; the kernel splits connections
+    /// between the processes. Bare `--reuse-port-shared` means true [default: false: a port in
+    /// use is an error].
+    #[arg(long, env = "SHARDPOOL_REUSE_PORT_SHARED", num_args = 0..=1, default_missing_value = "true")]
+    reuse_port_shared: Option<String>,
     /// Deadline of calls without grpc-timeout, and cap of those with one, or `off` [default: 30s].
     #[arg(long, env = "SHARDPOOL_REQUEST_TIMEOUT")]
     request_timeout: Option<String>,
@@ -155,7 +161,7 @@ impl Lookup<'_> {
     }
 }
 
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 22] = [
     "listen",
     "shards",
     "placement",
@@ -165,6 +171,7 @@ const KEYS: [&str; 21] = [
     "tcp_nodelay",
     "tcp_keepalive",
     "listen_backlog",
+    "reuse_port_shared",
     "request_timeout",
     "concurrency_limit_per_connection",
     "initial_stream_window",
@@ -358,6 +365,9 @@ impl Knobs {
             listen_backlog: l
                 .get("listen_backlog", &a.listen_backlog, parse_num)?
                 .unwrap_or(d.listen_backlog),
+            reuse_port_shared: l
+                .get("reuse_port_shared", &a.reuse_port_shared, parse_bool)?
+                .unwrap_or(d.reuse_port_shared),
             request_timeout: l
                 .get("request_timeout", &a.request_timeout, parse_opt_duration)?
                 .unwrap_or(d.request_timeout),
@@ -536,7 +546,7 @@ mod tests {
         std::fs::write(
             &file,
             "request_timeout = \"5s\"\nmax_concurrent_streams = 77\ntcp_nodelay = false\n\
-             initial_stream_window = \"64KiB\"\nplacement = \"cpus:0\"\n",
+             initial_stream_window = \"64KiB\"\nplacement = \"cpus:0\"\nreuse_port_shared = true\n",
         )
         .unwrap();
         let defaults = Knobs::default().resolve(&ConfigFile::default()).unwrap();
@@ -566,6 +576,7 @@ mod tests {
         assert_eq!(r.server.concurrency_limit_per_connection, None);
         assert_eq!(r.server.admin_listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(r.placement, Placement::Cpus(vec![0]));
+        assert!(r.server.reuse_port_shared, "file beats default");
         assert_eq!(
             r.server.max_message_size,
             ServerConfig::default().max_message_size
@@ -599,6 +610,24 @@ mod tests {
         .resolve(&ConfigFile::default())
         .unwrap_err();
         assert!(err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_reuse_port_shared_flag_means_true() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            knobs: Knobs,
+        }
+        let parse = |args: &[&str]| {
+            let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
+            cli.knobs.resolve(&ConfigFile::default()).unwrap().server
+        };
+        assert!(!parse(&["serve"]).reuse_port_shared);
+        let s = parse(&["serve", "--reuse-port-shared", "--listen", "127.0.0.1:1"]);
+        assert!(s.reuse_port_shared);
+        assert_eq!(s.listen, "127.0.0.1:1".parse().unwrap());
+        assert!(!parse(&["serve", "--reuse-port-shared", "false"]).reuse_port_shared);
     }
 
     #[test]

@@ -153,6 +153,20 @@ impl hyper::rt::Timer for HyperTimer {
 }
 
 /// Socket options of a listener and of the connections it accepts.
+///
+/// ```
+/// use shardpool::server::io::{SocketOptions, reuseport_listeners};
+/// let opts = SocketOptions {
+///     nodelay: true,
+///     keepalive: None,
+///     backlog: 128,
+///     reuse_port_shared: false,
+/// };
+/// let (socks, addr) = reuseport_listeners("127.0.0.1:0".parse().unwrap(), 2, &opts).unwrap();
+/// assert_eq!(socks.len(), 2);
+/// // The port now belongs to this group: a second one is refused.
+/// assert!(reuseport_listeners(addr, 1, &opts).is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketOptions {
     /// TCP_NODELAY on accepted connections.
@@ -161,11 +175,27 @@ pub struct SocketOptions {
     pub keepalive: Option<Duration>,
     /// listen(2) backlog.
     pub backlog: i32,
+    /// Join a port that other listeners (of the same user, with SO_REUSEPORT) already listen on,
+    /// so the kernel splits connections between them and us. `false`: the port must be free.
+    pub reuse_port_shared: bool,
 }
 
 /// Builds `count` listening sockets on `addr` with SO_REUSEPORT, so the kernel spreads incoming
 /// connections over them. When `addr` has port 0, the first socket picks the port and the others
 /// join it. Returns the sockets and the address actually bound.
+///
+/// Unless `opts.reuse_port_shared` is set, the port must be free: the first socket binds without
+/// SO_REUSEPORT, which fails with [`io::ErrorKind::AddrInUse`] if any socket listens on the
+/// address (with SO_REUSEPORT or not), and only then turns SO_REUSEPORT on so the group's other
+/// sockets can join. The error message names `--reuse-port-shared`.
+///
+/// What this does not prevent: once the group listens, another process of the same user that
+/// sets SO_REUSEPORT without this check (an older shardpool, another program) can still join it;
+/// the kernel offers no way to refuse. And between the first socket's bind and its listen (two
+/// syscalls) Linux lets a second SO_REUSEADDR socket bind the same address while neither
+/// listens, so two processes started at the very same instant could both pass; a separate probe
+/// socket has the same kind of window, a wider one. SO_REUSEADDR stays on so a restart is not
+/// refused by the previous run's TIME_WAIT connections.
 pub fn reuseport_listeners(
     addr: SocketAddr,
     count: usize,
@@ -173,31 +203,51 @@ pub fn reuseport_listeners(
 ) -> io::Result<(Vec<Socket>, SocketAddr)> {
     let mut bound = addr;
     let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
         let sock = Socket::new(
             Domain::for_address(bound),
             Type::STREAM,
             Some(Protocol::TCP),
         )?;
+        let exclusive = i == 0 && !opts.reuse_port_shared;
         sock.set_reuse_address(true)?;
-        sock.set_reuse_port(true)?;
+        sock.set_reuse_port(!exclusive)?;
         // Accepted sockets inherit these on Linux; they are set again on accept for certainty.
         sock.set_tcp_nodelay(opts.nodelay)?;
         set_keepalive(&sock, opts.keepalive)?;
         sock.set_nonblocking(true)?;
-        sock.bind(&SockAddr::from(bound)).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot bind {bound}: {e} (is another server on it?)"),
-            )
-        })?;
-        sock.listen(opts.backlog)?;
+        sock.bind(&SockAddr::from(bound))
+            .map_err(|e| bind_error(bound, e, opts.reuse_port_shared))?;
+        if exclusive {
+            // The port is ours now; let the rest of the group join before listening.
+            sock.set_reuse_port(true)?;
+        }
+        sock.listen(opts.backlog)
+            .map_err(|e| bind_error(bound, e, opts.reuse_port_shared))?;
         if let Some(a) = sock.local_addr()?.as_socket() {
             bound = a;
         }
         out.push(sock);
     }
     Ok((out, bound))
+}
+
+/// The error of a failed bind or listen on `addr`, saying what to do about it.
+fn bind_error(addr: SocketAddr, e: io::Error, shared: bool) -> io::Error {
+    let msg = match (e.kind(), shared) {
+        (io::ErrorKind::AddrInUse, false) => format!(
+            "cannot bind {addr}: address already in use by another process; stop it, pick \
+             another port, or pass --reuse-port-shared to deliberately share the port with \
+             another shardpool process"
+        ),
+        (io::ErrorKind::AddrInUse, true) => format!(
+            "cannot bind {addr}: address already in use by a listener that cannot be shared \
+             (one without SO_REUSEPORT, or another user's); --reuse-port-shared only joins \
+             shardpool processes of the same user: stop it or pick another port"
+        ),
+        _ => format!("cannot bind {addr}: {e}"),
+    };
+    io::Error::new(e.kind(), msg)
 }
 
 fn set_keepalive(sock: &Socket, keepalive: Option<Duration>) -> io::Result<()> {
@@ -230,14 +280,38 @@ pub fn tune_accepted(stream: &glommio::net::TcpStream, opts: &SocketOptions) -> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn listeners_share_a_port_and_carry_the_options() {
-        let opts = SocketOptions {
+    fn opts(shared: bool) -> SocketOptions {
+        SocketOptions {
             nodelay: true,
             keepalive: Some(Duration::from_secs(42)),
-            backlog: 16,
-        };
-        let (socks, addr) = reuseport_listeners("127.0.0.1:0".parse().unwrap(), 3, &opts).unwrap();
+            backlog: 128,
+            reuse_port_shared: shared,
+        }
+    }
+
+    /// Connects `n` times to `addr`, then counts the connections each listener accepted.
+    fn spread(socks: &[Socket], addr: SocketAddr, n: usize) -> Vec<usize> {
+        let conns: Vec<_> = (0..n)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut counts = vec![0; socks.len()];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counts.iter().sum::<usize>() < n && Instant::now() < deadline {
+            for (s, c) in socks.iter().zip(&mut counts) {
+                while s.accept().is_ok() {
+                    *c += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(conns);
+        counts
+    }
+
+    #[test]
+    fn a_group_on_port_0_shares_its_port_and_carries_the_options() {
+        let (socks, addr) =
+            reuseport_listeners("127.0.0.1:0".parse().unwrap(), 3, &opts(false)).unwrap();
         assert_ne!(addr.port(), 0);
         for s in &socks {
             assert_eq!(s.local_addr().unwrap().as_socket(), Some(addr));
@@ -246,15 +320,58 @@ mod tests {
             assert!(s.keepalive().unwrap());
             assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
         }
+        // The first socket (bound before SO_REUSEPORT was on) is in the kernel's group too: 64
+        // connections miss one of three listeners with probability ~3 * (2/3)^64.
+        let counts = spread(&socks, addr, 64);
+        assert_eq!(counts.iter().sum::<usize>(), 64, "{counts:?}");
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
         let off = SocketOptions {
             nodelay: false,
             keepalive: None,
-            backlog: 16,
+            ..opts(false)
         };
         let (socks, _) = reuseport_listeners("127.0.0.1:0".parse().unwrap(), 1, &off).unwrap();
         assert!(!socks[0].tcp_nodelay().unwrap());
         assert!(!socks[0].keepalive().unwrap());
-        // A listener without SO_REUSEPORT cannot join the port.
+    }
+
+    #[test]
+    fn a_second_group_on_a_bound_port_is_refused_naming_the_flag() {
+        let (_first, addr) =
+            reuseport_listeners("127.0.0.1:0".parse().unwrap(), 2, &opts(false)).unwrap();
+        let err = reuseport_listeners(addr, 2, &opts(false)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&addr.to_string()) && msg.contains("--reuse-port-shared"),
+            "{msg}"
+        );
+        // A listener without SO_REUSEPORT cannot join the port either.
         assert!(std::net::TcpListener::bind(addr).is_err());
+    }
+
+    #[test]
+    fn sharing_on_request_joins_the_group() {
+        let (first, addr) =
+            reuseport_listeners("127.0.0.1:0".parse().unwrap(), 1, &opts(false)).unwrap();
+        let (second, joined) = reuseport_listeners(addr, 2, &opts(true)).unwrap();
+        assert_eq!(joined, addr);
+        let all: Vec<Socket> = first.into_iter().chain(second).collect();
+        let counts = spread(&all, addr, 64);
+        assert_eq!(counts.iter().sum::<usize>(), 64, "{counts:?}");
+        assert!(counts[0] > 0 && counts[1] + counts[2] > 0, "{counts:?}");
+    }
+
+    #[test]
+    fn a_plain_listener_on_the_port_is_detected() {
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = plain.local_addr().unwrap();
+        let err = reuseport_listeners(addr, 1, &opts(false)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("--reuse-port-shared"), "{err}");
+        // Sharing cannot join a listener that did not ask for it; the message says so.
+        let err = reuseport_listeners(addr, 1, &opts(true)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("cannot be shared"), "{err}");
     }
 }

@@ -171,6 +171,10 @@ pub struct ServerConfig {
     pub tcp_keepalive: Option<Duration>,
     /// listen(2) backlog per shard (default 1024).
     pub listen_backlog: i32,
+    /// Deliberately join `listen` (and `admin_listen`) when another shardpool process of the
+    /// same user already listens there, e.g. for a zero-downtime restart; the kernel then splits
+    /// connections between the processes (default false: binding a port in use fails).
+    pub reuse_port_shared: bool,
     /// Deadline for calls that carry no `grpc-timeout` and cap for those that do (default 30 s;
     /// `None`: none).
     pub request_timeout: Option<Duration>,
@@ -206,6 +210,7 @@ impl Default for ServerConfig {
             tcp_nodelay: true,
             tcp_keepalive: Some(Duration::from_secs(60)),
             listen_backlog: 1024,
+            reuse_port_shared: false,
             request_timeout: Some(Duration::from_secs(30)),
             concurrency_limit_per_connection: Some(256),
             initial_stream_window: 1 << 20,
@@ -259,6 +264,16 @@ impl ServerConfig {
             return Err("listen_backlog must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The options of this server's listeners and of the connections they accept.
+    fn socket_options(&self) -> io::SocketOptions {
+        io::SocketOptions {
+            nodelay: self.tcp_nodelay,
+            keepalive: self.tcp_keepalive,
+            backlog: self.listen_backlog,
+            reuse_port_shared: self.reuse_port_shared,
+        }
     }
 }
 
@@ -466,17 +481,18 @@ where
     ) -> Result<RunningServer, ServeError> {
         self.config.validate().map_err(ServeError::Config)?;
         let cfg = Arc::new(self.config);
-        let sock_opts = io::SocketOptions {
-            nodelay: cfg.tcp_nodelay,
-            keepalive: cfg.tcp_keepalive,
-            backlog: cfg.listen_backlog,
-        };
+        let sock_opts = cfg.socket_options();
         let (listeners, addr) =
             io::reuseport_listeners(cfg.listen, map.len(), &sock_opts).map_err(ServeError::Bind)?;
         let admin = match cfg.admin_listen {
             Some(a) => {
                 let (mut socks, bound) =
-                    io::reuseport_listeners(a, 1, &sock_opts).map_err(ServeError::Bind)?;
+                    io::reuseport_listeners(a, 1, &sock_opts).map_err(|e| {
+                        ServeError::Bind(std::io::Error::new(
+                            e.kind(),
+                            format!("admin listener: {e}"),
+                        ))
+                    })?;
                 Some((socks.remove(0), bound))
             }
             None => None,
@@ -667,11 +683,7 @@ async fn run_shard<H: GreetHandler>(
         })
         .detach();
     }
-    let opts = io::SocketOptions {
-        nodelay: cfg.tcp_nodelay,
-        keepalive: cfg.tcp_keepalive,
-        backlog: cfg.listen_backlog,
-    };
+    let opts = cfg.socket_options();
     let admin_task = admin.map(|sock| {
         let listener = io::into_glommio_listener(sock);
         glommio::spawn_local(admin::serve(Rc::clone(&shard), listener))

@@ -39,6 +39,10 @@ pub struct OriginConfig {
     /// Close a connection that brings no complete request for this long, like a server's
     /// keep-alive timeout (`None`: keep connections open until the client closes them).
     pub idle_timeout: Option<Duration>,
+    /// Deliberately join `listen` when another origin (or shardpool process) of the same user
+    /// already listens there; the kernel then splits connections between them (`false`: binding
+    /// a port in use fails).
+    pub reuse_port_shared: bool,
 }
 
 impl Default for OriginConfig {
@@ -50,6 +54,7 @@ impl Default for OriginConfig {
             shards: 1,
             pin: false,
             idle_timeout: None,
+            reuse_port_shared: false,
         }
     }
 }
@@ -82,6 +87,7 @@ impl Origin {
             nodelay: true,
             keepalive: None,
             backlog: 1024,
+            reuse_port_shared: config.reuse_port_shared,
         };
         let (listeners, addr) = reuseport_listeners(config.listen, map.len(), &opts)?;
         let slots: Arc<Vec<Mutex<Option<socket2::Socket>>>> =
