@@ -465,6 +465,10 @@ mod tests {
                 "twice",
             ),
             (Config::default().shards(MAX_SHARDS + 1), "use at most"),
+            (
+                Config::default().max_size(MAX_SIZE + 1),
+                "spread the destination over several keys",
+            ),
         ];
         for (config, fix) in cases {
             let err = config.validate().expect_err("must be rejected");
