@@ -8,9 +8,10 @@
 //! cargo run --release --example numa_deployment -- nodes:1 127.0.0.1:50051 60 &
 //! ```
 //!
-//! Both processes may listen on the same address: every shard's listener sets SO_REUSEPORT, so
-//! the kernel spreads connections over all shards of both processes. See docs/deployment.md for
-//! numactl, systemd and Kubernetes equivalents.
+//! Both processes listen on the same address on purpose: the example sets
+//! `ServerConfig::reuse_port_shared` (without it the second process would refuse a port in use),
+//! so the kernel spreads connections over all shards of both processes. See docs/deployment.md
+//! (Port ownership) for the risk, and for numactl, systemd and Kubernetes equivalents.
 //!
 //! It first prints the machine's topology and, for comparison, the steal order of a made-up
 //! two-node machine (on a one-node machine the real order has no remote tier to show).
@@ -105,6 +106,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let p = pool.clone();
     let server = Server::new(ServerConfig {
         listen,
+        // One process per node, all on one port (see above).
+        reuse_port_shared: true,
         ..ServerConfig::default()
     })
     .greeter(move |ctx: ShardContext| NodeGreeter {

@@ -67,8 +67,8 @@ struct Knobs {
     listen_backlog: Option<String>,
     /// Deliberately share --listen (and --admin-listen) with another shardpool process of the
     /// same user already on it, e.g. for a zero-downtime restart; the kernel splits connections
-    /// between the processes. Bare `--reuse-port-shared` means true [default: false: a port in
-    /// use is an error].
+    /// between the processes. Without it a port in use is an error. Bare `--reuse-port-shared`
+    /// means true [default: false].
     #[arg(long, env = "SHARDPOOL_REUSE_PORT_SHARED", num_args = 0..=1, default_missing_value = "true")]
     reuse_port_shared: Option<String>,
     /// Deadline of calls without grpc-timeout, and cap of those with one, or `off` [default: 30s].
