@@ -16,6 +16,117 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// A gRPC status code (`grpc-status`): the 17 codes of the gRPC spec.
+///
+/// A peer that sends a number outside the spec is read as [`Code::Unknown`], as gRPC's own client
+/// libraries do.
+///
+/// ```
+/// use shardpool::wire::Code;
+///
+/// assert_eq!(Code::from_u32(14), Some(Code::Unavailable));
+/// assert_eq!(Code::from_u32(99), None);
+/// assert_eq!(Code::Unavailable.as_u32(), 14);
+/// assert_eq!(Code::ResourceExhausted.name(), "RESOURCE_EXHAUSTED");
+/// assert_eq!(Code::from_http_status(404), Code::Unimplemented);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+#[allow(missing_docs)] // the names are the protocol's own
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// Every code, in numeric order.
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The code with this number, if the spec has one.
+    pub fn from_u32(n: u32) -> Option<Code> {
+        Code::ALL.get(usize::try_from(n).ok()?).copied()
+    }
+
+    /// The number of this code.
+    pub fn as_u32(self) -> u32 {
+        u32::from(self as u8)
+    }
+
+    /// The spec's upper-case name, e.g. `DEADLINE_EXCEEDED`.
+    pub fn name(self) -> &'static str {
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ][self as usize]
+    }
+
+    /// The code for a response whose HTTP status is not 200, as the gRPC HTTP/2 spec maps them.
+    pub fn from_http_status(status: u16) -> Code {
+        match status {
+            400 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::Unimplemented,
+            429 | 502 | 503 | 504 => Code::Unavailable,
+            _ => Code::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The path of the Greeter's unary method.
 pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 

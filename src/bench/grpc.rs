@@ -3,147 +3,13 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::wire::{HelloReply, HelloRequest, SAY_HELLO, encode_frame};
 
-/// A gRPC status code (the 17 codes of the gRPC spec; anything else is kept as a number).
-///
-/// # Example
-///
-/// ```
-/// use shardpool::bench::Code;
-///
-/// assert_eq!(Code::from_u32(14), Code::Unavailable);
-/// assert_eq!(Code::Unavailable.name(), "UNAVAILABLE");
-/// assert_eq!(Code::from_http_status(404), Code::Unimplemented);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Code {
-    /// 0
-    Ok,
-    /// 1
-    Cancelled,
-    /// 2
-    Unknown,
-    /// 3
-    InvalidArgument,
-    /// 4
-    DeadlineExceeded,
-    /// 5
-    NotFound,
-    /// 6
-    AlreadyExists,
-    /// 7
-    PermissionDenied,
-    /// 8
-    ResourceExhausted,
-    /// 9
-    FailedPrecondition,
-    /// 10
-    Aborted,
-    /// 11
-    OutOfRange,
-    /// 12
-    Unimplemented,
-    /// 13
-    Internal,
-    /// 14
-    Unavailable,
-    /// 15
-    DataLoss,
-    /// 16
-    Unauthenticated,
-    /// A code outside the spec.
-    Other(u32),
-}
-
-const NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-impl Code {
-    const ALL: [Code; 17] = [
-        Code::Ok,
-        Code::Cancelled,
-        Code::Unknown,
-        Code::InvalidArgument,
-        Code::DeadlineExceeded,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::ResourceExhausted,
-        Code::FailedPrecondition,
-        Code::Aborted,
-        Code::OutOfRange,
-        Code::Unimplemented,
-        Code::Internal,
-        Code::Unavailable,
-        Code::DataLoss,
-        Code::Unauthenticated,
-    ];
-
-    /// The code with this number.
-    pub fn from_u32(n: u32) -> Code {
-        Code::ALL.get(n as usize).copied().unwrap_or(Code::Other(n))
-    }
-
-    /// The number of this code.
-    pub fn as_u32(self) -> u32 {
-        match self {
-            Code::Other(n) => n,
-            known => Code::ALL.iter().position(|&c| c == known).unwrap_or(2) as u32,
-        }
-    }
-
-    /// The spec's upper-case name (`"UNAVAILABLE"`); codes outside the spec are `"OTHER"`.
-    pub fn name(self) -> &'static str {
-        NAMES
-            .get(self.as_u32() as usize)
-            .copied()
-            .unwrap_or("OTHER")
-    }
-
-    /// The gRPC code for a non-200 HTTP status, as the gRPC HTTP/2 spec maps them.
-    pub fn from_http_status(status: u16) -> Code {
-        match status {
-            400 => Code::Internal,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            404 => Code::Unimplemented,
-            429 | 502 | 503 | 504 => Code::Unavailable,
-            _ => Code::Unknown,
-        }
-    }
-}
-
-impl fmt::Display for Code {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Code::Other(n) => write!(f, "CODE_{n}"),
-            known => f.write_str(known.name()),
-        }
-    }
-}
+pub use crate::wire::Code;
 
 /// Who decided that a call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -246,17 +112,28 @@ fn decode_grpc_message(raw: &[u8]) -> String {
 }
 
 /// The gRPC status carried by a header block (`grpc-status`, `grpc-message`), if any.
+/// A `grpc-status` that is not one of the spec's codes is read as `UNKNOWN`, as gRPC's client
+/// libraries do, and the message says what was received.
 fn status_in(headers: &HeaderMap) -> Option<(Code, String)> {
     let status = headers.get("grpc-status")?;
-    let code = std::str::from_utf8(status.as_bytes())
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .map_or(Code::Unknown, Code::from_u32);
     let message = headers
         .get("grpc-message")
         .map(|m| decode_grpc_message(m.as_bytes()))
         .unwrap_or_default();
-    Some((code, message))
+    let code = std::str::from_utf8(status.as_bytes())
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .and_then(Code::from_u32);
+    Some(match code {
+        Some(code) => (code, message),
+        None => (
+            Code::Unknown,
+            format!(
+                "grpc-status {:?} is not a gRPC status code; grpc-message: {message:?}",
+                String::from_utf8_lossy(status.as_bytes())
+            ),
+        ),
+    })
 }
 
 /// Opens one HTTP/2 (prior knowledge) connection and spawns its driver on the current runtime.
@@ -442,13 +319,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_round_trip() {
-        for n in 0..17 {
-            assert_eq!(Code::from_u32(n).as_u32(), n);
-        }
-        assert_eq!(Code::from_u32(99), Code::Other(99));
-        assert_eq!(Code::Other(99).to_string(), "CODE_99");
-        assert_eq!(Code::from_u32(4).to_string(), "DEADLINE_EXCEEDED");
+    fn statuses_outside_the_spec_read_as_unknown_and_say_so() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", "4".parse().unwrap());
+        assert_eq!(
+            status_in(&headers),
+            Some((Code::DeadlineExceeded, String::new()))
+        );
+        headers.insert("grpc-status", "99".parse().unwrap());
+        headers.insert("grpc-message", "odd".parse().unwrap());
+        let (code, message) = status_in(&headers).unwrap();
+        assert_eq!(code, Code::Unknown);
+        assert!(
+            message.contains("\"99\" is not a gRPC status code"),
+            "{message}"
+        );
+        assert!(message.contains("odd"), "{message}");
+        assert_eq!(status_in(&HeaderMap::new()), None);
     }
 
     #[test]

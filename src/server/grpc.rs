@@ -15,87 +15,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// gRPC status codes (`grpc-status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-#[allow(missing_docs)] // the names are the protocol's own
-pub enum Code {
-    Ok = 0,
-    Cancelled = 1,
-    Unknown = 2,
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    NotFound = 5,
-    AlreadyExists = 6,
-    PermissionDenied = 7,
-    ResourceExhausted = 8,
-    FailedPrecondition = 9,
-    Aborted = 10,
-    OutOfRange = 11,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-    DataLoss = 15,
-    Unauthenticated = 16,
-}
+pub use crate::wire::Code;
 
-impl Code {
-    /// Every code, in numeric order.
-    pub const ALL: [Code; 17] = [
-        Code::Ok,
-        Code::Cancelled,
-        Code::Unknown,
-        Code::InvalidArgument,
-        Code::DeadlineExceeded,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::ResourceExhausted,
-        Code::FailedPrecondition,
-        Code::Aborted,
-        Code::OutOfRange,
-        Code::Unimplemented,
-        Code::Internal,
-        Code::Unavailable,
-        Code::DataLoss,
-        Code::Unauthenticated,
+/// The `grpc-status` header value of `code`.
+fn status_value(code: Code) -> HeaderValue {
+    const VALUES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
     ];
-
-    /// The protocol name, e.g. `DEADLINE_EXCEEDED`.
-    ///
-    /// ```
-    /// # use shardpool::server::Code;
-    /// assert_eq!(Code::ResourceExhausted.name(), "RESOURCE_EXHAUSTED");
-    /// ```
-    pub fn name(self) -> &'static str {
-        [
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        ][self as usize]
-    }
-
-    fn header_value(self) -> HeaderValue {
-        const VALUES: [&str; 17] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-            "16",
-        ];
-        HeaderValue::from_static(VALUES[self as usize])
-    }
+    HeaderValue::from_static(VALUES[code as usize])
 }
 
 /// A gRPC error: a code and a human-readable message (sent as `grpc-message`).
@@ -382,7 +309,7 @@ pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// A successful unary response: the framed message, then `grpc-status: 0`.
 pub fn ok_response<M: prost::Message>(msg: &M) -> Response<GrpcBody> {
     let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert(GRPC_STATUS, Code::Ok.header_value());
+    trailers.insert(GRPC_STATUS, status_value(Code::Ok));
     let mut resp = Response::new(GrpcBody {
         data: Some(encode_frame(msg)),
         trailers: Some(trailers),
@@ -398,7 +325,7 @@ pub fn status_response(status: &Status) -> Response<GrpcBody> {
     let mut resp = Response::new(GrpcBody::empty());
     let h = resp.headers_mut();
     h.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
-    h.insert(GRPC_STATUS, status.code.header_value());
+    h.insert(GRPC_STATUS, status_value(status.code));
     if !status.message.is_empty() {
         // Percent-encoding leaves only visible ASCII, which is always a valid header value.
         if let Ok(v) = HeaderValue::from_str(&encode_grpc_message(&status.message)) {
@@ -515,7 +442,7 @@ mod tests {
         );
         assert_eq!(e415.status(), 415);
         for c in Code::ALL {
-            assert_eq!(c.header_value(), (c as u8).to_string().as_str());
+            assert_eq!(status_value(c), (c as u8).to_string().as_str());
         }
     }
 }
