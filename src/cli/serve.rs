@@ -6,7 +6,7 @@
 //! defaults of [`ServerConfig`] (listed in `shardpool serve --help` and docs/deployment.md).
 //!
 //! Values: durations like `500ms`, `30s`, `10m`, `1h` (or `off` where a knob can be disabled);
-//! sizes like `65536`, `64KiB`, `1MiB`; booleans `true`/`false`.
+//! sizes like `65536`, `64KiB`, `1MiB`; booleans `true`/`false` (a bare boolean flag, e.g. `--pin`, means `true`).
 //!
 //! Gateway-mode knobs live in the file's `[upstream]` table (see `upstream_args`), with the
 //! same precedence.
@@ -47,8 +47,8 @@ struct Knobs {
     /// Where shards run: `all`, `cpus:0-3,8` or `nodes:0,1` [default: all].
     #[arg(long, env = "SHARDPOOL_PLACEMENT")]
     placement: Option<String>,
-    /// Pin each shard's thread to its CPU [default: true].
-    #[arg(long, env = "SHARDPOOL_PIN")]
+    /// Pin each shard's thread to its CPU; bare `--pin` means true [default: true].
+    #[arg(long, env = "SHARDPOOL_PIN", num_args = 0..=1, default_missing_value = "true")]
     pin: Option<String>,
     /// Busy-poll this long before an idle shard sleeps, or `off` [default: off].
     #[arg(long, env = "SHARDPOOL_SPIN_BEFORE_PARK")]
@@ -56,8 +56,8 @@ struct Knobs {
     /// Admin HTTP/1.1 address serving Prometheus `/metrics`, or `off` [default: off].
     #[arg(long, env = "SHARDPOOL_ADMIN_LISTEN")]
     admin_listen: Option<String>,
-    /// TCP_NODELAY on accepted connections [default: true].
-    #[arg(long, env = "SHARDPOOL_TCP_NODELAY")]
+    /// TCP_NODELAY on accepted connections; bare `--tcp-nodelay` means true [default: true].
+    #[arg(long, env = "SHARDPOOL_TCP_NODELAY", num_args = 0..=1, default_missing_value = "true")]
     tcp_nodelay: Option<String>,
     /// TCP keepalive idle time, or `off` [default: 60s].
     #[arg(long, env = "SHARDPOOL_TCP_KEEPALIVE")]
@@ -83,8 +83,9 @@ struct Knobs {
     /// HTTP/2 initial connection window [default: 1MiB].
     #[arg(long, env = "SHARDPOOL_INITIAL_CONNECTION_WINDOW")]
     initial_connection_window: Option<String>,
-    /// HTTP/2 adaptive (BDP) flow control; overrides the windows [default: false].
-    #[arg(long, env = "SHARDPOOL_ADAPTIVE_WINDOW")]
+    /// HTTP/2 adaptive (BDP) flow control; overrides the windows. Bare `--adaptive-window`
+    /// means true [default: false].
+    #[arg(long, env = "SHARDPOOL_ADAPTIVE_WINDOW", num_args = 0..=1, default_missing_value = "true")]
     adaptive_window: Option<String>,
     /// HTTP/2 max concurrent streams per connection [default: 1000].
     #[arg(long, env = "SHARDPOOL_MAX_CONCURRENT_STREAMS")]
@@ -613,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_reuse_port_shared_flag_means_true() {
+    fn a_bare_boolean_flag_means_true() {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -621,13 +622,28 @@ mod tests {
         }
         let parse = |args: &[&str]| {
             let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
-            cli.knobs.resolve(&ConfigFile::default()).unwrap().server
+            cli.knobs.resolve(&ConfigFile::default()).unwrap()
         };
-        assert!(!parse(&["serve"]).reuse_port_shared);
+        let defaults = parse(&["serve"]);
+        assert!(!defaults.server.reuse_port_shared);
+        assert!(!defaults.server.adaptive_window);
         let s = parse(&["serve", "--reuse-port-shared", "--listen", "127.0.0.1:1"]);
-        assert!(s.reuse_port_shared);
-        assert_eq!(s.listen, "127.0.0.1:1".parse().unwrap());
-        assert!(!parse(&["serve", "--reuse-port-shared", "false"]).reuse_port_shared);
+        assert!(s.server.reuse_port_shared);
+        assert_eq!(s.server.listen, "127.0.0.1:1".parse().unwrap());
+        assert!(
+            !parse(&["serve", "--reuse-port-shared", "false"])
+                .server
+                .reuse_port_shared
+        );
+        assert!(
+            parse(&["serve", "--adaptive-window"])
+                .server
+                .adaptive_window
+        );
+        let off = parse(&["serve", "--tcp-nodelay", "false", "--pin", "false"]);
+        assert!(!off.server.tcp_nodelay && !off.runtime.pin);
+        let on = parse(&["serve", "--tcp-nodelay", "--pin"]);
+        assert!(on.server.tcp_nodelay && on.runtime.pin);
     }
 
     #[test]
