@@ -59,7 +59,7 @@ pub fn run(args: OriginArgs) -> CliResult {
         idle_timeout: args.idle_timeout,
         reuse_port_shared: args.reuse_port_shared,
     })
-    .map_err(|e| format!("cannot start the origin on {}: {e}", args.listen))?;
+    .map_err(|e| format!("cannot start the origin: {e}"))?;
     println!(
         "shardpool: origin {} listening on {}",
         args.id,
