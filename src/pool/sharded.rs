@@ -639,7 +639,8 @@ impl<M: Manage> KeyPool<M> {
                 Poll::Pending
             })
             .await;
-            let handed = match woken {
+            // `deadline_passed`: the sleep has completed, so it must not be polled again.
+            let (handed, deadline_passed) = match woken {
                 Some(Wake::Retry) => continue,
                 Some(Wake::Closed) => {
                     registration.left = true;
@@ -647,12 +648,12 @@ impl<M: Manage> KeyPool<M> {
                 }
                 Some(Wake::Handed(lease)) => {
                     registration.left = true;
-                    lease
+                    (lease, false)
                 }
                 None => {
                     registration.left = true;
                     match this.waiters.deregister(&registration.waiter, &*this) {
-                        Leftover::Item(lease) => lease,
+                        Leftover::Item(lease) => (lease, true),
                         Leftover::Closed => return Err(Error::Closed),
                         Leftover::Nothing => {
                             shared.counters(shard).timeouts.incr();
@@ -674,6 +675,12 @@ impl<M: Manage> KeyPool<M> {
             {
                 shared.counters(shard).validation_failures.incr();
                 lease.close(shard);
+                if deadline_passed {
+                    shared.counters(shard).timeouts.incr();
+                    return Err(Error::Timeout {
+                        waited: started.elapsed(),
+                    });
+                }
                 registration = Registration::new(&this, shard);
                 continue;
             }
@@ -694,16 +701,22 @@ impl<M: Manage> KeyPool<M> {
         let kp = unsafe { &*kp };
         // The common case, kept small enough to inline: room on the shard's own stack.
         if let Err(refused) = kp.try_place_on(shard, lease) {
-            kp.put_refused(shard, refused);
+            KeyPool::put_refused(shard, refused);
         }
     }
 
     /// The rest of `put_idle`, after the own shard's stack refused the entry.
+    ///
+    /// An associated function holding its own `Arc` to the key pool, not a `&self` method: closing
+    /// the entry may drop the entry's `Arc`, possibly the last one (the pool was dropped
+    /// meanwhile), and the key pool must not be freed while a `&KeyPool` argument is still live
+    /// (rust-lang/rust#55005). The cold path can afford the reference count.
     #[cold]
-    fn put_refused(&self, shard: usize, refused: Refused<Leased<M>>) {
+    fn put_refused(shard: usize, refused: Refused<Leased<M>>) {
+        let (Refused::Full(lease) | Refused::Waiting(lease) | Refused::Closed(lease)) = &refused;
+        let key_pool = Arc::clone(&lease.entry().key_pool);
         let refused = match refused {
-            Refused::Full(lease) => match self.place_elsewhere(shard, lease) {
-                // Nothing of `self` may be touched after a successful push (module docs).
+            Refused::Full(lease) => match key_pool.place_elsewhere(shard, lease) {
                 Ok(()) => return,
                 Err(refused) => refused,
             },
@@ -711,8 +724,6 @@ impl<M: Manage> KeyPool<M> {
         };
         match refused {
             Refused::Waiting(lease) => {
-                // Hand-off touches the waiter queue after the entry may be gone: hold the pool.
-                let key_pool = Arc::clone(&lease.entry().key_pool);
                 key_pool.waiters.hand_off(lease, &*key_pool, |lease| {
                     match key_pool.place(shard, lease) {
                         Ok(()) => {}
