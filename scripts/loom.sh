@@ -29,7 +29,7 @@ SEEDED_BUGS=(
     "drain_before_flag|close_vs_return|invariant 5 broken"
     "steal_skips_expiry|expiry_vs_steal|invariant 6 broken"
     "stack_relaxed|steal_vs_owner|Causality violation"
-    "handoff_unlocked|two_waiters|invariant 3 broken"
+    "handoff_unlocked|two_waiters|a queued waiter's slot is Waiting"
     "remove_skips_close|remove_key_vs_return|outlived the removal"
 )
 

@@ -47,11 +47,12 @@
 //!
 //! # Memory ordering
 //!
-//! Every change of a list word is a CAS. The CAS that links a node is `Release` (with `Acquire`, so
-//! it continues the release sequence): it publishes the node's `next` link and everything the
-//! lease holder wrote to the value before it. The load and the CAS that unlink a node are `Acquire`: they make that value and link visible
-//! to the popper. All operations on a word are read-modify-writes, so each new value continues the
-//! release sequence of the ones before it.
+//! Every change of a list word is a CAS. The CAS that links a node is `Release`: it publishes the
+//! node's `next` link and everything the lease holder wrote to the value before it. The load and
+//! the CAS that unlink a node are `Acquire`: they make that value and link visible to the popper.
+//! All changes of a word are read-modify-writes, and a read-modify-write of any ordering continues
+//! the release sequences before it, so a pop that reads a later value (another push, a pop, a flag
+//! change) still synchronizes with every push below it.
 //!
 //! # Limits
 //!
@@ -77,7 +78,7 @@ const TAG_SHIFT: u32 = 2 * INDEX_BITS + 2;
 
 /// The success ordering of the CAS that links a node (see `link`).
 #[cfg(not(shardpool_seeded_bug = "stack_relaxed"))]
-const LINK_ORDERING: Ordering = Ordering::AcqRel;
+const LINK_ORDERING: Ordering = Ordering::Release;
 /// Seeded bug for the loom models (docs/protocol.md): a `Relaxed` link publishes neither the node's
 /// value nor its `next`, so the popper reads them without a happens-before edge.
 #[cfg(shardpool_seeded_bug = "stack_relaxed")]
@@ -143,8 +144,14 @@ unsafe impl<T: Send> Send for Lease<T> {}
 unsafe impl<T: Sync> Sync for Lease<T> {}
 
 impl<T> Lease<T> {
-    /// A lease on node `index`, whose value cell is `cell`; the value must be initialised.
-    pub(super) fn new(cell: &UnsafeCell<MaybeUninit<T>>, index: u16) -> Self {
+    /// A lease on node `index`, whose value cell is `cell`.
+    ///
+    /// # Safety
+    ///
+    /// `cell` is node `index`'s value cell and holds an initialised value, and the caller gives
+    /// the node's one lease up to the result: no other lease on the node exists, and the node is on
+    /// no list (module docs).
+    pub(super) unsafe fn new(cell: &UnsafeCell<MaybeUninit<T>>, index: u16) -> Self {
         Lease {
             cell: NonNull::from(cell),
             index,
@@ -270,7 +277,8 @@ impl<T> IdleStacks<T> {
         // SAFETY: `unlink` took the node off the free list, so this thread owns it and its cell is
         // uninitialised (a vacated or never used node); nobody else accesses it.
         node.value.with_mut(|cell| unsafe { (*cell).write(value) });
-        Ok(Lease::new(&node.value, index))
+        // SAFETY: the value was just written, and the node, off every list, is this thread's.
+        Ok(unsafe { Lease::new(&node.value, index) })
     }
 
     /// Moves the leased value out and puts its node back on the free list.
@@ -305,7 +313,9 @@ impl<T> IdleStacks<T> {
         let index = self.unlink(&self.heads[shard].word)?;
         // `unlink` took the node off the stack, so this thread owns it; its value was initialised
         // by `occupy`, and what the last holder wrote is visible through `unlink`'s Acquire.
-        Some(Lease::new(&self.nodes[usize::from(index)].value, index))
+        // SAFETY: a node on a stack holds a value (pushed with its lease), and `unlink` took it off
+        // the stack, so this thread alone holds the node.
+        Some(unsafe { Lease::new(&self.nodes[usize::from(index)].value, index) })
     }
 
     /// Whether `lease` is a lease on one of these nodes.
@@ -380,8 +390,8 @@ impl<T> IdleStacks<T> {
                 .next
                 .store(word.top(), Ordering::Relaxed);
             let new = word.next(word.flags(), word.len() + 1, index);
-            // Ordering: AcqRel on success: Release publishes `next` and the node's value (pairs with
-            // the Acquire in `unlink`); Acquire keeps the release sequence of earlier CASes intact.
+            // Ordering: Release on success publishes `next` and the node's value (pairs with the
+            // Acquire in `unlink`). Earlier pushes' release sequences continue through any RMW.
             match list.compare_exchange_weak(word.0, new.0, LINK_ORDERING, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
                 Err(current) => {
@@ -399,9 +409,9 @@ fn update_flags(word: &AtomicU64, change: impl Fn(u64) -> u64) {
     let mut current = Word(word.load(Ordering::Relaxed));
     loop {
         let new = current.next(change(current.flags()), current.len(), current.top());
-        // Ordering: AcqRel keeps this RMW in the word's release sequence (pushes before it stay
-        // visible to later pops); it publishes nothing of its own.
-        match word.compare_exchange_weak(current.0, new.0, Ordering::AcqRel, Ordering::Relaxed) {
+        // Ordering: Relaxed. It publishes nothing of its own, and as an RMW it continues the
+        // release sequences of the pushes before it, so later pops still see their values.
+        match word.compare_exchange_weak(current.0, new.0, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return,
             Err(now) => current = Word(now),
         }

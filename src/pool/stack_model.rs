@@ -75,7 +75,8 @@ impl<T> IdleStacks<T> {
         let cell = &self.cells[usize::from(index)];
         // SAFETY: the node left the free list under its lock, so this thread alone owns it.
         cell.with_mut(|cell| unsafe { (*cell).write(value) });
-        Ok(Lease::new(cell, index))
+        // SAFETY: the value was just written, and the node, off every list, is this thread's.
+        Ok(unsafe { Lease::new(cell, index) })
     }
 
     /// Moves the leased value out and puts its node back on the free list.
@@ -107,7 +108,9 @@ impl<T> IdleStacks<T> {
     /// Pops the most recently pushed node of shard `shard`'s stack and leases it.
     pub(crate) fn pop(&self, shard: usize) -> Option<Lease<T>> {
         let index = lock(&self.stacks[shard].1).nodes.pop_back()?;
-        Some(Lease::new(&self.cells[usize::from(index)], index))
+        // SAFETY: a node on a stack holds a value (pushed with its lease), and the pop under the
+        // stack's lock took it off, so this thread alone holds the node.
+        Some(unsafe { Lease::new(&self.cells[usize::from(index)], index) })
     }
 
     /// Sets or clears the `WAITING` flag on every shard's stack.

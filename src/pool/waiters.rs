@@ -130,8 +130,10 @@ impl<T> WaitQueue<T> {
             let mut slot = lock(&waiter.slot);
             match std::mem::replace(&mut *slot, Slot::Handed(item)) {
                 Slot::Waiting { waker, notified } => (waker, notified),
-                // Only queued waiters are in the queue, and a queued waiter's slot is Waiting.
-                Slot::Handed(_) | Slot::Closed | Slot::Taken => (None, false),
+                // Loud rather than silent: a `Handed` slot here would leak its item.
+                Slot::Handed(_) | Slot::Closed | Slot::Taken => {
+                    unreachable!("a queued waiter's slot is Waiting")
+                }
             }
         };
         #[cfg(not(shardpool_seeded_bug = "handoff_unlocked"))]
@@ -179,7 +181,14 @@ impl<T> WaitQueue<T> {
         for waiter in drained {
             let waker = match std::mem::replace(&mut *lock(&waiter.slot), Slot::Closed) {
                 Slot::Waiting { waker, .. } => waker,
-                Slot::Handed(_) | Slot::Closed | Slot::Taken => None,
+                // It deregistered between the drain and here (found by the loom model
+                // `close_vs_waiter`): nothing to wake.
+                Slot::Taken => None,
+                // Loud rather than silent: `hand_off` fills only queued slots, under the lock the
+                // drain took, so a drained slot cannot be `Handed`, and only this closes slots.
+                Slot::Handed(_) | Slot::Closed => {
+                    unreachable!("a drained waiter's slot is Waiting or Taken")
+                }
             };
             if let Some(waker) = waker {
                 waker.wake();
