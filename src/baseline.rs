@@ -75,6 +75,37 @@ struct KeyState<M: Manage> {
     waiters: Arc<WaitQueue<Idle<M::Conn>>>,
 }
 
+impl<M: Manage> KeyState<M> {
+    /// Under the lock: frees a permit and wakes a waiter to use it.
+    fn free_permit(&mut self) {
+        self.live -= 1;
+        self.waiters.notify_one();
+    }
+}
+
+/// Under the lock: frees a permit of a connection being closed when dropped, so a panic in
+/// `is_valid` or in the connection's `Drop` loses no capacity. Nothing sees the order of the two
+/// before the lock is released.
+struct ClosingUnderLock<'a, M: Manage>(&'a mut KeyState<M>);
+
+impl<M: Manage> Drop for ClosingUnderLock<'_, M> {
+    fn drop(&mut self) {
+        self.0.free_permit();
+    }
+}
+
+/// A taken permit, freed (taking the lock) when this is dropped: when a create fails, is
+/// cancelled or panics, and after a returned connection was closed (also if its `Drop` or
+/// `recycle` panicked). A create that succeeds forgets it.
+struct Permit<'a, M: Manage>(&'a MutexInner<M>, &'a M::Key);
+
+impl<M: Manage> Drop for Permit<'_, M> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        self.0.release_permit(&mut state, self.1);
+    }
+}
+
 impl<M: Manage> Default for KeyState<M> {
     fn default() -> Self {
         KeyState {
@@ -215,24 +246,16 @@ impl<M: Manage> MutexPool<M> {
     async fn create(&self, key: &M::Key) -> Result<MutexPooled<M>, Error<M::Error>> {
         let inner = &self.inner;
         let counters = &inner.metrics[0].counters;
-        struct Permit<'a, M: Manage>(&'a MutexInner<M>, &'a M::Key);
-        impl<M: Manage> Drop for Permit<'_, M> {
-            fn drop(&mut self) {
-                let mut state = lock(&self.0.state);
-                self.0.release_permit(&mut state, self.1);
-            }
-        }
         let permit = Permit(inner, key);
         match inner.manager.create(key).await {
             Ok(conn) => {
-                std::mem::forget(permit);
                 let now = inner.now();
                 if lock(&inner.state).closed {
+                    // The permit is freed after the connection is dropped.
                     drop(conn);
-                    let mut state = lock(&inner.state);
-                    inner.release_permit(&mut state, key);
                     return Err(Error::Closed);
                 }
+                std::mem::forget(permit);
                 counters.creates.incr();
                 Ok(self.guard(
                     key,
@@ -280,17 +303,18 @@ impl<M: Manage> MutexInner<M> {
         let now = self.now();
         while let Some(mut idle) = ks.idle.pop_back() {
             *total_idle -= 1;
+            let closing = ClosingUnderLock(&mut *ks);
             if self.config.is_expired(idle.created, idle.idle_since, now) {
                 counters.expirations.incr();
             } else if !self.manager.is_valid(&mut idle.conn) {
                 counters.validation_failures.incr();
             } else {
+                std::mem::forget(closing);
                 return Found::Idle(idle);
             }
-            drop(idle);
             counters.closes.incr();
-            ks.live -= 1;
-            ks.waiters.notify_one();
+            drop(idle);
+            drop(closing);
         }
         if ks.live < self.config.max_size {
             ks.live += 1;
@@ -302,8 +326,7 @@ impl<M: Manage> MutexInner<M> {
     /// Under the lock: frees a permit and wakes a waiter to use it.
     fn release_permit(&self, state: &mut State<M>, key: &M::Key) {
         if let Some(ks) = state.keys.get_mut(key) {
-            ks.live -= 1;
-            ks.waiters.notify_one();
+            ks.free_permit();
         }
     }
 
@@ -325,9 +348,10 @@ impl<M: Manage> MutexInner<M> {
             return;
         };
         if *closed {
-            drop(idle);
-            counters.closes.incr();
+            // Under the lock, so the permit can go first: a panicking `Drop` then loses none.
             ks.live -= 1;
+            counters.closes.incr();
+            drop(idle);
             return;
         }
         let KeyState {
@@ -340,10 +364,11 @@ impl<M: Manage> MutexInner<M> {
                 shelf.push_back(idle);
                 *total_idle += 1;
             } else {
-                // Over the idle limits. No waiter needs the freed permit: the queue is empty.
-                drop(idle);
-                counters.closes.incr();
+                // Over the idle limits. No waiter needs the freed permit: the queue is empty. As
+                // above, the permit goes first.
                 *live -= 1;
+                counters.closes.incr();
+                drop(idle);
             }
         });
     }
@@ -385,17 +410,26 @@ impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
                 let short = want
                     .saturating_sub(ks.idle.len())
                     .min(inner.config.max_size - ks.live);
-                ks.live += short;
                 missing.push((key.clone(), short));
             }
             state.total_idle -= reaped;
         }
         for (key, short) in missing {
+            // One permit at a time, each held by a guard, so a cancelled or panicking create
+            // loses none.
             for _ in 0..short {
-                let created = inner.manager.create(&key).await;
-                let mut state = lock(&inner.state);
-                match created {
+                {
+                    let mut state = lock(&inner.state);
+                    let closed = state.closed;
+                    match state.keys.get_mut(&key) {
+                        Some(ks) if !closed && ks.live < inner.config.max_size => ks.live += 1,
+                        _ => break,
+                    }
+                }
+                let permit = Permit(inner, &key);
+                match inner.manager.create(&key).await {
                     Ok(conn) => {
+                        std::mem::forget(permit);
                         inner.metrics[0].counters.prewarms.incr();
                         let now = inner.now();
                         let idle = Idle {
@@ -404,11 +438,11 @@ impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
                             idle_since: now,
                             reused: false,
                         };
-                        inner.put_back(&mut state, &key, idle);
+                        inner.put_back(&mut lock(&inner.state), &key, idle);
                     }
                     Err(_) => {
                         inner.metrics[0].counters.create_errors.incr();
-                        inner.release_permit(&mut state, &key);
+                        break;
                     }
                 }
             }
@@ -527,9 +561,12 @@ impl<M: Manage> PooledConn<M> for MutexPooled<M> {
 
 impl<M: Manage> Drop for MutexPooled<M> {
     fn drop(&mut self) {
+        let pool = &self.pool;
+        // Freed after the connection is closed, also if `recycle` or the connection's `Drop`
+        // panics; forgotten if the connection goes back to the pool.
+        let permit = Permit(pool, &self.key);
         // SAFETY: drop runs once and nothing touches `idle` after it.
         let mut idle = unsafe { ManuallyDrop::take(&mut self.idle) };
-        let pool = &self.pool;
         let counters = &pool.metrics[0].counters;
         // Shared by every thread, as at checkout.
         counters.returns.incr(false);
@@ -540,12 +577,11 @@ impl<M: Manage> Drop for MutexPooled<M> {
             if too_old {
                 counters.expirations.incr();
             }
-            drop(idle);
             counters.closes.incr();
-            let mut state = lock(&pool.state);
-            pool.release_permit(&mut state, &self.key);
+            drop(idle);
             return;
         }
+        std::mem::forget(permit);
         idle.idle_since = now;
         idle.reused = true;
         let mut state = lock(&pool.state);

@@ -7,7 +7,7 @@ use common::{Tally, TestManager};
 use shardpool::baseline::MutexPool;
 use shardpool::pool::block_on;
 use shardpool::{
-    Clock, Config, ConnectionPool, Error, ManualClock, PooledConn, ShardedPool, Stats,
+    Clock, Config, ConnectionPool, Error, MAX_SIZE, ManualClock, PooledConn, ShardedPool, Stats,
 };
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,6 +38,7 @@ both!(
     discard_closes_and_frees_a_permit,
     broken_connections_are_never_handed_out,
     recycle_refusal_closes,
+    a_panicking_manager_or_connection_loses_no_capacity,
     idle_timeout_and_lifetime_expire,
     idle_limit_per_key_closes_the_surplus,
     total_idle_limit_spans_keys,
@@ -194,6 +195,43 @@ fn recycle_refusal_closes<P: ConnectionPool<TestManager>>(make: Make<P>) {
     let pool = make(m, config());
     drop(block_on(pool.get(&1)).unwrap());
     assert_eq!(tally.alive.load(Ordering::SeqCst), 0);
+    quiescent(&pool, &tally);
+}
+
+/// A panic in `is_valid`, in `recycle` or in a closing connection's `Drop` reaches the caller,
+/// and the connection's permit is freed all the same.
+fn a_panicking_manager_or_connection_loses_no_capacity<P: ConnectionPool<TestManager>>(
+    make: Make<P>,
+) {
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .max_size(1)
+            .wait_timeout(Some(Duration::from_secs(1))),
+    );
+    let panics = |what: &str, f: &mut dyn FnMut()| {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        assert!(outcome.is_err(), "{what} should have panicked");
+        assert_eq!(tally.alive.load(Ordering::SeqCst), 0, "{what}: closed");
+        let again = block_on(pool.get(&1));
+        assert!(again.is_ok(), "{what}: the permit came back, got {again:?}");
+    };
+    let mut conn = Some(block_on(pool.get(&1)).unwrap());
+    tally.panic_in_recycle.store(true, Ordering::SeqCst);
+    panics("recycle", &mut || drop(conn.take()));
+
+    drop(block_on(pool.get(&1)).unwrap()); // one idle connection to validate
+    tally.panic_in_is_valid.store(true, Ordering::SeqCst);
+    panics("is_valid", &mut || drop(block_on(pool.get(&1))));
+
+    let mut conn = Some(block_on(pool.get(&1)).unwrap());
+    tally.panic_in_drop.store(true, Ordering::SeqCst);
+    panics("the connection's drop", &mut || {
+        if let Some(conn) = conn.take() {
+            conn.discard();
+        }
+    });
     quiescent(&pool, &tally);
 }
 
@@ -401,6 +439,36 @@ fn steals_follow_the_configured_order() {
     let stats = quiescent(&pool, &tally);
     assert_eq!(stats.shards[0].steals, 2);
     assert_eq!(stats.shards[0].idle, 2, "returned to the thief's shard");
+}
+
+/// The largest `max_size` allowed: every node of the key's arena in use at once, the one more
+/// checkout refused with a timeout, and every connection back and reusable.
+#[test]
+fn max_size_at_its_cap_uses_every_node() {
+    let (m, tally) = TestManager::new();
+    let pool = sharded(
+        m,
+        config()
+            .max_size(MAX_SIZE)
+            .max_idle_per_key(MAX_SIZE)
+            .wait_timeout(Some(Duration::from_millis(20))),
+    );
+    let held: Vec<_> = (0..MAX_SIZE)
+        .map(|i| block_on(pool.get_on(i % 2, &1)).expect("within max_size"))
+        .collect();
+    assert_eq!(tally.peak.load(Ordering::SeqCst), MAX_SIZE);
+    let err = block_on(pool.get_on(0, &1)).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "got {err}");
+    drop(held);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(
+        stats.total.idle, MAX_SIZE as u64,
+        "every connection came back"
+    );
+    let again = block_on(pool.get_on(1, &1)).unwrap();
+    assert!(again.is_reused());
+    drop(again);
+    assert_eq!(tally.created.load(Ordering::SeqCst), MAX_SIZE as u64);
 }
 
 #[test]

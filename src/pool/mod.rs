@@ -16,7 +16,9 @@
 //!    always finds a free node.
 //! 3. **Nothing lost.** At quiescence, `live == idle + checked out` for every key, and every created
 //!    connection is dropped exactly once: by `close`, by a failed check, by an idle limit, or when
-//!    its pool or key is closed.
+//!    its pool or key is closed. A panic in the manager's `create`, `is_valid` or `recycle`, or in
+//!    a closing connection's `Drop`, reaches the caller and loses nothing either: the connection
+//!    in hand is closed (its node and permit freed) during the unwind.
 //! 4. **No lost wake-up.** A checkout that waits is woken when a connection is returned or a permit
 //!    freed. The first waiter of a key sets a `WAITING` flag in every idle stack's head word and in
 //!    the permit word, then retries once before sleeping; a return's push CAS or a release's
@@ -290,15 +292,20 @@ pub(crate) fn wrap_shard(shard: usize, shards: usize) -> usize {
 /// The calling thread's token (see `ThreadSlot`).
 #[inline]
 pub(crate) fn thread_token() -> u64 {
-    THREAD.with(|t| {
-        let token = t.token.get();
-        if token != 0 {
-            return token;
-        }
-        let token = NEXT_THREAD_TOKEN.fetch_incr() + 1;
-        t.token.set(token);
-        token
-    })
+    // Only the load is inline (as in `shard_of_current_thread`).
+    match THREAD.with(|t| t.token.get()) {
+        0 => new_thread_token(),
+        token => token,
+    }
+}
+
+/// Gives the calling thread its token, the first time it asks.
+#[cold]
+#[inline(never)]
+fn new_thread_token() -> u64 {
+    let token = NEXT_THREAD_TOKEN.fetch_incr() + 1;
+    THREAD.with(|t| t.token.set(token));
+    token
 }
 
 /// Runs a future to completion on the current thread, for using a pool from plain threads.

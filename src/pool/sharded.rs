@@ -166,6 +166,53 @@ impl<M: Manage> Leased<M> {
     fn key_pool(&self) -> &KeyPool<M> {
         &self.entry().key_pool
     }
+
+    /// Runs a check of manager code (`is_valid`, `recycle`) on the connection. Should the check
+    /// panic, the unwind closes the lease, so the panic costs the pool neither the node nor the
+    /// permit (invariant 3).
+    #[inline(always)]
+    fn check(self, shard: usize, check: impl FnOnce(&mut M::Conn) -> bool) -> (Self, bool) {
+        let mut guard = CloseOnUnwind {
+            lease: ManuallyDrop::new(self),
+            shard,
+        };
+        let passed = check(&mut guard.lease.entry_mut().conn);
+        (guard.disarm(), passed)
+    }
+}
+
+/// Closes the lease it holds if dropped, which only an unwind does (`Leased::check`).
+struct CloseOnUnwind<M: Manage> {
+    lease: ManuallyDrop<Leased<M>>,
+    shard: usize,
+}
+
+impl<M: Manage> CloseOnUnwind<M> {
+    #[inline(always)]
+    fn disarm(self) -> Leased<M> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped (ManuallyDrop), so this is the only take of the lease.
+        unsafe { ManuallyDrop::take(&mut this.lease) }
+    }
+}
+
+impl<M: Manage> Drop for CloseOnUnwind<M> {
+    #[cold]
+    fn drop(&mut self) {
+        // SAFETY: drop runs once, and `disarm` (the only other take) never lets it run.
+        unsafe { ManuallyDrop::take(&mut self.lease) }.close(self.shard);
+    }
+}
+
+/// A taken permit, given back when this is dropped: when a create fails, is cancelled or panics,
+/// and when a closing connection has been dropped (also if its `Drop` panicked). A create that
+/// succeeds forgets it: the permit passes to the new connection.
+struct Permit<'a, M: Manage>(&'a KeyPool<M>);
+
+impl<M: Manage> Drop for Permit<'_, M> {
+    fn drop(&mut self) {
+        self.0.release_permit();
+    }
 }
 
 /// Set in `KeyPool::live` while checkouts wait, so a freed permit notifies one of them.
@@ -485,20 +532,21 @@ impl<M: Manage> KeyPool<M> {
         now: &mut Option<u64>,
     ) -> Option<Leased<M>> {
         let config = &self.shared.config;
-        while let Some(mut lease) = self.idle.pop(victim) {
+        while let Some(lease) = self.idle.pop(victim) {
             self.shared.release_idle(victim);
             let now = *now.get_or_insert_with(|| self.shared.now());
             // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
             // check, so a steal can hand out an expired connection.
             let check_expiry =
                 victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
-            let entry = lease.entry_mut();
+            let entry = lease.entry();
             if check_expiry && config.is_expired(entry.created, entry.idle_since, now) {
                 self.reject(shard, lease, |c| &c.expirations);
-            } else if !self.shared.manager.is_valid(&mut entry.conn) {
-                self.reject(shard, lease, |c| &c.validation_failures);
-            } else {
-                return Some(lease);
+                continue;
+            }
+            match lease.check(shard, |conn| self.shared.manager.is_valid(conn)) {
+                (lease, true) => return Some(lease),
+                (lease, false) => self.reject(shard, lease, |c| &c.validation_failures),
             }
         }
         None
@@ -572,12 +620,6 @@ impl<M: Manage> KeyPool<M> {
     /// Creates a connection with a permit already taken and moves it into a node. The permit is
     /// given back if creation fails or the future is dropped (a cancelled checkout).
     async fn new_entry(this: &Arc<Self>) -> Result<Leased<M>, M::Error> {
-        struct Permit<'a, M: Manage>(&'a KeyPool<M>);
-        impl<M: Manage> Drop for Permit<'_, M> {
-            fn drop(&mut self) {
-                self.0.release_permit();
-            }
-        }
         let permit = Permit(this);
         let conn = this.shared.manager.create(&this.key).await?;
         std::mem::forget(permit);
@@ -665,14 +707,18 @@ impl<M: Manage> KeyPool<M> {
                 }
             };
             shared.metrics[shard].record_wait(started.elapsed());
-            let mut lease = handed;
-            let entry = lease.entry_mut();
+            let entry = handed.entry();
             // Handed-off entries were just returned, but the rules apply to them too (invariant 6).
-            if shared
-                .config
-                .is_expired(entry.created, entry.idle_since, shared.now())
-                || !shared.manager.is_valid(&mut entry.conn)
-            {
+            let (lease, acceptable) =
+                if shared
+                    .config
+                    .is_expired(entry.created, entry.idle_since, shared.now())
+                {
+                    (handed, false)
+                } else {
+                    handed.check(shard, |conn| shared.manager.is_valid(conn))
+                };
+            if !acceptable {
                 shared.counters(shard).validation_failures.incr();
                 lease.close(shard);
                 if deadline_passed {
@@ -812,7 +858,11 @@ impl<M: Manage> KeyPool<M> {
             return;
         }
         let now = self.shared.now();
-        let mut keep = Vec::new();
+        // Dropped at the end, or by the unwind should a connection's `Drop` panic.
+        let mut keep = Reshelve {
+            leases: Vec::new(),
+            shard,
+        };
         while let Some(lease) = self.idle.pop(shard) {
             self.shared.release_idle(shard);
             let entry = lease.entry();
@@ -820,12 +870,8 @@ impl<M: Manage> KeyPool<M> {
                 self.shared.counters(shard).expirations.incr();
                 lease.close(shard);
             } else {
-                keep.push(lease);
+                keep.leases.push(lease);
             }
-        }
-        // Popped newest first: put back oldest first so the newest is on top again.
-        for lease in keep.into_iter().rev() {
-            KeyPool::put_idle(shard, lease);
         }
     }
 
@@ -844,6 +890,22 @@ impl<M: Manage> KeyPool<M> {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Leases that maintenance popped and keeps: dropping this puts them back on shard `shard`'s stack.
+struct Reshelve<M: Manage> {
+    /// Popped newest first.
+    leases: Vec<Leased<M>>,
+    shard: usize,
+}
+
+impl<M: Manage> Drop for Reshelve<M> {
+    fn drop(&mut self) {
+        // Oldest first, so the newest is on top again.
+        while let Some(lease) = self.leases.pop() {
+            KeyPool::put_idle(self.shard, lease);
         }
     }
 }
@@ -884,13 +946,15 @@ impl<M: Manage> Leased<M> {
         // still exists, so a racing create can exceed `max_size`.
         #[cfg(shardpool_seeded_bug = "release_before_drop")]
         key_pool.release_permit();
-        drop(conn);
-        key_pool.shared.counters(shard).closes.incr();
+        // Freed at the end of this scope, after the connection is dropped, even if its `Drop`
+        // panics (invariant 3).
         #[cfg(not(any(
             shardpool_seeded_bug = "release_before_drop",
             shardpool_seeded_bug = "permit_before_vacate"
         )))]
-        key_pool.release_permit();
+        let _permit = Permit(&key_pool);
+        key_pool.shared.counters(shard).closes.incr();
+        drop(conn);
     }
 }
 
@@ -1016,7 +1080,7 @@ impl<M: Manage> PooledConn<M> for Pooled<M> {
 impl<M: Manage> Drop for Pooled<M> {
     fn drop(&mut self) {
         // SAFETY: drop runs once and nothing touches `lease` after it; `discard` never reaches here.
-        let mut lease = unsafe { ManuallyDrop::take(&mut self.lease) };
+        let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
         let shard = self.shard;
         let shared: *const Shared<M> = &*lease.key_pool().shared;
         // SAFETY: the entry's key pool owns an `Arc` to `Shared`, and this function holds the lease
@@ -1028,16 +1092,17 @@ impl<M: Manage> Drop for Pooled<M> {
             .returns
             .incr(counters.owned_here(shard, shared.config.shards));
         let now = shared.now();
-        let entry = lease.entry_mut();
-        if shared.config.is_too_old(entry.created, now) {
+        if shared.config.is_too_old(lease.entry().created, now) {
             counters.expirations.incr();
             lease.close(shard);
             return;
         }
-        if !shared.manager.recycle(&mut entry.conn) {
+        let (mut lease, recycled) = lease.check(shard, |conn| shared.manager.recycle(conn));
+        if !recycled {
             lease.close(shard);
             return;
         }
+        let entry = lease.entry_mut();
         entry.idle_since = now;
         entry.reused = true;
         KeyPool::put_idle(shard, lease);

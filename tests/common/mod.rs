@@ -25,6 +25,10 @@ pub struct Tally {
     pub fail_creates: AtomicBool,
     /// While set, `recycle` refuses every connection.
     pub refuse_recycle: AtomicBool,
+    /// One-shot: the next `is_valid`, `recycle` or connection drop panics (and clears its flag).
+    pub panic_in_is_valid: AtomicBool,
+    pub panic_in_recycle: AtomicBool,
+    pub panic_in_drop: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -40,6 +44,9 @@ impl Drop for Conn {
         self.tally.alive.fetch_sub(1, Ordering::SeqCst);
         self.tally.alive_per_key[self.key as usize % 8].fetch_sub(1, Ordering::SeqCst);
         self.tally.dropped.fetch_add(1, Ordering::SeqCst);
+        if self.tally.panic_in_drop.swap(false, Ordering::SeqCst) {
+            panic!("the test connection was told to panic in drop");
+        }
     }
 }
 
@@ -93,10 +100,16 @@ impl Manage for TestManager {
     }
 
     fn is_valid(&self, conn: &mut Conn) -> bool {
+        if self.tally.panic_in_is_valid.swap(false, Ordering::SeqCst) {
+            panic!("the test manager was told to panic in is_valid");
+        }
         !conn.broken
     }
 
     fn recycle(&self, _conn: &mut Conn) -> bool {
+        if self.tally.panic_in_recycle.swap(false, Ordering::SeqCst) {
+            panic!("the test manager was told to panic in recycle");
+        }
         !self.tally.refuse_recycle.load(Ordering::SeqCst)
     }
 }
