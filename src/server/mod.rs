@@ -825,10 +825,24 @@ impl<H: GreetHandler> hyper::service::Service<Request<Incoming>> for ConnService
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>>>>;
 
+    /// The head is checked here, before anything is boxed, so the boxed future holds only the
+    /// body and the call: it stays under 1 KiB, mimalloc's small-object limit, above which every
+    /// allocation takes its slower generic path (about 350 more instructions per call, measured
+    /// with callgrind).
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let shard = Rc::clone(&self.shard);
-        let limit = self.limit.clone();
-        Box::pin(async move { Ok(handle(&shard, limit, req).await) })
+        match check_head(&self.shard.shared.cfg, &req) {
+            Err(refusal) => {
+                let (code, resp) = refusal.into_response();
+                ServerCounters::bump(&self.shard.counters().calls_by_code[code as usize]);
+                Box::pin(std::future::ready(Ok(resp)))
+            }
+            Ok((method, deadline)) => {
+                let shard = Rc::clone(&self.shard);
+                let limit = self.limit.clone();
+                let body = req.into_body();
+                Box::pin(async move { Ok(handle(&shard, limit, method, deadline, body).await) })
+            }
+        }
     }
 }
 
@@ -944,60 +958,57 @@ fn check_head(
     Ok((method, deadline))
 }
 
+/// Runs an accepted call under its deadline and the shard's abort, and counts its outcome.
 async fn handle<H: GreetHandler>(
     shard: &Shard<H>,
     limit: Option<Rc<glommio::sync::Semaphore>>,
-    req: Request<Incoming>,
+    method: Method,
+    deadline: Option<Duration>,
+    body: Incoming,
 ) -> Response<GrpcBody> {
-    let (code, resp) = match check_head(&shard.shared.cfg, &req) {
-        Err(refusal) => refusal.into_response(),
-        Ok((method, deadline)) => {
-            let body = req.into_body();
-            let work = async {
-                // A closed semaphore cannot happen (nobody closes it); map it anyway.
-                let _permit = match &limit {
-                    Some(sem) => Some(sem.acquire_permit(1).await.map_err(|e| {
-                        Status::new(Code::Unavailable, format!("connection is closing: {e}"))
-                    })?),
-                    None => None,
-                };
-                call(shard, method, body).await
-            };
-            let deadline = async {
-                match deadline {
-                    Some(d) => glommio::timer::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-                Err(Status::new(
-                    Code::DeadlineExceeded,
-                    "deadline exceeded before the call finished",
-                ))
-            };
-            let abort = async {
-                shard.abort.wait().await;
-                ServerCounters::bump(&shard.counters().calls_abandoned);
-                Err(Status::new(
-                    Code::Unavailable,
-                    "server is shutting down and the grace period ended before this call finished",
-                ))
-            };
-            // Pinned in place (no moves of the large call future) and polled in order: a call
-            // that completes at once never creates a timer or registers for the abort event.
-            let (mut work, mut deadline, mut abort) = (pin!(work), pin!(deadline), pin!(abort));
-            let first = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = work.as_mut().poll(cx) {
-                    return Poll::Ready(r);
-                }
-                if let Poll::Ready(r) = deadline.as_mut().poll(cx) {
-                    return Poll::Ready(r);
-                }
-                abort.as_mut().poll(cx)
-            });
-            match first.await {
-                Ok(resp) => (Code::Ok, resp),
-                Err(status) => (status.code(), status_response(&status)),
-            }
+    let work = async {
+        // A closed semaphore cannot happen (nobody closes it); map it anyway.
+        let _permit = match &limit {
+            Some(sem) => Some(sem.acquire_permit(1).await.map_err(|e| {
+                Status::new(Code::Unavailable, format!("connection is closing: {e}"))
+            })?),
+            None => None,
+        };
+        call(shard, method, body).await
+    };
+    let deadline = async {
+        match deadline {
+            Some(d) => glommio::timer::sleep(d).await,
+            None => std::future::pending().await,
         }
+        Err(Status::new(
+            Code::DeadlineExceeded,
+            "deadline exceeded before the call finished",
+        ))
+    };
+    let abort = async {
+        shard.abort.wait().await;
+        ServerCounters::bump(&shard.counters().calls_abandoned);
+        Err(Status::new(
+            Code::Unavailable,
+            "server is shutting down and the grace period ended before this call finished",
+        ))
+    };
+    // Pinned in place (no moves of the large call future) and polled in order: a call that
+    // completes at once never creates a timer or registers for the abort event.
+    let (mut work, mut deadline, mut abort) = (pin!(work), pin!(deadline), pin!(abort));
+    let first = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = work.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if let Poll::Ready(r) = deadline.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        abort.as_mut().poll(cx)
+    });
+    let (code, resp) = match first.await {
+        Ok(resp) => (Code::Ok, resp),
+        Err(status) => (status.code(), status_response(&status)),
     };
     ServerCounters::bump(&shard.counters().calls_by_code[code as usize]);
     resp
