@@ -855,36 +855,48 @@ enum Method {
     Backends(admin::BackendRpc),
 }
 
-/// Maps `/service/method` to a [`Method`], or the UNIMPLEMENTED status naming what is unknown.
-fn route(path: &str) -> Result<Method, Status> {
-    let (service, method) = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .ok_or_else(|| Status::new(Code::Unimplemented, format!("malformed gRPC path `{path}`")))?;
-    let known = |m: &[(&str, Method)]| {
-        m.iter()
-            .find(|(n, _)| *n == method)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| {
-                Status::new(
-                    Code::Unimplemented,
-                    format!("unknown method {method} for service {service}"),
-                )
-            })
-    };
-    match service {
-        "helloworld.Greeter" => known(&[("SayHello", Method::SayHello)]),
-        "grpc.health.v1.Health" => known(&[("Check", Method::HealthCheck)]),
-        "shardpool.v1.Admin" => known(&[
+/// The methods of each service in [`SERVICES`].
+const METHODS: [(&str, &[(&str, Method)]); SERVICES.len()] = [
+    (SERVICES[0], &[("SayHello", Method::SayHello)]),
+    (SERVICES[1], &[("Check", Method::HealthCheck)]),
+    (
+        SERVICES[2],
+        &[
             ("PoolMetrics", Method::PoolMetrics),
             ("AddBackend", Method::Backends(admin::BackendRpc::Add)),
             ("RemoveBackend", Method::Backends(admin::BackendRpc::Remove)),
             ("ListBackends", Method::Backends(admin::BackendRpc::List)),
-        ]),
-        _ => Err(Status::new(
+        ],
+    ),
+];
+
+/// Maps `/service/method` to a [`Method`], or the UNIMPLEMENTED status naming what is unknown.
+///
+/// This runs on every call, so a known path is matched with prefix comparisons only; the
+/// search for the `/` that splits an unknown path happens on the error path.
+fn route(path: &str) -> Result<Method, Status> {
+    let malformed = || Status::new(Code::Unimplemented, format!("malformed gRPC path `{path}`"));
+    let rest = path.strip_prefix('/').ok_or_else(malformed)?;
+    for (service, methods) in METHODS {
+        if let Some(method) = rest.strip_prefix(service).and_then(|m| m.strip_prefix('/')) {
+            return methods
+                .iter()
+                .find(|(n, _)| *n == method)
+                .map(|(_, m)| *m)
+                .ok_or_else(|| {
+                    Status::new(
+                        Code::Unimplemented,
+                        format!("unknown method {method} for service {service}"),
+                    )
+                });
+        }
+    }
+    match rest.split_once('/') {
+        Some((service, _)) => Err(Status::new(
             Code::Unimplemented,
             format!("unknown service {service}"),
         )),
+        None => Err(malformed()),
     }
 }
 
@@ -1109,6 +1121,22 @@ mod tests {
         let e = route("/nope.Svc/X").unwrap_err();
         assert!(e.message().contains("unknown service nope.Svc"), "{e}");
         assert_eq!(route("nothing").unwrap_err().code(), Code::Unimplemented);
+        // Prefix matching: a service name that only starts like a known one is unknown, and a
+        // path that names no method is malformed.
+        let e = route("/helloworld.GreeterX/SayHello").unwrap_err();
+        assert!(
+            e.message().contains("unknown service helloworld.GreeterX"),
+            "{e}"
+        );
+        let e = route("/helloworld.Greeter").unwrap_err();
+        assert!(e.message().contains("malformed gRPC path"), "{e}");
+        let e = route("/helloworld.Greeter/SayHello/x").unwrap_err();
+        assert!(e.message().contains("unknown method SayHello/x"), "{e}");
+        for (service, methods) in METHODS {
+            for (name, method) in methods {
+                assert_eq!(route(&format!("/{service}/{name}")), Ok(*method));
+            }
+        }
     }
 
     #[test]
