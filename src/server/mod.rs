@@ -929,10 +929,21 @@ fn check_head(
             ),
         ));
     }
-    let ct = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.as_bytes());
+    // One pass over the few request headers instead of three hashed look-ups (this runs on
+    // every call); the first value of a repeated header counts, as with `HeaderMap::get`.
+    let (mut ct, mut enc, mut timeout) = (None, None, None);
+    for (name, value) in req.headers() {
+        let slot = if *name == http::header::CONTENT_TYPE {
+            &mut ct
+        } else if *name == grpc::GRPC_ENCODING {
+            &mut enc
+        } else if *name == grpc::GRPC_TIMEOUT {
+            &mut timeout
+        } else {
+            continue;
+        };
+        slot.get_or_insert(value.as_bytes());
+    }
     let is_grpc = ct.is_some_and(|ct| {
         ct.strip_prefix(b"application/grpc")
             .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
@@ -948,19 +959,19 @@ fn check_head(
         ));
     }
     let method = route(req.uri().path()).map_err(Refusal::Grpc)?;
-    if let Some(enc) = req.headers().get(grpc::GRPC_ENCODING)
-        && enc.as_bytes() != b"identity"
+    if let Some(enc) = enc
+        && enc != b"identity"
     {
         return Err(Refusal::Grpc(Status::new(
             Code::Unimplemented,
             format!(
                 "grpc-encoding {} is not supported; this server accepts identity only",
-                String::from_utf8_lossy(enc.as_bytes())
+                String::from_utf8_lossy(enc)
             ),
         )));
     }
-    let timeout = match req.headers().get(grpc::GRPC_TIMEOUT) {
-        Some(v) => Some(grpc::parse_timeout(v.as_bytes()).map_err(Refusal::Grpc)?),
+    let timeout = match timeout {
+        Some(v) => Some(grpc::parse_timeout(v).map_err(Refusal::Grpc)?),
         None => None,
     };
     let deadline = match (timeout, cfg.request_timeout) {
