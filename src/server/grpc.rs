@@ -117,13 +117,18 @@ where
             let head = acc.as_deref().unwrap_or(&buf);
             declared = Some(check_prefix(&head[..PREFIX_LEN], max_len)?);
         }
-        if let Some(len) = declared
-            && have > PREFIX_LEN + len
-        {
-            return Err(Status::new(
-                Code::Internal,
-                "more than one request message for a unary method",
-            ));
+        if let Some(len) = declared {
+            if have > PREFIX_LEN + len {
+                return Err(Status::new(
+                    Code::Internal,
+                    "more than one request message for a unary method",
+                ));
+            }
+            // The message is whole: if the body says it has ended (the DATA frame carried
+            // END_STREAM), stop here instead of polling again only to be told so.
+            if have == PREFIX_LEN + len && body.is_end_stream() {
+                break;
+            }
         }
     }
     let mut whole = match acc {
@@ -378,6 +383,41 @@ mod tests {
         let pieces: Vec<Vec<u8>> = msg.iter().map(|b| vec![*b]).collect();
         assert_eq!(read(pieces, 100).unwrap(), &b"hello world"[..]);
         assert_eq!(read(vec![framed(b"")], 0).unwrap(), &b""[..]);
+    }
+
+    /// One DATA frame that ends the stream; polling again is a bug in the reader.
+    struct Ended(Option<Bytes>);
+
+    impl Body for Ended {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let data = self
+                .0
+                .take()
+                .expect("polled after the body reported its end");
+            Poll::Ready(Some(Ok(Frame::data(data))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    #[test]
+    fn stops_at_a_whole_message_when_the_body_has_ended() {
+        let read_ended = |bytes: Vec<u8>| {
+            futures_lite::future::block_on(read_unary(Ended(Some(bytes.into())), 100))
+        };
+        assert_eq!(read_ended(framed(b"hi")).unwrap(), &b"hi"[..]);
+        // A second message in the same frame is still refused.
+        let mut two = framed(b"a");
+        two.extend(framed(b"b"));
+        assert_eq!(read_ended(two).unwrap_err().code(), Code::Internal);
     }
 
     #[test]
