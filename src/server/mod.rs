@@ -827,8 +827,8 @@ impl<H: GreetHandler> hyper::service::Service<Request<Incoming>> for ConnService
 
     /// The head is checked here, before anything is boxed, so the boxed future holds only the
     /// body and the call: it stays under 1 KiB, mimalloc's small-object limit, above which every
-    /// allocation takes its slower generic path (about 350 more instructions per call, measured
-    /// with callgrind).
+    /// allocation takes its slower generic path (callgrind: this allocation cost 390
+    /// instructions when the box held the whole request, 144 now).
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         match check_head(&self.shard.shared.cfg, &req) {
             Err(refusal) => {
