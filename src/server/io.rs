@@ -326,6 +326,67 @@ mod tests {
         counts
     }
 
+    /// Reads `total` bytes, all queued at the socket before the first read, through
+    /// `GlommioIo` into a 64 KiB spare buffer; returns the bytes and the size of each read.
+    fn read_burst(total: usize) -> (Vec<u8>, Vec<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(&sent).unwrap();
+            })
+        };
+        let (conn, _) = listener.accept().unwrap();
+        let mut queued = vec![0; total];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conn.peek(&mut queued).unwrap() < total {
+            assert!(
+                Instant::now() < deadline,
+                "the {total} bytes never all arrived"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        writer.join().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        let (got, reads) = ex.run(async move {
+            // SAFETY: `conn` is an open TCP socket whose ownership `into_raw_fd` released; the
+            // glommio stream becomes its only owner.
+            let stream = unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) };
+            let mut io = GlommioIo::new(stream);
+            let mut got = Vec::new();
+            let mut reads = Vec::new();
+            let mut storage = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 << 10];
+            while got.len() < total {
+                let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
+                std::future::poll_fn(|cx| {
+                    hyper::rt::Read::poll_read(Pin::new(&mut io), cx, buf.unfilled())
+                })
+                .await
+                .unwrap();
+                let n = buf.filled().len();
+                assert!(n > 0, "end of stream after {} of {total} bytes", got.len());
+                got.extend_from_slice(buf.filled());
+                reads.push(n);
+            }
+            (got, reads)
+        });
+        assert_eq!(got, sent, "bytes lost or changed on the way");
+        (got, reads)
+    }
+
+    #[test]
+    fn the_read_window_starts_small_and_grows_for_a_burst() {
+        // The first read offers the minimum window; each read that fills it doubles it.
+        let (_, reads) = read_burst(32 << 10);
+        assert_eq!(reads, [MIN_READ, 2 * MIN_READ, 4 * MIN_READ, MIN_READ]);
+        let (_, reads) = read_burst(100);
+        assert_eq!(reads, [100]);
+    }
+
     #[test]
     fn a_group_on_port_0_shares_its_port_and_carries_the_options() {
         let (socks, addr) =
