@@ -399,14 +399,17 @@ impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
             let counters = &inner.metrics[0].counters;
             let mut reaped = 0;
             for (key, ks) in state.keys.iter_mut() {
-                let before = ks.idle.len();
-                ks.idle
-                    .retain(|idle| !inner.config.is_expired(idle.created, idle.idle_since, now));
-                let expired = before - ks.idle.len();
-                reaped += expired;
-                ks.live -= expired;
-                counters.expirations.add(expired as u64);
-                counters.closes.add(expired as u64);
+                let (keep, expired): (VecDeque<_>, VecDeque<_>) = ks
+                    .idle
+                    .drain(..)
+                    .partition(|idle| !inner.config.is_expired(idle.created, idle.idle_since, now));
+                ks.idle = keep;
+                reaped += expired.len();
+                // Under the lock, so the permits can go first: a panicking `Drop` then loses none.
+                ks.live -= expired.len();
+                counters.expirations.add(expired.len() as u64);
+                counters.closes.add(expired.len() as u64);
+                drop(expired);
                 let short = want
                     .saturating_sub(ks.idle.len())
                     .min(inner.config.max_size - ks.live);
