@@ -397,25 +397,35 @@ impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
             let mut state = lock(&inner.state);
             let now = inner.now();
             let counters = &inner.metrics[0].counters;
-            let mut reaped = 0;
-            for (key, ks) in state.keys.iter_mut() {
-                let (keep, expired): (VecDeque<_>, VecDeque<_>) = ks
-                    .idle
-                    .drain(..)
-                    .partition(|idle| !inner.config.is_expired(idle.created, idle.idle_since, now));
+            let State {
+                keys, total_idle, ..
+            } = &mut *state;
+            // Every count is settled before the first expired connection drops, still under the
+            // lock: nobody sees the permits freed early, and a panicking `Drop` loses none.
+            let mut expired = Vec::new();
+            for (key, ks) in keys.iter_mut() {
+                let before = expired.len();
+                let mut keep = VecDeque::with_capacity(ks.idle.len());
+                for idle in ks.idle.drain(..) {
+                    if inner.config.is_expired(idle.created, idle.idle_since, now) {
+                        expired.push(idle);
+                    } else {
+                        keep.push_back(idle);
+                    }
+                }
                 ks.idle = keep;
-                reaped += expired.len();
-                // Under the lock, so the permits can go first: a panicking `Drop` then loses none.
-                ks.live -= expired.len();
-                counters.expirations.add(expired.len() as u64);
-                counters.closes.add(expired.len() as u64);
-                drop(expired);
+                let reaped = expired.len() - before;
+                ks.live -= reaped;
+                *total_idle -= reaped;
                 let short = want
                     .saturating_sub(ks.idle.len())
                     .min(inner.config.max_size - ks.live);
                 missing.push((key.clone(), short));
             }
-            state.total_idle -= reaped;
+            counters.expirations.add(expired.len() as u64);
+            counters.closes.add(expired.len() as u64);
+            drop(expired);
+            drop(state);
         }
         for (key, short) in missing {
             // One permit at a time, each held by a guard, so a cancelled or panicking create
