@@ -292,7 +292,8 @@ pub(crate) fn wrap_shard(shard: usize, shards: usize) -> usize {
 /// The calling thread's token (see `ThreadSlot`).
 #[inline]
 pub(crate) fn thread_token() -> u64 {
-    // Only the load is inline (as in `shard_of_current_thread`).
+    // Only the load is inline: with the first-use path in the closure, LLVM outlined
+    // `LocalKey::with`, a call on every checkout (callgrind, examples/hot_path.rs).
     match THREAD.with(|t| t.token.get()) {
         0 => new_thread_token(),
         token => token,
