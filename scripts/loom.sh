@@ -31,6 +31,7 @@ SEEDED_BUGS=(
     "stack_relaxed|steal_vs_owner|Causality violation"
     "handoff_unlocked|two_waiters|a queued waiter's slot is Waiting"
     "remove_skips_close|remove_key_vs_return|outlived the removal"
+    "leftover_forgotten|dropped_waiter_vs_handoff|invariant 3 broken"
 )
 
 passed=0

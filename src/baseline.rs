@@ -8,8 +8,9 @@
 //!
 //! [`ShardedPool`]: crate::ShardedPool
 
+use crate::pool::leak::LeakTracker;
 use crate::pool::metrics::ShardMetrics;
-use crate::pool::sync::{Arc, Mutex, lock};
+use crate::pool::sync::{Arc, Counter, Mutex, lock};
 use crate::pool::waiters::{Leftover, WaitQueue, Waiter, Wake};
 use crate::pool::{
     Config, ConfigError, ConnectionPool, Error, Manage, PooledConn, Stats, Validated,
@@ -19,6 +20,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
+use std::panic::Location;
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Instant;
@@ -60,6 +62,13 @@ struct MutexInner<M: Manage> {
     config: Validated,
     state: Mutex<State<M>>,
     metrics: [ShardMetrics; 1],
+    /// Connections created so far: each one's number seeds its expiry jitter (only counted with
+    /// `expiry_jitter`).
+    creations: Counter,
+    /// With `leak_detection`: the checked-out connections, by a number given at checkout.
+    leaks: Option<LeakTracker<u64, M::Key>>,
+    /// The last such number handed out.
+    checkouts_tracked: Counter,
 }
 
 struct State<M: Manage> {
@@ -106,6 +115,24 @@ impl<M: Manage> Drop for Permit<'_, M> {
     }
 }
 
+/// An idle connection under `Manage::validate`, holding its permit. Dropped (it failed, or the
+/// checkout was cancelled), it closes the connection, then frees the permit (invariant 1).
+struct Validating<'a, M: Manage> {
+    idle: ManuallyDrop<Idle<M::Conn>>,
+    inner: &'a MutexInner<M>,
+    key: &'a M::Key,
+}
+
+impl<M: Manage> Drop for Validating<'_, M> {
+    fn drop(&mut self) {
+        // Freed after the connection is dropped, even if its `Drop` panics.
+        let _permit = Permit(self.inner, self.key);
+        self.inner.metrics[0].counters.closes.incr();
+        // SAFETY: drop runs once, and the only other take forgets `self` first.
+        drop(unsafe { ManuallyDrop::take(&mut self.idle) });
+    }
+}
+
 impl<M: Manage> Default for KeyState<M> {
     fn default() -> Self {
         KeyState {
@@ -121,6 +148,8 @@ struct Idle<C> {
     created: u64,
     idle_since: u64,
     reused: bool,
+    /// This connection's share of `expiry_jitter` (`Validated::cut_for`); 0 without jitter.
+    cut: u32,
 }
 
 /// What a checkout found under the lock.
@@ -156,18 +185,38 @@ impl<M: Manage> MutexPool<M> {
         Ok(MutexPool {
             inner: Arc::new(MutexInner {
                 manager,
-                config,
                 state: Mutex::new(State {
                     keys: HashMap::new(),
                     total_idle: 0,
                     closed: false,
                 }),
                 metrics: [ShardMetrics::default()],
+                creations: Counter::new(),
+                leaks: config
+                    .leak_detection
+                    .as_ref()
+                    .map(|detection| LeakTracker::new(detection, &config.clock)),
+                checkouts_tracked: Counter::new(),
+                config,
             }),
         })
     }
 
-    async fn checkout(&self, key: &M::Key) -> Result<MutexPooled<M>, Error<M::Error>> {
+    /// `find_or_wait`, and with leak detection the record of the checkout.
+    async fn checkout(
+        &self,
+        key: &M::Key,
+        location: &'static Location<'static>,
+    ) -> Result<MutexPooled<M>, Error<M::Error>> {
+        let mut result = self.find_or_wait(key).await;
+        if let (Some(leaks), Ok(guard)) = (&self.inner.leaks, &mut result) {
+            guard.leak_id = self.inner.checkouts_tracked.fetch_incr() + 1;
+            leaks.checked_out(guard.leak_id, key.clone(), location);
+        }
+        result
+    }
+
+    async fn find_or_wait(&self, key: &M::Key) -> Result<MutexPooled<M>, Error<M::Error>> {
         let inner = &self.inner;
         let counters = &inner.metrics[0].counters;
         let mut waiting: Option<Registration<'_, M>> = None;
@@ -181,9 +230,12 @@ impl<M: Manage> MutexPool<M> {
                 }
                 let found = inner.find(&mut state, key);
                 if matches!(found, Found::Wait) && waiting.is_none() {
-                    counters.waits.incr();
                     let queue = Arc::clone(&state.keys[key].waiters);
-                    let waiter = queue.register(&());
+                    let max_waiters = inner.config.max_waiters;
+                    let Some(waiter) = queue.register(&(), max_waiters) else {
+                        return Err(Error::Overloaded { max_waiters });
+                    };
+                    counters.waits.incr();
                     waiting = Some(Registration {
                         inner,
                         key,
@@ -195,6 +247,10 @@ impl<M: Manage> MutexPool<M> {
             };
             let registration = match found {
                 Found::Idle(idle) => {
+                    let Some(idle) = inner.validated(key, idle).await else {
+                        // Closed; try the next idle connection, a permit, or wait.
+                        continue;
+                    };
                     if waiting.take().is_some() {
                         inner.metrics[0].record_wait(started.elapsed());
                     }
@@ -222,12 +278,13 @@ impl<M: Manage> MutexPool<M> {
                 Poll::Pending
             })
             .await;
-            let handed = match woken {
+            // `deadline_passed`: the sleep has completed, so it must not be polled again.
+            let (handed, deadline_passed) = match woken {
                 Some(Wake::Retry) => continue,
                 Some(Wake::Closed) => return Err(Error::Closed),
-                Some(Wake::Handed(idle)) => idle,
+                Some(Wake::Handed(idle)) => (idle, false),
                 None => match registration.queue.deregister(&registration.waiter, &()) {
-                    Leftover::Item(idle) => idle,
+                    Leftover::Item(idle) => (idle, true),
                     Leftover::Closed => return Err(Error::Closed),
                     Leftover::Nothing => {
                         counters.timeouts.incr();
@@ -236,6 +293,17 @@ impl<M: Manage> MutexPool<M> {
                         });
                     }
                 },
+            };
+            let Some(handed) = inner.validated(key, handed).await else {
+                if deadline_passed {
+                    counters.timeouts.incr();
+                    return Err(Error::Timeout {
+                        waited: started.elapsed(),
+                    });
+                }
+                // No longer queued (handed off): register afresh if it has to wait again.
+                waiting = None;
+                continue;
             };
             inner.metrics[0].record_wait(started.elapsed());
             counters.handoffs.incr();
@@ -264,13 +332,17 @@ impl<M: Manage> MutexPool<M> {
                         created: now,
                         idle_since: now,
                         reused: false,
+                        cut: inner.config.cut_for(|| inner.creations.fetch_incr()),
                     },
                 ))
             }
             Err(err) => {
                 drop(permit);
                 counters.create_errors.incr();
-                Err(Error::Create(err))
+                Err(Error::Create {
+                    key: format!("{key:?}"),
+                    error: err,
+                })
             }
         }
     }
@@ -281,6 +353,8 @@ impl<M: Manage> MutexPool<M> {
             key: key.clone(),
             pool: Arc::clone(&self.inner),
             discarded: false,
+            detached: false,
+            leak_id: 0,
         }
     }
 }
@@ -288,6 +362,33 @@ impl<M: Manage> MutexPool<M> {
 impl<M: Manage> MutexInner<M> {
     fn now(&self) -> u64 {
         self.config.clock.now()
+    }
+
+    /// Runs `Manage::validate` on `idle`, taken from the pool with its permit, if it sat idle at
+    /// least `validate_idle_after` (outside the lock). `None`: it failed and was closed, its permit
+    /// freed. Cancelled while `validate` runs, it closes the connection likewise.
+    async fn validated(&self, key: &M::Key, idle: Idle<M::Conn>) -> Option<Idle<M::Conn>> {
+        let idle_for = self.config.validation_due(idle.idle_since, self.now());
+        let Some(idle_for) = idle_for else {
+            return Some(idle);
+        };
+        let mut closing = Validating {
+            idle: ManuallyDrop::new(idle),
+            inner: self,
+            key,
+        };
+        if self
+            .manager
+            .validate(&mut closing.idle.conn, idle_for)
+            .await
+        {
+            let mut closing = ManuallyDrop::new(closing);
+            // SAFETY: `closing` is never dropped (ManuallyDrop), so this is the only take.
+            return Some(unsafe { ManuallyDrop::take(&mut closing.idle) });
+        }
+        self.metrics[0].counters.validation_failures.incr();
+        drop(closing);
+        None
     }
 
     /// Under the lock: an idle connection, a permit to create, or "wait".
@@ -304,7 +405,10 @@ impl<M: Manage> MutexInner<M> {
         while let Some(mut idle) = ks.idle.pop_back() {
             *total_idle -= 1;
             let closing = ClosingUnderLock(&mut *ks);
-            if self.config.is_expired(idle.created, idle.idle_since, now) {
+            if self
+                .config
+                .is_expired(idle.created, idle.idle_since, idle.cut, now)
+            {
                 counters.expirations.incr();
             } else if !self.manager.is_valid(&mut idle.conn) {
                 counters.validation_failures.incr();
@@ -377,20 +481,25 @@ impl<M: Manage> MutexInner<M> {
 impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
     type Guard = MutexPooled<M>;
 
+    #[track_caller]
     fn get(&self, key: &M::Key) -> impl Future<Output = Result<MutexPooled<M>, Error<M::Error>>> {
-        self.checkout(key)
+        self.checkout(key, Location::caller())
     }
 
+    #[track_caller]
     fn get_on(
         &self,
         _shard: usize,
         key: &M::Key,
     ) -> impl Future<Output = Result<MutexPooled<M>, Error<M::Error>>> {
-        self.checkout(key)
+        self.checkout(key, Location::caller())
     }
 
     async fn maintain(&self, _shard: usize) {
         let inner = &self.inner;
+        if let Some(leaks) = &inner.leaks {
+            leaks.scan();
+        }
         let want = inner.config.min_idle;
         let mut missing = Vec::new();
         {
@@ -407,7 +516,10 @@ impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
                 let before = expired.len();
                 let mut keep = VecDeque::with_capacity(ks.idle.len());
                 for idle in ks.idle.drain(..) {
-                    if inner.config.is_expired(idle.created, idle.idle_since, now) {
+                    if inner
+                        .config
+                        .is_expired(idle.created, idle.idle_since, idle.cut, now)
+                    {
                         expired.push(idle);
                     } else {
                         keep.push_back(idle);
@@ -450,6 +562,7 @@ impl<M: Manage> ConnectionPool<M> for MutexPool<M> {
                             created: now,
                             idle_since: now,
                             reused: false,
+                            cut: inner.config.cut_for(|| inner.creations.fetch_incr()),
                         };
                         inner.put_back(&mut lock(&inner.state), &key, idle);
                     }
@@ -530,6 +643,10 @@ pub struct MutexPooled<M: Manage> {
     key: M::Key,
     pool: Arc<MutexInner<M>>,
     discarded: bool,
+    /// The connection was taken out (`detach`): `idle` is empty.
+    detached: bool,
+    /// With leak detection, this checkout's number (`MutexInner::leaks`); 0: not tracked.
+    leak_id: u64,
 }
 
 impl<M: Manage> Deref for MutexPooled<M> {
@@ -570,22 +687,49 @@ impl<M: Manage> PooledConn<M> for MutexPooled<M> {
     fn key(&self) -> &M::Key {
         &self.key
     }
+
+    fn detach(mut self) -> M::Conn {
+        self.detached = true;
+        // SAFETY: `detached` tells `drop` (which runs next, when `self` goes) not to take `idle`
+        // again.
+        unsafe { ManuallyDrop::take(&mut self.idle) }.conn
+    }
 }
 
 impl<M: Manage> Drop for MutexPooled<M> {
     fn drop(&mut self) {
+        let report = match &self.pool.leaks {
+            Some(leaks) if self.leak_id != 0 => leaks.returned(&self.leak_id),
+            _ => None,
+        };
+        self.give_back();
+        if let (Some(leaks), Some(report)) = (&self.pool.leaks, report) {
+            leaks.report(&report);
+        }
+    }
+}
+
+impl<M: Manage> MutexPooled<M> {
+    /// The return: back to the pool, or closed (discarded, too old, refused by `recycle`), or
+    /// only the permit freed (detached). Runs once, from `drop`.
+    fn give_back(&mut self) {
         let pool = &self.pool;
         // Freed after the connection is closed, also if `recycle` or the connection's `Drop`
         // panics; forgotten if the connection goes back to the pool.
         let permit = Permit(pool, &self.key);
-        // SAFETY: drop runs once and nothing touches `idle` after it.
-        let mut idle = unsafe { ManuallyDrop::take(&mut self.idle) };
         let counters = &pool.metrics[0].counters;
+        if self.detached {
+            // The connection left with `detach`; the permit is freed as this returns.
+            counters.returns.incr(false);
+            return;
+        }
+        // SAFETY: drop runs once and nothing touches `idle` after it; `detach` took nothing.
+        let mut idle = unsafe { ManuallyDrop::take(&mut self.idle) };
         // Shared by every thread, as at checkout.
         counters.returns.incr(false);
         let now = pool.now();
         // The same order as the sharded pool: discarded, then too old, then refused by recycle.
-        let too_old = !self.discarded && pool.config.is_too_old(idle.created, now);
+        let too_old = !self.discarded && pool.config.is_too_old(idle.created, idle.cut, now);
         if self.discarded || too_old || !pool.manager.recycle(&mut idle.conn) {
             if too_old {
                 counters.expirations.incr();

@@ -61,7 +61,7 @@ impl<P: ConnectionPool<TestManager>> Side<P> {
                     outcome
                 }
                 Err(shardpool::Error::Timeout { .. }) => Outcome::Timeout,
-                Err(shardpool::Error::Create(_)) => Outcome::CreateFailed,
+                Err(shardpool::Error::Create { .. }) => Outcome::CreateFailed,
                 Err(e) => panic!("unexpected: {e}"),
             },
             4 | 5 if !self.held.is_empty() => {

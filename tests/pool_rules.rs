@@ -48,6 +48,13 @@ both!(
     maintenance_reaps_and_prewarms,
     return_from_another_thread,
     keys_are_independent,
+    async_validation_runs_past_its_threshold_and_moves_on,
+    async_validation_of_a_handed_off_connection_moves_on,
+    a_cancelled_validation_closes_the_connection,
+    max_waiters_fails_fast_with_overloaded,
+    expiry_jitter_spreads_a_burst,
+    detach_takes_the_connection_and_frees_its_permit,
+    leak_detection_reports_once_and_on_return,
 );
 
 fn config() -> Config {
@@ -153,8 +160,15 @@ fn create_error_frees_its_permit<P: ConnectionPool<TestManager>>(make: Make<P>) 
     let pool = make(m, config().max_size(1));
     tally.fail_creates.store(true, Ordering::SeqCst);
     let err = block_on(pool.get(&1)).unwrap_err();
-    assert!(matches!(err, Error::Create(_)), "got {err}");
-    assert!(err.to_string().contains("creating a connection failed"));
+    assert!(
+        matches!(&err, Error::Create { key, .. } if key == "1"),
+        "got {err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("creating a connection for key 1 failed: the test manager was told to fail"),
+        "the message names the key: {err}"
+    );
     tally.fail_creates.store(false, Ordering::SeqCst);
     let conn = block_on(pool.get(&1)).expect("the failed create gave its permit back");
     drop(conn);
@@ -580,5 +594,325 @@ fn a_cancelled_wait_loses_nothing() {
     drop(held);
     let again = block_on(pool.get(&1)).expect("nothing stuck with the cancelled waiter");
     drop(again);
+    quiescent(&pool, &tally);
+}
+
+fn async_validation_runs_past_its_threshold_and_moves_on<P: ConnectionPool<TestManager>>(
+    make: Make<P>,
+) {
+    let (m, tally) = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = make(
+        m,
+        config()
+            .idle_timeout(None)
+            .clock(Clock::Manual(clock.clone()))
+            .validate_idle_after(Some(Duration::from_secs(5))),
+    );
+    block_on(async {
+        let a = pool.get_on(0, &1).await.unwrap();
+        let b = pool.get_on(0, &1).await.unwrap();
+        drop((a, b));
+        clock.advance(Duration::from_secs(3));
+        // Idle 3 s, under the threshold: reused without `validate`.
+        let c = pool.get_on(0, &1).await.unwrap();
+        assert!(c.is_reused());
+        assert!(
+            tally.validated.lock().unwrap().is_empty(),
+            "validated too early"
+        );
+        drop(c);
+        clock.advance(Duration::from_secs(10));
+        // Both idle connections fail: each is closed, and the checkout creates a third.
+        tally.fail_validate.store(true, Ordering::SeqCst);
+        let d = pool.get_on(0, &1).await.unwrap();
+        assert!(!d.is_reused(), "a failed connection was handed out");
+        assert_eq!(d.id, 1_000_002, "created after both idle ones failed");
+        let seen = tally.validated.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen.iter()
+                .all(|&(_, idle_for)| idle_for >= Duration::from_secs(10)),
+            "validate is told how long the connection sat idle: {seen:?}"
+        );
+        drop(d);
+    });
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.validation_failures, 2);
+    assert_eq!(stats.total.live, 1);
+    assert_eq!(tally.created.load(Ordering::SeqCst), 3);
+}
+
+fn async_validation_of_a_handed_off_connection_moves_on<P: ConnectionPool<TestManager>>(
+    make: Make<P>,
+) {
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .max_size(1)
+            .validate_idle_after(Some(Duration::ZERO)),
+    );
+    let held = block_on(pool.get(&1)).unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || block_on(pool.get(&1)).map(|c| (c.id, c.is_reused())))
+    };
+    // Wait (bounded) until the checkout waits; if the return comes first, the checkout finds the
+    // connection idle instead, and it must fail validation all the same.
+    for _ in 0..500 {
+        if pool.stats().total.waits > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tally.fail_validate.store(true, Ordering::SeqCst);
+    drop(held);
+    let (id, reused) = waiter
+        .join()
+        .unwrap()
+        .expect("the waiter creates after validation");
+    assert_eq!(
+        (id, reused),
+        (1_000_001, false),
+        "a fresh connection, not the failed one"
+    );
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(stats.total.validation_failures, 1);
+    assert_eq!(tally.created.load(Ordering::SeqCst), 2);
+}
+
+fn a_cancelled_validation_closes_the_connection<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .max_size(1)
+            .wait_timeout(None)
+            .validate_idle_after(Some(Duration::ZERO)),
+    );
+    drop(block_on(pool.get_on(0, &1)).unwrap());
+    tally.stall_validate.store(true, Ordering::SeqCst);
+    {
+        let mut fut = std::pin::pin!(pool.get_on(0, &1));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending(), "validate stalls");
+    }
+    assert_eq!(tally.validated.lock().unwrap().len(), 1);
+    assert_eq!(
+        tally.alive.load(Ordering::SeqCst),
+        0,
+        "the connection under validation is closed when its checkout is dropped"
+    );
+    tally.stall_validate.store(false, Ordering::SeqCst);
+    // Its permit was freed: with max_size 1 and no wait timeout, this would hang otherwise.
+    let again = block_on(pool.get_on(0, &1)).unwrap();
+    assert!(!again.is_reused());
+    drop(again);
+    quiescent(&pool, &tally);
+}
+
+fn max_waiters_fails_fast_with_overloaded<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(m, config().max_size(1).max_waiters(1).wait_timeout(None));
+    let held = block_on(pool.get(&1)).unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut first = Box::pin(pool.get(&1));
+    assert!(
+        first.as_mut().poll(&mut cx).is_pending(),
+        "the first checkout waits"
+    );
+    // The second finds one waiter queued already: it fails at once, it does not wait.
+    let mut second = Box::pin(pool.get(&1));
+    match second.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Err(err @ Error::Overloaded { max_waiters: 1 })) => {
+            assert!(err.to_string().contains("raise max_waiters"), "{err}");
+        }
+        std::task::Poll::Ready(other) => panic!("expected Overloaded, got {other:?}"),
+        std::task::Poll::Pending => panic!("a checkout beyond max_waiters waited"),
+    }
+    // Keys are independent: another key still creates.
+    drop(block_on(pool.get(&2)).unwrap());
+    drop(held);
+    let conn = match first.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(conn) => conn.expect("the waiter is handed the connection"),
+        std::task::Poll::Pending => panic!("the waiter was not handed the return"),
+    };
+    assert!(conn.is_reused());
+    // The queue has room again.
+    let mut third = Box::pin(pool.get(&1));
+    assert!(
+        third.as_mut().poll(&mut cx).is_pending(),
+        "waits again: room in the queue"
+    );
+    drop(third);
+    drop(conn);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(
+        stats.total.waits, 2,
+        "overloaded checkouts are not counted as waits"
+    );
+}
+
+fn expiry_jitter_spreads_a_burst<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    /// Creates 16 connections in one burst, returns them, and advances the clock in 5 s steps
+    /// with maintenance after each: how many connections expired by each step.
+    fn expiries<P: ConnectionPool<TestManager>>(make: Make<P>, jitter: f64) -> Vec<usize> {
+        let (m, tally) = TestManager::new();
+        let clock = ManualClock::new();
+        let pool = make(
+            m,
+            config()
+                .shards(1)
+                .max_size(16)
+                .idle_timeout(None)
+                .max_lifetime(Some(Duration::from_secs(100)))
+                .expiry_jitter(jitter)
+                .clock(Clock::Manual(clock.clone())),
+        );
+        block_on(async {
+            let burst: Vec<_> = create_burst(&pool, 16).await;
+            drop(burst);
+            let mut expired = Vec::new();
+            for _ in 0..20 {
+                clock.advance(Duration::from_secs(5));
+                pool.maintain(0).await;
+                expired.push(16 - tally.alive.load(Ordering::SeqCst));
+            }
+            expired
+        })
+    }
+    async fn create_burst<P: ConnectionPool<TestManager>>(pool: &P, n: usize) -> Vec<P::Guard> {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(pool.get_on(0, &1).await.unwrap());
+        }
+        held
+    }
+    let without = expiries(make, 0.0);
+    assert_eq!(
+        without[18], 0,
+        "no jitter: all live until 100 s: {without:?}"
+    );
+    assert_eq!(
+        without[19], 16,
+        "no jitter: all expire at 100 s: {without:?}"
+    );
+    let with = expiries(make, 0.5);
+    // Steps are 5 s: index 8 is 45 s, under the floor of 100 s × (1 − 0.5).
+    assert_eq!(
+        with[8], 0,
+        "none expires before limit × (1 − jitter): {with:?}"
+    );
+    assert_eq!(with[19], 16, "all expire by the limit: {with:?}");
+    let bursts = with.windows(2).filter(|w| w[1] > w[0]).count() + usize::from(with[0] > 0);
+    assert!(
+        bursts >= 4,
+        "expiry spread over several steps, not one burst: {with:?}"
+    );
+    assert_eq!(with, expiries(make, 0.5), "deterministic per connection");
+}
+
+fn detach_takes_the_connection_and_frees_its_permit<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    let (m, tally) = TestManager::new();
+    let pool = make(
+        m,
+        config()
+            .max_size(1)
+            .wait_timeout(Some(Duration::from_secs(5))),
+    );
+    let held = block_on(pool.get(&1)).unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || block_on(pool.get(&1)).map(|c| c.id))
+    };
+    for _ in 0..500 {
+        if pool.stats().total.waits > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let conn = held.detach();
+    assert_eq!(conn.id, 1_000_000);
+    // The freed permit reaches the waiter, which creates a successor (max_size 1).
+    let id = waiter.join().unwrap().expect("the detach freed the permit");
+    assert_eq!(id, 1_000_001);
+    assert_eq!(
+        tally.alive.load(Ordering::SeqCst),
+        2,
+        "the detached one is the caller's now"
+    );
+    let stats = pool.stats();
+    assert_eq!(
+        stats.total.live, 1,
+        "the pool counts only its own: {stats:?}"
+    );
+    assert_eq!(stats.total.idle, 1);
+    assert_eq!(stats.total.checked_out, 0);
+    drop(conn);
+    let stats = quiescent(&pool, &tally);
+    assert_eq!(
+        stats.total.closes, 0,
+        "the pool never closed the detached connection"
+    );
+}
+
+fn leak_detection_reports_once_and_on_return<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    use shardpool::pool::Leak;
+    let (m, tally) = TestManager::new();
+    let clock = ManualClock::new();
+    let reports: std::sync::Arc<std::sync::Mutex<Vec<Leak>>> = Default::default();
+    let seen = std::sync::Arc::clone(&reports);
+    let pool = make(
+        m,
+        config()
+            .idle_timeout(None)
+            .clock(Clock::Manual(clock.clone()))
+            .leak_detection(Duration::from_secs(30), move |leak| {
+                // Not `unwrap`: a failing assertion poisons the lock, and the guard it unwinds
+                // past reports again.
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.push(leak.clone());
+            }),
+    );
+    // Returned in time: never reported.
+    drop(block_on(pool.get_on(0, &1)).unwrap());
+    // A reuse (the sharded pool's fast path when leak detection is off) is watched too.
+    let (line, held) = (line!(), block_on(pool.get_on(0, &1)).unwrap());
+    assert!(held.is_reused());
+    clock.advance(Duration::from_secs(29));
+    block_on(pool.maintain(0));
+    assert!(
+        reports.lock().unwrap().is_empty(),
+        "reported before the threshold"
+    );
+    clock.advance(Duration::from_secs(2));
+    block_on(pool.maintain(0));
+    block_on(pool.maintain(1));
+    {
+        let reports = reports.lock().unwrap();
+        assert_eq!(reports.len(), 1, "reported once: {reports:?}");
+        let leak = &reports[0];
+        assert_eq!((leak.key.as_str(), leak.returned), ("1", false));
+        assert_eq!(leak.held_for, Duration::from_secs(31));
+        assert!(leak.location.file().ends_with("pool_rules.rs"), "{leak}");
+        assert_eq!(
+            leak.location.line(),
+            line,
+            "the checkout's own line: {leak}"
+        );
+    }
+    clock.advance(Duration::from_secs(9));
+    drop(held);
+    let reports = reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 2, "reported again on return: {reports:?}");
+    assert!(reports[1].returned);
+    assert_eq!(reports[1].held_for, Duration::from_secs(40));
+    assert_eq!(reports[1].location, reports[0].location);
+    assert!(
+        reports[1].to_string().contains("came back after 40s"),
+        "{}",
+        reports[1]
+    );
     quiescent(&pool, &tally);
 }

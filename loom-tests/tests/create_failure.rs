@@ -21,7 +21,7 @@ fn create_failure_releases_its_permit() {
                         assert_eq!(held.id(), 1, "the second create succeeds");
                         true
                     }
-                    Err(Error::Create(failed)) => {
+                    Err(Error::Create { error: failed, .. }) => {
                         assert_eq!(failed.attempt, 0, "only the first create fails");
                         false
                     }

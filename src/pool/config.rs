@@ -2,6 +2,7 @@
 //! [`MutexPool`](crate::baseline::MutexPool), and checked once when a pool is built.
 
 use super::clock::Clock;
+use super::leak::{Leak, LeakDetection};
 use super::stack::MAX_CAPACITY;
 use std::fmt;
 use std::time::Duration;
@@ -40,6 +41,10 @@ pub struct Config {
     pub(crate) wait_timeout: Option<Duration>,
     pub(crate) steal_order: Option<Vec<Vec<usize>>>,
     pub(crate) clock: Clock,
+    pub(crate) validate_idle_after: Option<Duration>,
+    pub(crate) max_waiters: Option<usize>,
+    pub(crate) expiry_jitter: f64,
+    pub(crate) leak_detection: Option<LeakDetection>,
 }
 
 impl Default for Config {
@@ -57,6 +62,10 @@ impl Default for Config {
             wait_timeout: Some(Duration::from_secs(30)),
             steal_order: None,
             clock: Clock::Coarse,
+            validate_idle_after: None,
+            max_waiters: None,
+            expiry_jitter: 0.0,
+            leak_detection: None,
         }
     }
 }
@@ -142,6 +151,92 @@ impl Config {
         self
     }
 
+    /// Runs the manager's async [`Manage::validate`](super::Manage::validate) on an idle connection
+    /// before reusing it, when it sat idle at least this long. `None` (the default): never, and the
+    /// checkout path does not read the clock for it. `Some(Duration::ZERO)`: before every reuse.
+    ///
+    /// The synchronous [`Manage::is_valid`](super::Manage::is_valid) runs before every reuse
+    /// either way. A connection that fails `validate` is closed (its permit freed, counted in
+    /// `validation_failures`), and the checkout moves on to the next idle connection, or creates
+    /// one within `max_size`, or waits.
+    ///
+    /// ```
+    /// use shardpool::Config;
+    /// use std::time::Duration;
+    /// // PING only connections that sat idle for 5 s or more, as a gateway would.
+    /// let config = Config::default().validate_idle_after(Some(Duration::from_secs(5)));
+    /// assert!(config.validate().is_ok());
+    /// ```
+    #[must_use]
+    pub fn validate_idle_after(mut self, after: Option<Duration>) -> Self {
+        self.validate_idle_after = after;
+        self
+    }
+
+    /// The most checkouts that may wait at once per key when every allowed connection is in use.
+    /// A checkout beyond it fails at once with [`Error::Overloaded`](super::Error::Overloaded),
+    /// so callers shed load instead of queueing into their own timeouts. `Some(0)`: never wait.
+    /// Default `None`: no limit (waits are still bounded in time by `wait_timeout`).
+    ///
+    /// ```
+    /// use shardpool::{Config, ConnectionPool, Error, Manage, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+    /// let pool = ShardedPool::new(M, Config::default().max_size(1).max_waiters(0)).unwrap();
+    /// let _held = shardpool::pool::block_on(pool.get(&0)).unwrap();
+    /// let err = shardpool::pool::block_on(pool.get(&0)).unwrap_err();
+    /// assert!(matches!(err, Error::Overloaded { max_waiters: 0 }));
+    /// ```
+    #[must_use]
+    pub fn max_waiters(mut self, max_waiters: usize) -> Self {
+        self.max_waiters = Some(max_waiters);
+        self
+    }
+
+    /// Spreads each connection's `idle_timeout` and `max_lifetime` by up to this fraction
+    /// (`0.0..=0.5`), so connections created in one burst do not all expire in one burst. Each
+    /// connection's limits are shortened by its own share of `jitter`, fixed at its creation
+    /// from a hash of its creation number (deterministic per connection); the limits stay upper
+    /// bounds. Default `0.0`: no spread.
+    ///
+    /// ```
+    /// use shardpool::Config;
+    /// use std::time::Duration;
+    /// // Connections live between 45 and 60 minutes.
+    /// let config = Config::default()
+    ///     .max_lifetime(Some(Duration::from_secs(3600)))
+    ///     .expiry_jitter(0.25);
+    /// assert!(config.validate().is_ok());
+    /// assert!(Config::default().expiry_jitter(0.6).validate().is_err());
+    /// ```
+    #[must_use]
+    pub fn expiry_jitter(mut self, jitter: f64) -> Self {
+        self.expiry_jitter = jitter;
+        self
+    }
+
+    /// Reports connections checked out for longer than `threshold` to `on_leak`, with the source
+    /// location of their checkout (the caller of `get` or `get_on`): once when
+    /// [`maintain`](super::ConnectionPool::maintain) finds one overdue, and again when it comes
+    /// back (see [`Leak`] for an example). The callback runs on the thread that runs maintenance or
+    /// returns the connection, after the pool's own bookkeeping; keep it quick (log, count).
+    ///
+    /// Default: off. Off, checkouts record nothing. On, every checkout and return also takes one
+    /// lock per pool and the checkout leaves the lock-free fast path: a diagnostic mode.
+    #[must_use]
+    pub fn leak_detection(
+        mut self,
+        threshold: Duration,
+        on_leak: impl Fn(&Leak) + Send + Sync + 'static,
+    ) -> Self {
+        self.leak_detection = Some(LeakDetection {
+            threshold,
+            on_leak: std::sync::Arc::new(on_leak),
+        });
+        self
+    }
+
     /// Checks the settings and fills in defaults that depend on others.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let shards = match self.shards {
@@ -186,6 +281,14 @@ impl Config {
                 return Err(ConfigError::ZeroDuration { name });
             }
         }
+        // `contains` is false for NaN too.
+        if !(0.0..=MAX_EXPIRY_JITTER).contains(&self.expiry_jitter) {
+            return Err(ConfigError::ExpiryJitter {
+                jitter: self.expiry_jitter.to_string(),
+            });
+        }
+        // The fraction in 32-bit fixed point: at most 2^31.
+        let jitter = (self.expiry_jitter * 4_294_967_296.0) as u32;
         let steal_order = match &self.steal_order {
             Some(order) => {
                 check_steal_order(order, shards)?;
@@ -198,14 +301,71 @@ impl Config {
             max_size: self.max_size,
             max_idle_per_key,
             max_total_idle: self.max_total_idle,
-            idle_timeout: self.idle_timeout.map(duration_nanos),
-            max_lifetime: self.max_lifetime.map(duration_nanos),
+            idle_timeout: self
+                .idle_timeout
+                .map(|t| Expiry::new(duration_nanos(t), jitter)),
+            max_lifetime: self
+                .max_lifetime
+                .map(|t| Expiry::new(duration_nanos(t), jitter)),
+            jitter,
             min_idle: self.min_idle,
             wait_timeout: self.wait_timeout,
             steal_order,
             clock: self.clock.clone(),
+            reads_clock: self.idle_timeout.is_some()
+                || self.max_lifetime.is_some()
+                || self.validate_idle_after.is_some(),
+            validate_idle_after: self.validate_idle_after.map(duration_nanos),
+            max_waiters: self.max_waiters.unwrap_or(usize::MAX),
+            plain_reuse: self.validate_idle_after.is_none() && self.leak_detection.is_none(),
+            leak_detection: self.leak_detection.clone(),
         })
     }
+}
+
+/// The largest [`Config::expiry_jitter`].
+pub const MAX_EXPIRY_JITTER: f64 = 0.5;
+
+/// An expiry limit (idle timeout or lifetime) in clock nanoseconds, with the shortest it can be
+/// after jitter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Expiry {
+    /// The limit without jitter.
+    limit: u64,
+    /// The limit shortened by the whole jitter fraction: no connection expires sooner.
+    floor: u64,
+}
+
+impl Expiry {
+    fn new(limit: u64, jitter: u32) -> Self {
+        Expiry {
+            limit,
+            floor: limit - cut(limit, jitter),
+        }
+    }
+
+    /// Whether `elapsed` reaches this limit for a connection whose share of the jitter is `cut`.
+    /// The common case, under the floor, compares once, as without jitter.
+    #[inline]
+    fn reached(&self, elapsed: u64, cut_of_conn: u32) -> bool {
+        elapsed >= self.floor && elapsed >= self.limit - cut(self.limit, cut_of_conn)
+    }
+}
+
+/// `limit × fraction`, the fraction in 32-bit fixed point.
+fn cut(limit: u64, fraction: u32) -> u64 {
+    ((u128::from(limit) * u128::from(fraction)) >> 32) as u64
+}
+
+/// A connection's share of the jitter (`Validated::jitter`, 32-bit fixed point), from its
+/// creation number `n`: the fraction of its limits cut off, the same for the same `n`.
+pub(crate) fn connection_cut(jitter: u32, n: u64) -> u32 {
+    // splitmix64's finalizer: consecutive numbers give unrelated, evenly spread values.
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    ((u64::from(jitter) * (z >> 32)) >> 32) as u32
 }
 
 /// The most shards a pool may have.
@@ -274,12 +434,24 @@ pub struct Validated {
     pub(crate) max_size: usize,
     pub(crate) max_idle_per_key: usize,
     pub(crate) max_total_idle: Option<usize>,
-    pub(crate) idle_timeout: Option<u64>,
-    pub(crate) max_lifetime: Option<u64>,
+    pub(crate) idle_timeout: Option<Expiry>,
+    pub(crate) max_lifetime: Option<Expiry>,
+    /// `Config::expiry_jitter` in 32-bit fixed point; 0 without jitter.
+    pub(crate) jitter: u32,
     pub(crate) min_idle: usize,
     pub(crate) wait_timeout: Option<Duration>,
     pub(crate) steal_order: Vec<Vec<usize>>,
     pub(crate) clock: Clock,
+    /// Whether any rule needs the time: an idle timeout, a lifetime or validation by idle time.
+    pub(crate) reads_clock: bool,
+    /// `Config::validate_idle_after`, in clock nanoseconds.
+    pub(crate) validate_idle_after: Option<u64>,
+    /// `Config::max_waiters`; `usize::MAX` without a limit.
+    pub(crate) max_waiters: usize,
+    /// Neither validation nor leak detection: a reused idle connection is handed out as it is,
+    /// on the fast path.
+    pub(crate) plain_reuse: bool,
+    pub(crate) leak_detection: Option<LeakDetection>,
 }
 
 impl Validated {
@@ -294,19 +466,41 @@ impl Validated {
         total / self.shards + usize::from(shard < total % self.shards)
     }
 
-    /// Whether an idle entry created at `created` and idle since `idle_since` has expired at `now`.
+    /// Whether an idle entry created at `created` and idle since `idle_since`, with jitter share
+    /// `cut` (`connection_cut`), has expired at `now`.
     #[inline]
-    pub(crate) fn is_expired(&self, created: u64, idle_since: u64, now: u64) -> bool {
+    pub(crate) fn is_expired(&self, created: u64, idle_since: u64, cut: u32, now: u64) -> bool {
         self.idle_timeout
-            .is_some_and(|t| now.saturating_sub(idle_since) >= t)
-            || self.is_too_old(created, now)
+            .is_some_and(|t| t.reached(now.saturating_sub(idle_since), cut))
+            || self.is_too_old(created, cut, now)
     }
 
-    /// Whether a connection created at `created` has outlived `max_lifetime` at `now`.
+    /// How long a connection idle since `idle_since` sat idle at `now`, if that is long enough to
+    /// be validated before reuse (`Config::validate_idle_after`).
     #[inline]
-    pub(crate) fn is_too_old(&self, created: u64, now: u64) -> bool {
+    pub(crate) fn validation_due(&self, idle_since: u64, now: u64) -> Option<Duration> {
+        let after = self.validate_idle_after?;
+        let idle_for = now.saturating_sub(idle_since);
+        (idle_for >= after).then(|| Duration::from_nanos(idle_for))
+    }
+
+    /// Whether a connection created at `created`, with jitter share `cut`, has outlived
+    /// `max_lifetime` at `now`.
+    #[inline]
+    pub(crate) fn is_too_old(&self, created: u64, cut: u32, now: u64) -> bool {
         self.max_lifetime
-            .is_some_and(|l| now.saturating_sub(created) >= l)
+            .is_some_and(|l| l.reached(now.saturating_sub(created), cut))
+    }
+
+    /// The jitter share of the connection created `n()`-th (0, and `n` not called, without
+    /// jitter).
+    #[inline]
+    pub(crate) fn cut_for(&self, n: impl FnOnce() -> u64) -> u32 {
+        if self.jitter == 0 {
+            0
+        } else {
+            connection_cut(self.jitter, n())
+        }
     }
 }
 
@@ -361,6 +555,11 @@ pub enum ConfigError {
     },
     /// A malformed steal order; the text says where.
     StealOrder(String),
+    /// `expiry_jitter` outside `0.0..=0.5` (or not a number).
+    ExpiryJitter {
+        /// The requested jitter, as written.
+        jitter: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -407,6 +606,11 @@ impl fmt::Display for ConfigError {
                 "{name} is zero: every connection would expire at once; use None to disable it"
             ),
             ConfigError::StealOrder(why) => write!(f, "steal_order is malformed: {why}"),
+            ConfigError::ExpiryJitter { jitter } => write!(
+                f,
+                "expiry_jitter is {jitter}: use a fraction from 0.0 (no spread) to \
+                 {MAX_EXPIRY_JITTER}"
+            ),
         }
     }
 }
@@ -466,6 +670,15 @@ mod tests {
             ),
             (Config::default().shards(MAX_SHARDS + 1), "use at most"),
             (
+                Config::default().expiry_jitter(0.51),
+                "expiry_jitter is 0.51",
+            ),
+            (Config::default().expiry_jitter(-0.1), "from 0.0"),
+            (
+                Config::default().expiry_jitter(f64::NAN),
+                "expiry_jitter is NaN",
+            ),
+            (
                 Config::default().max_size(MAX_SIZE + 1),
                 "spread the destination over several keys",
             ),
@@ -496,10 +709,42 @@ mod tests {
             .max_lifetime(Some(Duration::from_nanos(100)))
             .validate()
             .unwrap();
-        assert!(!v.is_expired(0, 50, 59));
-        assert!(v.is_expired(0, 50, 60), "idle for the full timeout");
-        assert!(v.is_expired(0, 95, 100), "lifetime reached");
-        assert!(v.is_too_old(0, 100));
-        assert!(!v.is_too_old(0, 99));
+        assert!(!v.is_expired(0, 50, 0, 59));
+        assert!(v.is_expired(0, 50, 0, 60), "idle for the full timeout");
+        assert!(v.is_expired(0, 95, 0, 100), "lifetime reached");
+        assert!(v.is_too_old(0, 0, 100));
+        assert!(!v.is_too_old(0, 0, 99));
+    }
+
+    #[test]
+    fn jitter_shortens_limits_within_its_fraction() {
+        let v = Config::default()
+            .idle_timeout(None)
+            .max_lifetime(Some(Duration::from_nanos(1_000_000)))
+            .expiry_jitter(0.5)
+            .validate()
+            .unwrap();
+        let lives: Vec<u64> = (0..1000)
+            .map(|n| {
+                let cut = v.cut_for(|| n);
+                assert_eq!(cut, v.cut_for(|| n), "deterministic per connection");
+                (0..=1_000_000u64)
+                    .step_by(1000)
+                    .find(|&t| v.is_too_old(0, cut, t))
+                    .unwrap()
+            })
+            .collect();
+        let (min, max) = (lives.iter().min().unwrap(), lives.iter().max().unwrap());
+        assert!(
+            *min >= 500_000,
+            "never shorter than limit × (1 − jitter): {min}"
+        );
+        assert!(*max <= 1_000_000, "never longer than the limit: {max}");
+        assert!(
+            max - min >= 400_000,
+            "spread over most of the range: {min}..{max}"
+        );
+        let off = Config::default().validate().unwrap();
+        assert_eq!(off.cut_for(|| unreachable!("no hash without jitter")), 0);
     }
 }

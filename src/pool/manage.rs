@@ -53,6 +53,45 @@ pub trait Manage: Send + Sync + 'static {
         true
     }
 
+    /// An asynchronous check before an idle connection is reused (a Redis `PING`, a `SELECT 1`),
+    /// told how long the connection sat idle. The pool calls it only when
+    /// [`Config::validate_idle_after`](crate::Config::validate_idle_after) is set and the
+    /// connection was idle at least that long, after the cheap [`Manage::is_valid`] passed.
+    /// `false` closes the connection (its permit is freed, a validation failure is counted) and
+    /// the checkout moves on to the next idle connection, or creates one within `max_size`, or
+    /// waits. Default: `true` at once.
+    ///
+    /// If the checkout is cancelled (its future dropped) while this runs, the connection is closed:
+    /// a check cut short may have left it mid-exchange.
+    ///
+    /// ```
+    /// use shardpool::{Config, ConnectionPool, Manage, ShardedPool};
+    /// use std::time::Duration;
+    /// # use std::convert::Infallible;
+    /// struct Pinging;
+    /// impl Manage for Pinging {
+    ///     type Key = u8;
+    ///     type Conn = u32;
+    ///     type Error = Infallible;
+    ///     async fn create(&self, _: &u8) -> Result<u32, Infallible> { Ok(0) }
+    ///     async fn validate(&self, conn: &mut u32, idle_for: Duration) -> bool {
+    ///         // A real manager sends a PING here and awaits the answer.
+    ///         *conn += 1;
+    ///         idle_for < Duration::from_secs(3600)
+    ///     }
+    /// }
+    /// let config = Config::default().validate_idle_after(Some(Duration::ZERO));
+    /// let pool = ShardedPool::new(Pinging, config).unwrap();
+    /// shardpool::pool::block_on(async {
+    ///     drop(pool.get(&1).await.unwrap()); // created: not validated
+    ///     assert_eq!(*pool.get(&1).await.unwrap(), 1, "validated before reuse");
+    /// });
+    /// ```
+    fn validate(&self, conn: &mut Self::Conn, idle_for: Duration) -> impl Future<Output = bool> {
+        let _ = (conn, idle_for);
+        std::future::ready(true)
+    }
+
     /// Called when a connection comes back, to reset per-use state. `false` closes it instead of
     /// keeping it idle. Default: `true`.
     fn recycle(&self, conn: &mut Self::Conn) -> bool {

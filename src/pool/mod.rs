@@ -16,9 +16,10 @@
 //!    always finds a free node.
 //! 3. **Nothing lost.** At quiescence, `live == idle + checked out` for every key, and every created
 //!    connection is dropped exactly once: by `close`, by a failed check, by an idle limit, or when
-//!    its pool or key is closed. A panic in the manager's `create`, `is_valid` or `recycle`, or in
-//!    a closing connection's `Drop`, reaches the caller and loses nothing either: the connection
-//!    in hand is closed (its node and permit freed) during the unwind.
+//!    its pool or key is closed. A panic in the manager's `create`, `is_valid`, `validate` or
+//!    `recycle`, or in a closing connection's `Drop`, reaches the caller and loses nothing either:
+//!    the connection in hand is closed (its node and permit freed) during the unwind. So does a
+//!    checkout cancelled while `validate` runs on the connection it took.
 //! 4. **No lost wake-up.** A checkout that waits is woken when a connection is returned or a permit
 //!    freed. The first waiter of a key sets a `WAITING` flag in every idle stack's head word and in
 //!    the permit word, then retries once before sleeping; a return's push CAS or a release's
@@ -46,6 +47,7 @@
 mod clock;
 mod config;
 mod keys;
+pub(crate) mod leak;
 mod manage;
 pub(crate) mod metrics;
 pub(crate) mod sharded;
@@ -60,7 +62,8 @@ mod timer;
 pub(crate) mod waiters;
 
 pub use clock::{Clock, ManualClock};
-pub use config::{Config, ConfigError, MAX_SHARDS, MAX_SIZE, Validated};
+pub use config::{Config, ConfigError, MAX_EXPIRY_JITTER, MAX_SHARDS, MAX_SIZE, Validated};
+pub use leak::Leak;
 pub use manage::Manage;
 pub use metrics::{ShardStats, Stats};
 pub use sharded::{Pooled, ShardedPool};
@@ -103,9 +106,20 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
 
     /// Checks out a connection to `key` on the current thread's shard (see
     /// [`bind_thread_to_shard`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes loses nothing and leaves nothing behind: a waiting
+    /// checkout leaves its key's queue, and a connection handed to it meanwhile goes on to the next
+    /// waiter or back to an idle stack; a `create` under way is dropped and its permit freed; a
+    /// connection under [`Manage::validate`] is closed (its permit freed). The caller simply has no
+    /// connection; a new checkout starts afresh (at the back of the wait queue). So it may be used
+    /// in `select!` against a deadline of the caller's own.
     fn get(&self, key: &M::Key) -> impl Future<Output = Result<Self::Guard, Error<M::Error>>>;
 
     /// Checks out a connection to `key` on shard `shard` (taken modulo the shard count).
+    ///
+    /// Cancel safety: as [`ConnectionPool::get`].
     fn get_on(
         &self,
         shard: usize,
@@ -118,6 +132,10 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
     ///
     /// While it sorts a shard's idle connections (microseconds), a checkout on that shard may find
     /// none and steal or create instead; nothing is lost, and `max_size` still holds.
+    ///
+    /// Cancel safety: reaping completes before the first await. Dropping the future while it
+    /// pre-warms drops the `create` under way and frees its permit; connections already created
+    /// are idle in the pool. The next pass carries on.
     fn maintain(&self, shard: usize) -> impl Future<Output = ()>;
 
     /// A snapshot of the pool's metrics.
@@ -164,6 +182,23 @@ pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send + fmt::Debug 
 
     /// The key the connection belongs to.
     fn key(&self) -> &M::Key;
+
+    /// Takes the connection out of the pool for good (to hand it to code that owns it, or to
+    /// upgrade it to something the pool does not manage). Its permit is freed at once, so the key
+    /// may create a successor; the connection no longer counts against `max_size`, is never
+    /// checked, recycled or closed by the pool, and is counted as a return.
+    ///
+    /// ```
+    /// use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = String; type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<String> { Ok("socket".into()) } }
+    /// let pool = ShardedPool::new(M, Config::default().max_size(1)).unwrap();
+    /// let conn: String = shardpool::pool::block_on(pool.get(&0)).unwrap().detach();
+    /// assert_eq!(conn, "socket");
+    /// assert_eq!(pool.stats().total.live, 0, "its permit is free: the key may create again");
+    /// ```
+    fn detach(self) -> M::Conn;
 }
 
 /// Why a checkout failed. Each variant's message says what happened and what to change.
@@ -190,9 +225,21 @@ pub enum Error<E> {
         waited: Duration,
     },
     /// Creating a connection failed.
-    Create(E),
+    Create {
+        /// The key the connection was for, as its `Debug` form.
+        key: String,
+        /// Why the manager's `create` failed.
+        error: E,
+    },
     /// The pool (or the key) was closed.
     Closed,
+    /// The key was exhausted and [`Config::max_waiters`] checkouts already waited for it: this
+    /// one failed at once instead of queueing. Shed the request (answer "busy"), or raise
+    /// `max_waiters` or `max_size`.
+    Overloaded {
+        /// The limit that was reached.
+        max_waiters: usize,
+    },
 }
 
 impl<E: fmt::Display> fmt::Display for Error<E> {
@@ -203,8 +250,16 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 "no connection became available within {waited:?}: every allowed connection \
                  (max_size) was in use; raise max_size or wait_timeout, or reduce load"
             ),
-            Error::Create(e) => write!(f, "creating a connection failed: {e}"),
+            Error::Create { key, error } => {
+                write!(f, "creating a connection for key {key} failed: {error}")
+            }
             Error::Closed => write!(f, "the pool or this key was closed"),
+            Error::Overloaded { max_waiters } => write!(
+                f,
+                "overloaded: every allowed connection (max_size) was in use and {max_waiters} \
+                 checkouts already waited (max_waiters); shed this request, or raise max_waiters \
+                 or max_size"
+            ),
         }
     }
 }
@@ -212,8 +267,8 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
 impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Create(e) => Some(e),
-            Error::Timeout { .. } | Error::Closed => None,
+            Error::Create { error, .. } => Some(error),
+            Error::Timeout { .. } | Error::Closed | Error::Overloaded { .. } => None,
         }
     }
 }

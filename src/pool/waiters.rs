@@ -89,21 +89,29 @@ impl<T> Default for WaitQueue<T> {
 }
 
 impl<T> WaitQueue<T> {
-    /// Queues a new waiter at the back, raising `signal` if it is the first. The caller must then
-    /// retry its checkout once before waiting.
-    pub(crate) fn register(&self, signal: &impl WaitSignal) -> Arc<Waiter<T>> {
+    /// Queues a new waiter at the back, raising `signal` if it is the first, unless `limit`
+    /// waiters are queued already (`None`: the caller fails with `Overloaded`). The caller must
+    /// then retry its checkout once before waiting.
+    pub(crate) fn register(
+        &self,
+        signal: &impl WaitSignal,
+        limit: usize,
+    ) -> Option<Arc<Waiter<T>>> {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= limit {
+            return None;
+        }
         let waiter = Arc::new(Waiter {
             slot: Mutex::new(Slot::Waiting {
                 waker: None,
                 notified: false,
             }),
         });
-        let mut queue = lock(&self.queue);
         queue.push_back(Arc::clone(&waiter));
         if queue.len() == 1 {
             signal.set_waiting(true);
         }
-        waiter
+        Some(waiter)
     }
 
     /// Gives `item` to the oldest waiter; when nobody waits, runs `otherwise(item)` while still

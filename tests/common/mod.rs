@@ -29,6 +29,12 @@ pub struct Tally {
     pub panic_in_is_valid: AtomicBool,
     pub panic_in_recycle: AtomicBool,
     pub panic_in_drop: AtomicBool,
+    /// While set, the async `validate` fails every connection.
+    pub fail_validate: AtomicBool,
+    /// While set, the async `validate` never completes (to cancel a checkout mid-validation).
+    pub stall_validate: AtomicBool,
+    /// Every call of the async `validate`: the connection's id and how long it sat idle.
+    pub validated: Mutex<Vec<(u64, std::time::Duration)>>,
 }
 
 #[derive(Debug)]
@@ -104,6 +110,18 @@ impl Manage for TestManager {
             panic!("the test manager was told to panic in is_valid");
         }
         !conn.broken
+    }
+
+    async fn validate(&self, conn: &mut Conn, idle_for: std::time::Duration) -> bool {
+        self.tally
+            .validated
+            .lock()
+            .unwrap()
+            .push((conn.id, idle_for));
+        if self.tally.stall_validate.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        !self.tally.fail_validate.load(Ordering::SeqCst)
     }
 
     fn recycle(&self, _conn: &mut Conn) -> bool {
