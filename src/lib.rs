@@ -23,6 +23,9 @@ pub mod upstream;
 #[cfg(all(feature = "bench", not(shardpool_loom)))]
 pub mod bench;
 
+#[cfg(all(any(feature = "postgres", feature = "redis"), not(shardpool_loom)))]
+pub mod adapters;
+
 pub use pool::{
     Clock, Config, ConfigError, ConnectionPool, Error, MAX_SIZE, Manage, ManualClock, Pooled,
     PooledConn, ShardStats, ShardedPool, Stats,
