@@ -177,3 +177,147 @@ fn the_config_file_upstream_table_configures_the_gateway_and_sighup_rereads_its_
     );
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
+
+/// Runs the binary with `args`: it must exit within 10 s (else it is killed and the test fails)
+/// with a failure whose stderr contains every one of `expected`.
+#[track_caller]
+fn refused_at_start(args: &[&str], expected: &[&str]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    // Ordering: Relaxed, only a unique file name.
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let err = scratch_path(&format!("refused-{n}.err"));
+    let file = std::fs::File::create(&err).unwrap();
+    let mut p = Proc::start(args, &[], Stdio::from(file));
+    let status = p.wait_exit(Duration::from_secs(10));
+    let text = std::fs::read_to_string(&err).unwrap();
+    std::fs::remove_dir_all(err.parent().unwrap()).unwrap();
+    assert!(!status.success(), "{args:?} should fail: {text}");
+    for e in expected {
+        assert!(text.contains(e), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn serve_refuses_an_unsafe_control_plane_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let token = scratch_path("admin-token");
+    std::fs::write(&token, "s3cret-admin-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let token_path = token.to_str().unwrap();
+    refused_at_start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            token_path,
+        ],
+        &["readable by every user", "chmod 600"],
+    );
+    // Non-loopback admin listeners without a token: the error names both fixes.
+    for flag in ["--admin-listen", "--upstream-admin-listen"] {
+        refused_at_start(
+            &["serve", "--listen", "127.0.0.1:0", flag, "0.0.0.0:0"],
+            &["--admin-token-file", "--admin-allow-insecure"],
+        );
+    }
+    // A backend outside the allow-list (the SIGHUP test below covers the backends file).
+    refused_at_start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "10.9.9.9:7001",
+            "--backend-allow",
+            "127.0.0.0/8",
+        ],
+        &["10.9.9.9:7001", "allow-list", "--backend-allow"],
+    );
+    refused_at_start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend-allow",
+            "10.0.0.0/33",
+        ],
+        &["--backend-allow", "0 to 32"],
+    );
+    // The private token works: the bare admin port binds loopback and wants the token.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let serve = Proc::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pin",
+            "false",
+            "--admin-listen",
+            "0",
+            "--admin-token-file",
+            token_path,
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let line = serve.line_with("serving gRPC on ");
+    let admin: SocketAddr = line
+        .split("admin /metrics on ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    assert!(admin.ip().is_loopback(), "{admin}");
+    assert!(http(admin, "GET /metrics").starts_with("HTTP/1.1 401"));
+    drop(serve);
+    std::fs::remove_dir_all(token.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn sighup_keeps_the_backends_when_the_file_lists_one_outside_the_allow_list() {
+    let ((_a, a_addr), (_b, b_addr)) = (origin("a"), origin("b"));
+    let file = scratch_path("allow-backends.toml");
+    std::fs::write(&file, format!("backends = [\"{a_addr}\"]\n")).unwrap();
+    let serve = Proc::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pin",
+            "false",
+            "--backends-file",
+            file.to_str().unwrap(),
+            "--backend-allow",
+            "127.0.0.0/8",
+            "--upstream-admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let admin = serve.addr_after("upstream admin on ");
+    std::fs::write(
+        &file,
+        format!("backends = [\"10.9.9.9:7001\", \"{b_addr}\"]\n"),
+    )
+    .unwrap();
+    serve.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = http(admin, "GET /backends");
+    assert!(
+        t.contains(&a_addr.to_string())
+            && !t.contains("10.9.9.9")
+            && !t.contains(&b_addr.to_string()),
+        "{t}"
+    );
+    // A list inside it is applied.
+    std::fs::write(&file, format!("backends = [\"{b_addr}\"]\n")).unwrap();
+    sighup_until_backends_change(&serve, admin, a_addr, b_addr);
+    drop(serve);
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}

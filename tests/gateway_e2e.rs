@@ -8,7 +8,7 @@ use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::server::proto::{
     AddBackendRequest, BackendList, ListBackendsRequest, RemoveBackendRequest,
 };
-use shardpool::server::{RunningServer, Server};
+use shardpool::server::{RunningServer, Server, ServerConfig};
 use shardpool::upstream::admin::AdminEndpoint;
 use shardpool::upstream::frame::{self, Code as FrameCode, Op};
 use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 #[path = "common/grpc.rs"]
@@ -50,6 +50,11 @@ struct TestGateway<P: ConnectionPool<UpstreamManager>> {
 impl<P: ConnectionPool<UpstreamManager>> TestGateway<P> {
     fn addr(&self) -> SocketAddr {
         self.server.as_ref().unwrap().local_addr()
+    }
+
+    /// The admin listener (the backend RPCs are served only there).
+    fn admin_addr(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().admin_addr().unwrap()
     }
 }
 
@@ -83,7 +88,10 @@ fn start<P: ConnectionPool<UpstreamManager>>(
     for b in backends {
         assert!(gateway.add_backend(*b));
     }
-    let server = gateway.install(Server::new(local_config()));
+    let server = gateway.install(Server::new(ServerConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..local_config()
+    }));
     let health = gateway.start_health_checks();
     let server = server.start(&map, &opts).unwrap();
     TestGateway {
@@ -363,6 +371,8 @@ fn a_stalled_origin_times_out_and_the_pool_recovers() {
             assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
             assert!(
                 s.message().contains("no answer within")
+                    || s.message()
+                        .contains("no pooled connection became available within")
                     || s.message().contains("no healthy upstream backend"),
                 "{s:?}"
             );
@@ -499,6 +509,24 @@ fn the_origin_answers_bad_frames_with_error_frames_and_survives() {
         r.code == FrameCode::BadRequest && r.message.contains("UTF-8"),
         "{r:?}"
     );
+    // A name whose greeting would not fit one frame: BAD_REQUEST naming the limit, never an
+    // oversized frame; the longest one that fits is greeted in full.
+    let mut long = Vec::new();
+    frame::encode_request(Op::Hello, &"x".repeat(frame::MAX_HELLO_NAME + 1), &mut long);
+    s.write_all(&long).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert!(
+        r.code == FrameCode::BadRequest && r.message.contains(&frame::MAX_HELLO_NAME.to_string()),
+        "{r:?}"
+    );
+    let longest = "y".repeat(frame::MAX_HELLO_NAME);
+    long.clear();
+    frame::encode_request(Op::Hello, &longest, &mut long);
+    s.write_all(&long).unwrap();
+    assert_eq!(
+        read_response(&mut s).unwrap(),
+        frame::Response::ok(frame::hello_reply(&longest))
+    );
     let mut ok = Vec::new();
     frame::encode_request(Op::Hello, "still here", &mut ok);
     s.write_all(&ok).unwrap();
@@ -602,6 +630,8 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
     let gw = start(2, config, sharded(2), &[a.local_addr()]);
     run(async {
         let ch = channel(gw.addr()).await;
+        // The backend RPCs are served on the admin listener, not the serving port.
+        let admin = channel(gw.admin_addr()).await;
         let bg = {
             let ch = ch.clone();
             tokio::spawn(async move { load(&ch, 3, 200).await })
@@ -610,7 +640,7 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
         let add = AddBackendRequest {
             address: b_addr.clone(),
         };
-        let list = admin_rpc(ch.clone(), "/shardpool.v1.Admin/AddBackend", add.clone())
+        let list = admin_rpc(admin.clone(), "/shardpool.v1.Admin/AddBackend", add.clone())
             .await
             .unwrap();
         assert_eq!(addresses(&list), vec![a_addr.clone(), b_addr.clone()]);
@@ -619,7 +649,7 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
             address: a_addr.clone(),
         };
         let list = admin_rpc(
-            ch.clone(),
+            admin.clone(),
             "/shardpool.v1.Admin/RemoveBackend",
             remove.clone(),
         )
@@ -635,7 +665,7 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
         // At most the calls in flight at the removal still reached a.
         assert!(a.served() <= a_after_removal + 3);
         let list = admin_rpc(
-            ch.clone(),
+            admin.clone(),
             "/shardpool.v1.Admin/ListBackends",
             ListBackendsRequest {},
         )
@@ -651,7 +681,7 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
         // Bad input: a status with a message, and nothing changes.
         for bad in ["nowhere", "", "127.0.0.1", "localhost:7001"] {
             let err = admin_rpc(
-                ch.clone(),
+                admin.clone(),
                 "/shardpool.v1.Admin/AddBackend",
                 AddBackendRequest {
                     address: bad.into(),
@@ -665,12 +695,12 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
                 "{err:?}"
             );
         }
-        let err = admin_rpc(ch.clone(), "/shardpool.v1.Admin/AddBackend", add)
+        let err = admin_rpc(admin.clone(), "/shardpool.v1.Admin/AddBackend", add)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
         assert!(err.message().contains(&b_addr), "{err:?}");
-        let err = admin_rpc(ch.clone(), "/shardpool.v1.Admin/RemoveBackend", remove)
+        let err = admin_rpc(admin.clone(), "/shardpool.v1.Admin/RemoveBackend", remove)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
@@ -683,9 +713,14 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
 
     // Without a gateway there are no backends to manage.
     let (map, opts) = shards(1);
-    let direct = Server::new(local_config()).start(&map, &opts).unwrap();
+    let direct = Server::new(ServerConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..local_config()
+    })
+    .start(&map, &opts)
+    .unwrap();
     run(async {
-        let ch = channel(direct.local_addr()).await;
+        let ch = channel(direct.admin_addr().unwrap()).await;
         let err = admin_rpc(
             ch,
             "/shardpool.v1.Admin/ListBackends",
@@ -697,4 +732,333 @@ fn backends_are_added_and_removed_through_the_grpc_admin_service_under_load() {
         assert!(err.message().contains("gateway mode"), "{err:?}");
     });
     direct.shutdown(Duration::from_secs(2)).unwrap();
+}
+
+/// A gateway config for the failure tests: short health intervals keep them to a few seconds.
+fn failure_config() -> GatewayConfig {
+    GatewayConfig {
+        health: HealthConfig {
+            interval: Some(Duration::from_millis(200)),
+            timeout: Duration::from_millis(100),
+            eject_after: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        },
+        request_timeout: Duration::from_millis(300),
+        ..GatewayConfig::default()
+    }
+}
+
+/// The bound of the stall tests: one health interval plus the first backoff.
+fn recovery_bound(config: &GatewayConfig) -> Duration {
+    config.health.interval.unwrap() + config.health.backoff_base
+}
+
+/// One finished call of [`timed_load`]: when it ended, and its failure if it failed.
+type Outcome = (Instant, Option<tonic::Status>);
+
+/// `tasks` clients calling back to back until `stop` is set; every call's outcome.
+fn timed_load(
+    ch: &Channel,
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Outcome>> {
+    let mut joins = Vec::new();
+    for t in 0..tasks {
+        let (ch, stop) = (ch.clone(), Arc::clone(stop));
+        joins.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("t{t}-{i}");
+                i += 1;
+                let r = say_hello(ch.clone(), &name).await;
+                if let Ok(reply) = &r {
+                    assert_eq!(reply, &format!("Hello, {name}!"));
+                }
+                out.push((Instant::now(), r.err()));
+            }
+            out
+        }));
+    }
+    tokio::spawn(async move {
+        let mut all = Vec::new();
+        for j in joins {
+            all.extend(j.await.unwrap());
+        }
+        all
+    })
+}
+
+fn ejections<P: ConnectionPool<UpstreamManager>>(gw: &TestGateway<P>) -> Vec<u64> {
+    gw.gateway
+        .backend_stats()
+        .iter()
+        .map(|s| s.ejections)
+        .collect()
+}
+
+#[test]
+fn a_client_flooding_oversized_names_never_ejects_a_backend() {
+    let (a, b) = (origin("a"), origin("b"));
+    let gw = start(
+        2,
+        failure_config(),
+        sharded(2),
+        &[a.local_addr(), b.local_addr()],
+    );
+    let limit = frame::MAX_HELLO_NAME.to_string();
+    run(async {
+        let ch = channel(gw.addr()).await;
+        // The longest forwardable name goes through; one byte more is refused at the gateway.
+        let longest = "n".repeat(frame::MAX_HELLO_NAME);
+        assert_eq!(
+            say_hello(ch.clone(), longest.as_str()).await.unwrap(),
+            frame::hello_reply(&longest)
+        );
+        let err = say_hello(ch.clone(), "n".repeat(frame::MAX_HELLO_NAME + 1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        // A flood of 65,530-byte names (they fit a request frame, their greeting does not)
+        // from 3 callers, alongside a normal client.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let (ch, stop, limit) = (ch.clone(), Arc::clone(&stop), limit.clone());
+            tokio::spawn(async move {
+                let mut joins = Vec::new();
+                for _ in 0..3 {
+                    let (ch, stop, limit) = (ch.clone(), Arc::clone(&stop), limit.clone());
+                    joins.push(tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let err = say_hello(ch.clone(), "f".repeat(65_530)).await.unwrap_err();
+                            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+                            assert!(err.message().contains(&limit), "{err:?}");
+                            n += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        n
+                    }));
+                }
+                let mut n = 0;
+                for j in joins {
+                    n += j.await.unwrap();
+                }
+                n
+            })
+        };
+        let failed = load(&ch, 2, 150).await;
+        stop.store(true, Ordering::Relaxed);
+        let flooded = flood.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "the normal client failed {} of 300 calls: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        assert!(flooded >= 10, "the flood sent only {flooded} calls");
+        println!("flood: {flooded} oversized names refused, normal client 300/300 ok");
+    });
+    let stats = gw.gateway.backend_stats();
+    assert_eq!(ejections(&gw), vec![0, 0], "{stats:?}");
+    assert!(
+        stats.iter().all(|s| s.healthy && s.errors == 0),
+        "{stats:?}"
+    );
+    // No backend saw a refused name: 300 normal calls + the longest name.
+    let requests: u64 = stats.iter().map(|s| s.requests).sum();
+    assert_eq!(requests, 301, "{stats:?}");
+    let metrics = gw.gateway.prometheus();
+    assert!(
+        metrics.contains(&format!(
+            "shardpool_upstream_ejections_total{{backend=\"{}\"}} 0",
+            a.local_addr()
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn both_origins_stalled_for_3s_serve_again_within_one_health_interval_plus_the_first_backoff() {
+    let (a, b) = (origin("a"), origin("b"));
+    let config = failure_config();
+    let bound = recovery_bound(&config);
+    let gw = start(
+        2,
+        config,
+        sharded_with(pool_config(2).max_size(64)),
+        &[a.local_addr(), b.local_addr()],
+    );
+    run(async {
+        let ch = channel(gw.addr()).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        // Many callers: many calls are in flight when the stall begins (the issue saw 85
+        // ejections from one stall, each doubling the backoff).
+        let loader = timed_load(&ch, 48, &stop);
+        eventually("both origins serve", || a.served() > 20 && b.served() > 20).await;
+        a.pause();
+        b.pause();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let during = ejections(&gw);
+        a.resume();
+        b.resume();
+        let resumed = Instant::now();
+        tokio::time::sleep(bound + Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        let outcomes = loader.await.unwrap();
+        let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.0 > resumed).collect();
+        let recovery = after
+            .iter()
+            .filter(|o| o.1.is_some())
+            .map(|o| o.0 - resumed)
+            .max()
+            .unwrap_or_default();
+        let failed_during = outcomes.iter().filter(|o| o.1.is_some()).count() - {
+            after.iter().filter(|o| o.1.is_some()).count()
+        };
+        println!(
+            "both stalled 3 s: {failed_during} calls failed during the stall, ejections {during:?}; \
+             serving again {recovery:?} after resume (bound {bound:?}); {} calls after resume",
+            after.len()
+        );
+        assert!(
+            recovery <= bound,
+            "the gateway served again only {recovery:?} after the origins resumed (bound {bound:?}): {:?}",
+            after.iter().rev().find_map(|o| o.1.as_ref())
+        );
+        // Panic mode: with both ejected, calls still went to the one ejected longest ago.
+        assert!(
+            outcomes
+                .iter()
+                .filter_map(|o| o.1.as_ref())
+                .any(|s| s.message().contains("panic mode tried")),
+            "no call was sent in panic mode during the stall"
+        );
+        let steady = after.iter().filter(|o| o.0 > resumed + bound).count();
+        assert!(steady > 20, "only {steady} calls in the last second");
+        // One ejection per episode: a 3 s stall with a 1 s first backoff is a few episodes,
+        // not one per failed call.
+        assert!(
+            during.iter().all(|&e| (1..=4).contains(&e)),
+            "ejections during the stall: {during:?}"
+        );
+    });
+}
+
+#[test]
+fn one_origin_stalled_costs_no_call_and_is_back_within_one_health_interval_plus_the_first_backoff()
+{
+    // The issue asks for a 10 s stall; 3 s gives the same bound: once the stalled backend is
+    // ejected, the failing active checks keep it out of rotation, so no call reaches it and no
+    // further episode (or longer backoff) can start however long the stall lasts; after it
+    // resumes, the next passing check puts it back.
+    let (a, b) = (origin("stalls"), origin("healthy"));
+    let config = failure_config();
+    let bound = recovery_bound(&config);
+    let gw = start(
+        2,
+        config,
+        sharded_with(pool_config(2).max_size(32)),
+        &[a.local_addr(), b.local_addr()],
+    );
+    let a_addr = a.local_addr();
+    let stats_of_a = || {
+        gw.gateway
+            .backend_stats()
+            .into_iter()
+            .find(|s| s.addr == a_addr)
+            .unwrap()
+    };
+    run(async {
+        let ch = channel(gw.addr()).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        // Many callers: many calls are in flight on the stalled origin when it stops.
+        let loader = timed_load(&ch, 24, &stop);
+        eventually("both origins serve", || a.served() > 20 && b.served() > 20).await;
+        a.pause();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let ejected = stats_of_a().ejections;
+        a.resume();
+        let resumed = Instant::now();
+        let mut back = None;
+        while resumed.elapsed() < bound + Duration::from_secs(2) {
+            if stats_of_a().healthy {
+                back = Some(resumed.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let served = a.served();
+        let requests = stats_of_a().requests;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let outcomes = loader.await.unwrap();
+        let failed: Vec<&tonic::Status> = outcomes.iter().filter_map(|o| o.1.as_ref()).collect();
+        println!(
+            "one stalled 3 s: {} calls, {} failed, {ejected} ejection(s); back in rotation {back:?} \
+             after resume (bound {bound:?})",
+            outcomes.len(),
+            failed.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "calls failed: {:?}",
+            &failed[..failed.len().min(3)]
+        );
+        let back = back.expect("the stalled origin never came back");
+        assert!(back <= bound, "back after {back:?}, bound {bound:?}");
+        assert!(
+            stats_of_a().requests > requests && a.served() > served,
+            "the resumed origin gets no traffic"
+        );
+        assert_eq!(ejected, 1, "one stall, one ejection");
+    });
+}
+
+#[test]
+fn a_passing_active_check_ends_a_long_ejection_early() {
+    let (a, b) = (origin("ejected"), origin("other"));
+    let mut config = failure_config();
+    // An ejection far longer than the test: only a passing active check can end it.
+    config.health.backoff_base = Duration::from_secs(60);
+    config.health.backoff_max = Duration::from_secs(60);
+    let interval = config.health.interval.unwrap();
+    let gw = start(2, config, sharded(2), &[a.local_addr(), b.local_addr()]);
+    let a_addr = a.local_addr();
+    let stats_of_a = || {
+        gw.gateway
+            .backend_stats()
+            .into_iter()
+            .find(|s| s.addr == a_addr)
+            .unwrap()
+    };
+    run(async {
+        let ch = channel(gw.addr()).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let loader = timed_load(&ch, 12, &stop);
+        eventually("both origins serve", || a.served() > 20 && b.served() > 20).await;
+        a.pause();
+        eventually("a is ejected", || stats_of_a().ejections == 1).await;
+        a.resume();
+        let resumed = Instant::now();
+        eventually("a is back", || stats_of_a().healthy).await;
+        let back = resumed.elapsed();
+        let served = a.served();
+        eventually("a serves again", || a.served() > served + 20).await;
+        stop.store(true, Ordering::Relaxed);
+        let failed = loader
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.1.is_some())
+            .count();
+        println!(
+            "a 60 s ejection ended by a passing check {back:?} after resume (interval {interval:?})"
+        );
+        assert_eq!(failed, 0, "calls failed although b was healthy");
+        // One interval to the next check, plus that round's checks (each within the timeout).
+        assert!(back <= 3 * interval, "back only after {back:?}");
+        assert_eq!(stats_of_a().ejections, 1);
+    });
 }

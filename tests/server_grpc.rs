@@ -30,7 +30,7 @@ mod raw;
 
 use grpc::{channel, health, say_hello, unary};
 use inproc::{eventually, local_config, run, shards};
-use raw::{PING, grpc_frame, h2_connect, read_frame_types};
+use raw::{GOAWAY, PING, grpc_frame, h2_connect, read_frame_types};
 
 /// A greeter for tests: `sleep:<ms>:<name>` waits before answering; it records the highest
 /// number of calls in flight at once on its shard.
@@ -399,8 +399,13 @@ fn grpc_timeout_and_request_timeout_give_deadline_exceeded() {
 
 #[test]
 fn concurrency_limit_per_connection_is_enforced() {
+    // More streams than the limit, so calls really wait for a slot (by default the protocol
+    // would refuse them); stream windows small enough that the waiting calls' bodies cannot
+    // hold the connection window (ServerConfig::validate).
     let server = TestServer::start(ServerConfig {
         concurrency_limit_per_connection: Some(2),
+        max_concurrent_streams: Some(100),
+        initial_stream_window: 8 << 10,
         ..local_config()
     });
     let addr = server.addr();
@@ -567,7 +572,10 @@ fn http2_keepalive_pings_idle_connections() {
         "no PING within 600 ms: frame types {types:?}"
     );
 
-    let quiet = TestServer::start(local_config());
+    let quiet = TestServer::start(ServerConfig {
+        http2_keepalive_interval: None,
+        ..local_config()
+    });
     let mut s = h2_connect(quiet.addr());
     let types = read_frame_types(&mut s, Duration::from_millis(300), |_| false);
     assert!(
@@ -577,24 +585,35 @@ fn http2_keepalive_pings_idle_connections() {
 }
 
 #[test]
-fn connections_over_the_per_shard_limit_are_closed() {
+fn at_the_per_shard_limit_the_connection_idle_longest_makes_room() {
     let server = TestServer::start(ServerConfig {
         max_connections_per_shard: 2,
         ..local_config()
     });
     let addr = server.addr();
+    // Both are served: the server answers with its SETTINGS and, once it has read ours, the
+    // SETTINGS ack (both type 4): the handshake is over.
+    let handshaken = |t: &[u8]| t.iter().filter(|&&f| f == 4).count() >= 2;
     let mut first = h2_connect(addr);
+    let types = read_frame_types(&mut first, Duration::from_secs(5), handshaken);
+    assert!(handshaken(&types), "{types:?}");
+    std::thread::sleep(Duration::from_millis(50));
     let mut second = h2_connect(addr);
-    // Both are served: the server answers with its SETTINGS (type 4).
-    for s in [&mut first, &mut second] {
-        let types = read_frame_types(s, Duration::from_secs(5), |t| !t.is_empty());
-        assert_eq!(types.first(), Some(&4), "{types:?}");
-    }
-    // The third is accepted by the kernel and closed by the server without a frame.
+    let types = read_frame_types(&mut second, Duration::from_secs(5), handshaken);
+    assert!(handshaken(&types), "{types:?}");
+    // The third is served too: the first, idle longest, gets GOAWAY (type 7) to make room.
     let mut third = h2_connect(addr);
-    assert_eq!(
-        read_frame_types(&mut third, Duration::from_secs(5), |t| !t.is_empty()),
-        Vec::<u8>::new()
+    let types = read_frame_types(&mut third, Duration::from_secs(5), |t| !t.is_empty());
+    assert_eq!(types.first(), Some(&4), "{types:?}");
+    let types = read_frame_types(&mut first, Duration::from_secs(5), |t| t.contains(&7));
+    assert!(
+        types.contains(&7),
+        "no GOAWAY on the idle-longest: {types:?}"
+    );
+    let types = read_frame_types(&mut second, Duration::from_millis(200), |t| t.contains(&7));
+    assert!(
+        !types.contains(&7),
+        "the newer idle connection was shed: {types:?}"
     );
     drop(first);
     // A slot is free again once the first connection is gone.
@@ -609,5 +628,384 @@ fn connections_over_the_per_shard_limit_are_closed() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(ok, "no connection accepted after one closed");
+    });
+}
+
+/// Reads (and drops) whatever `s` receives until the server closes it; how long after `since`
+/// that happened, or `None` if it is still open after `limit`.
+fn closed_after(
+    s: &mut std::net::TcpStream,
+    since: std::time::Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut chunk = [0u8; 4096];
+    while since.elapsed() < limit {
+        match s.read(&mut chunk) {
+            Ok(0) => return Some(since.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(since.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn silent_partial_and_slow_handshakes_are_dropped_after_the_handshake_timeout() {
+    use std::io::Write;
+    let server = TestServer::start(ServerConfig {
+        handshake_timeout: Some(Duration::from_millis(300)),
+        ..local_config()
+    });
+    let addr = server.addr();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let start = std::time::Instant::now();
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    let mut preface_only = std::net::TcpStream::connect(addr).unwrap();
+    preface_only.write_all(preface).unwrap();
+    // A complete handshake is not cut off.
+    let mut good = h2_connect(addr);
+    // The preface one byte every 50 ms: it would take 1.2 s, far past the timeout.
+    let slow = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let t = std::time::Instant::now();
+        for b in preface {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        closed_after(&mut s, t, Duration::from_secs(5))
+    });
+    for (what, s) in [("silent", &mut silent), ("preface only", &mut preface_only)] {
+        let after = closed_after(s, start, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{what}: still open after 5 s"));
+        assert!(
+            after >= Duration::from_millis(250),
+            "{what}: closed too early, after {after:?}"
+        );
+    }
+    let after = slow
+        .join()
+        .unwrap()
+        .expect("slow preface: still open after 5 s");
+    assert!(
+        after < Duration::from_millis(1000),
+        "slow preface closed after {after:?}"
+    );
+    assert_eq!(
+        closed_after(
+            &mut good,
+            std::time::Instant::now(),
+            Duration::from_millis(700)
+        ),
+        None,
+        "a connection that completed its handshake must stay open"
+    );
+}
+
+/// Opens an HTTP/2 connection with the h2 crate (the connection task runs in the background
+/// and answers PINGs); returns the request handle and the connection task, which ends when the
+/// server closes the connection. `window` is the client's initial stream window.
+async fn h2_client(
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// A SayHello request head for the h2 crate.
+fn say_hello_head(addr: SocketAddr) -> http::Request<()> {
+    http::Request::post(format!("http://{addr}/helloworld.Greeter/SayHello"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// Sends one SayHello with `body` on `client`; the grpc-status it ends with, or the h2 error.
+async fn h2_say_hello(
+    client: &h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    body: Bytes,
+) -> Result<String, h2::Error> {
+    let mut client = client.clone().ready().await?;
+    let (resp, mut send) = client.send_request(say_hello_head(addr), false)?;
+    send.send_data(body, true)?;
+    grpc_status_of(resp).await
+}
+
+/// Reads a response to its end (releasing flow-control window as it goes); its grpc-status.
+async fn grpc_status_of(resp: h2::client::ResponseFuture) -> Result<String, h2::Error> {
+    let resp = resp.await?;
+    // A trailers-only response (an error status) carries grpc-status in its headers.
+    if let Some(v) = resp.headers().get("grpc-status") {
+        return Ok(v.to_str().unwrap().to_string());
+    }
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await?.unwrap_or_default();
+    Ok(trailers
+        .get("grpc-status")
+        .map_or("none".into(), |v| v.to_str().unwrap().to_string()))
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout_and_pings_do_not_count() {
+    let server = TestServer::start(ServerConfig {
+        conn_idle_timeout: Some(Duration::from_millis(400)),
+        // Pings (answered by the client) come and go while the connection idles.
+        http2_keepalive_interval: Some(Duration::from_millis(100)),
+        ..local_config()
+    });
+    let addr = server.addr();
+    // A raw connection that never opens a stream: GOAWAY, then closed.
+    let start = std::time::Instant::now();
+    let mut raw = h2_connect(addr);
+    let types = read_frame_types(&mut raw, Duration::from_secs(5), |t| t.contains(&GOAWAY));
+    assert!(types.contains(&GOAWAY), "no GOAWAY within 5 s: {types:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(closed_after(&mut raw, start, Duration::from_secs(5)).is_some());
+    run(async move {
+        // A connection in use stays open well past the idle timeout...
+        let (client, conn) = h2_client(addr, 65535).await;
+        let body = grpc_frame(
+            &HelloRequest {
+                name: "busy".into(),
+            }
+            .encode_to_vec(),
+            false,
+        );
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                h2_say_hello(&client, addr, body.clone()).await.unwrap(),
+                "0"
+            );
+        }
+        assert!(!conn.is_finished(), "closed while calls were being made");
+        // ...and is closed once it idles, although it answers every PING.
+        let idle = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("an idle connection was not closed within 5 s")
+            .unwrap()
+            .ok();
+        assert!(
+            idle.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            idle.elapsed()
+        );
+    });
+}
+
+#[test]
+fn a_reader_that_opens_no_window_is_cut_off_after_the_send_stall_timeout() {
+    let server = TestServer::start(ServerConfig {
+        send_stall_timeout: Some(Duration::from_millis(400)),
+        ..local_config()
+    });
+    let addr = server.addr();
+    run(async move {
+        // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may send headers but no DATA.
+        let (client, conn) = h2_client(addr, 0).await;
+        let mut client = client.ready().await.unwrap();
+        let (resp, mut send) = client.send_request(say_hello_head(addr), false).unwrap();
+        let body = grpc_frame(
+            &HelloRequest {
+                name: "stuck".into(),
+            }
+            .encode_to_vec(),
+            false,
+        );
+        send.send_data(body, true).unwrap();
+        let start = std::time::Instant::now();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        // No DATA can come; the stream ends with an error when the server gives up on it.
+        let data = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("the stalled response was still held after 5 s");
+        assert!(
+            !matches!(data, Some(Ok(_))),
+            "DATA arrived through a zero window: {data:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the stalled connection was not closed")
+            .unwrap()
+            .ok();
+        assert!(
+            start.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            start.elapsed()
+        );
+        // Others are still served.
+        let ch = channel(addr).await;
+        assert_eq!(say_hello(ch, "next").await.unwrap(), "Hello, next!");
+    });
+}
+
+/// A HelloRequest of about `size` bytes: a short name, and the bulk in an unknown field
+/// (number 15), which the server skips, so that the replies stay small.
+fn bulky_hello(name: &str, size: usize) -> Bytes {
+    let mut msg = HelloRequest { name: name.into() }.encode_to_vec();
+    prost::encoding::bytes::encode(15, &vec![b'x'; size], &mut msg);
+    grpc_frame(&msg, false)
+}
+
+/// One HTTP/2 frame: header (length, type, flags, stream id) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn streams_beyond_the_concurrency_limit_are_refused_at_once() {
+    use std::io::Write;
+    // A greedy client that opens more streams than it was allowed, before reading the server's
+    // SETTINGS: the server's limit (the concurrency limit, 256 by default) holds, the rest are
+    // refused with RST_STREAM(REFUSED_STREAM), retryable, at once rather than queued.
+    let server = TestServer::start(local_config());
+    let addr = server.addr();
+    // SayHello request headers, HPACK literals without indexing (no table state needed).
+    let mut block = Vec::new();
+    for (k, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/helloworld.Greeter/SayHello"),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0);
+        block.push(k.len() as u8);
+        block.extend_from_slice(k.as_bytes());
+        block.push(v.len() as u8);
+        block.extend_from_slice(v.as_bytes());
+    }
+    let n = 300u32;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[]));
+    for i in 0..n {
+        // HEADERS with END_HEADERS; the bodies never come.
+        out.extend(h2_frame(1, 0x4, 2 * i + 1, &block));
+    }
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&out).unwrap();
+    // Count RST_STREAM(REFUSED_STREAM) frames for up to 2 s.
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = Vec::new();
+    let mut refused = std::collections::BTreeSet::new();
+    while start.elapsed() < Duration::from_secs(2) && refused.len() < (n - 256) as usize {
+        let mut chunk = [0u8; 4096];
+        match std::io::Read::read(&mut s, &mut chunk) {
+            Ok(0) => break,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Err(_) => {}
+        }
+        let mut pos = 0;
+        while pos + 9 <= buf.len() {
+            let len = u32::from_be_bytes([0, buf[pos], buf[pos + 1], buf[pos + 2]]) as usize;
+            if pos + 9 + len > buf.len() {
+                break;
+            }
+            let id = u32::from_be_bytes(buf[pos + 5..pos + 9].try_into().unwrap()) & 0x7fff_ffff;
+            if buf[pos + 3] == 3 && buf[pos + 9..pos + 13] == [0, 0, 0, 7] {
+                refused.insert(id);
+            }
+            pos += 9 + len;
+        }
+        buf.drain(..pos);
+    }
+    assert_eq!(
+        refused.len(),
+        (n - 256) as usize,
+        "REFUSED_STREAM for {} of the {} streams beyond the limit within {:?}",
+        refused.len(),
+        n - 256,
+        start.elapsed()
+    );
+    // The refused ones are the last opened.
+    assert_eq!(refused.first(), Some(&(2 * 256 + 1)));
+}
+
+#[test]
+fn many_calls_with_large_bodies_on_one_connection_never_deadlock() {
+    // Default concurrency limit (256 per connection) and windows (1 MiB): before the fix, 300
+    // calls of 60 KB deadlocked until their deadline. The deadline here is short so that a
+    // deadlock shows as DEADLINE_EXCEEDED within the test's time.
+    let server = TestServer::start(ServerConfig {
+        request_timeout: Some(Duration::from_secs(8)),
+        ..local_config()
+    });
+    let addr = server.addr();
+    run(async move {
+        for n in [300, 1000] {
+            let start = std::time::Instant::now();
+            // The h2 client keeps calls beyond the server's advertised limit queued; a client
+            // that does not is refused (see streams_beyond_the_concurrency_limit_are_refused_at_once).
+            let (client, _conn) = h2_client(addr, 1 << 20).await;
+            let calls: Vec<_> = (0..n)
+                .map(|i| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let body = bulky_hello(&i.to_string(), 60_000);
+                        (h2_say_hello(&client, addr, body).await, start.elapsed())
+                    })
+                })
+                .collect();
+            let (mut ok, mut refused) = (0, 0);
+            for c in calls {
+                match c.await.unwrap() {
+                    (Ok(status), _) if status == "0" => ok += 1,
+                    // Refused by the protocol (retryable), and at once.
+                    (Err(e), after) if e.reason() == Some(h2::Reason::REFUSED_STREAM) => {
+                        assert!(
+                            after < Duration::from_secs(2),
+                            "refused only after {after:?}"
+                        );
+                        refused += 1;
+                    }
+                    (other, after) => {
+                        panic!("{n} calls: a call ended {other:?} after {after:?}")
+                    }
+                }
+            }
+            eprintln!(
+                "{n} calls of 60 KB on one connection: {ok} completed, \
+                 {refused} refused, in {:?}",
+                start.elapsed()
+            );
+            assert_eq!(ok + refused, n);
+            assert!(ok > 0, "{n} calls: none completed");
+        }
     });
 }

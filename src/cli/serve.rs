@@ -13,12 +13,14 @@
 
 use super::CliResult;
 use shardpool::runtime::RuntimeOptions;
-use shardpool::server::{RunningServer, Server, ServerConfig};
+use shardpool::server::limits::{self, AutoCount, FdReserve};
+use shardpool::server::{AdminConfig, AdminToken, RunningServer, Server, ServerConfig};
 use shardpool::topology::{Placement, Topology};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Arguments of `shardpool serve` (boxed: they are large next to other subcommands).
@@ -33,7 +35,7 @@ pub struct ServeArgs {
 /// The knobs of `serve`. Every knob is a string here; it is parsed after merging the flag, the
 /// environment and the TOML file, so all three accept the same syntax.
 #[derive(clap::Args, Debug, Default)]
-struct Knobs {
+pub(super) struct Knobs {
     /// TOML file with knobs (keys are the flag names with `_` for `-`; gateway knobs in an
     /// `[upstream]` table). SIGHUP re-reads its `upstream.backends`.
     #[arg(long, env = "SHARDPOOL_CONFIG")]
@@ -53,9 +55,29 @@ struct Knobs {
     /// Busy-poll this long before an idle shard sleeps, or `off` [default: off].
     #[arg(long, env = "SHARDPOOL_SPIN_BEFORE_PARK")]
     spin_before_park: Option<String>,
-    /// Admin HTTP/1.1 address serving Prometheus `/metrics`, or `off` [default: off].
+    /// Admin address: HTTP/1.1 `/metrics` and h2c gRPC `shardpool.v1.Admin` (the backend
+    /// RPCs are served only here). `IP:PORT`, a bare `PORT` (binds 127.0.0.1), or `off`
+    /// [default: off].
     #[arg(long, env = "SHARDPOOL_ADMIN_LISTEN")]
     admin_listen: Option<String>,
+    /// File holding the token admin clients must send as `authorization: Bearer <token>` (on
+    /// both admin listeners); must not be world-readable [default: none, loopback only].
+    #[arg(long, env = "SHARDPOOL_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<String>,
+    /// Allow an admin listener on a non-loopback address without a token; bare
+    /// `--admin-allow-insecure` means true [default: false].
+    #[arg(long, env = "SHARDPOOL_ADMIN_ALLOW_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    admin_allow_insecure: Option<String>,
+    /// Connections open at once per admin listener; more are closed [default: 64].
+    #[arg(long, env = "SHARDPOOL_ADMIN_MAX_CONNECTIONS")]
+    admin_max_connections: Option<String>,
+    /// Time an admin client has to send each request head (and its first bytes); also the
+    /// write timeout and the limit of one admin call [default: 5s].
+    #[arg(long, env = "SHARDPOOL_ADMIN_READ_TIMEOUT")]
+    admin_read_timeout: Option<String>,
+    /// Close an admin connection that sends nothing for this long [default: 60s].
+    #[arg(long, env = "SHARDPOOL_ADMIN_IDLE_TIMEOUT")]
+    admin_idle_timeout: Option<String>,
     /// TCP_NODELAY on accepted connections; bare `--tcp-nodelay` means true [default: true].
     #[arg(long, env = "SHARDPOOL_TCP_NODELAY", num_args = 0..=1, default_missing_value = "true")]
     tcp_nodelay: Option<String>,
@@ -87,21 +109,47 @@ struct Knobs {
     /// means true [default: false].
     #[arg(long, env = "SHARDPOOL_ADAPTIVE_WINDOW", num_args = 0..=1, default_missing_value = "true")]
     adaptive_window: Option<String>,
-    /// HTTP/2 max concurrent streams per connection [default: 1000].
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection (more are refused with
+    /// REFUSED_STREAM), or `auto`: equal to --concurrency-limit-per-connection, 1000 when that
+    /// is off. Above the limit it must leave connection window for admitted calls (see
+    /// docs/security.md) [default: auto].
     #[arg(long, env = "SHARDPOOL_MAX_CONCURRENT_STREAMS")]
     max_concurrent_streams: Option<String>,
-    /// HTTP/2 PING interval, or `off` [default: off].
+    /// HTTP/2 PING interval, or `off` [default: 60s].
     #[arg(long, env = "SHARDPOOL_HTTP2_KEEPALIVE_INTERVAL")]
     http2_keepalive_interval: Option<String>,
     /// Close a connection whose PING is not answered within this [default: 20s].
     #[arg(long, env = "SHARDPOOL_HTTP2_KEEPALIVE_TIMEOUT")]
     http2_keepalive_timeout: Option<String>,
+    /// Drop a connection whose HTTP/2 preface and first SETTINGS have not arrived within this
+    /// of the accept, or `off` [default: 10s].
+    #[arg(long, env = "SHARDPOOL_HANDSHAKE_TIMEOUT")]
+    handshake_timeout: Option<String>,
+    /// Close (GOAWAY) a connection with no open and no new stream for this long; PINGs do not
+    /// count. `off` disables [default: 5m].
+    #[arg(long, env = "SHARDPOOL_CONN_IDLE_TIMEOUT")]
+    conn_idle_timeout: Option<String>,
+    /// Close a connection with a response its peer opens no flow-control window for, or a
+    /// write its socket takes nothing of, for this long; `off` disables [default: 30s].
+    #[arg(long, env = "SHARDPOOL_SEND_STALL_TIMEOUT")]
+    send_stall_timeout: Option<String>,
     /// Largest request message [default: 4MiB].
     #[arg(long, env = "SHARDPOOL_MAX_MESSAGE_SIZE")]
     max_message_size: Option<String>,
-    /// Open connections per shard; more are closed at once [default: 16384].
+    /// Open connections per shard, or `auto`: what the descriptor limit leaves after
+    /// --fd-reserve, split over the shards. At the cap the connection still handshaking, else
+    /// the one idle longest, is closed to make room [default: auto].
     #[arg(long, env = "SHARDPOOL_MAX_CONNECTIONS_PER_SHARD")]
     max_connections_per_shard: Option<String>,
+    /// Descriptors kept from client connections for upstream connections, health checks,
+    /// embedded origins, listeners, admin and the runtime, or `auto` (computed from the
+    /// upstream settings; see docs/deployment.md) [default: auto].
+    #[arg(long, env = "SHARDPOOL_FD_RESERVE")]
+    fd_reserve: Option<String>,
+    /// Longest wait of the accept loop after accept errors such as EMFILE (doubling from 5ms)
+    /// [default: 1s].
+    #[arg(long, env = "SHARDPOOL_ACCEPT_BACKOFF_MAX")]
+    accept_backoff_max: Option<String>,
     /// On SIGINT/SIGTERM, time given to in-flight calls before they are answered UNAVAILABLE
     /// [default: 10s].
     #[arg(long, env = "SHARDPOOL_SHUTDOWN_GRACE")]
@@ -110,8 +158,13 @@ struct Knobs {
 
 /// Everything `serve` needs, resolved from flags, environment, file and defaults.
 #[derive(Debug, PartialEq)]
-struct Resolved {
+pub(super) struct Resolved {
     server: ServerConfig,
+    /// `--max-connections-per-shard`; `auto` is settled in [`run`], once the shards and the
+    /// descriptor limit are known.
+    max_connections: AutoCount,
+    /// `--fd-reserve`.
+    fd_reserve: AutoCount,
     shards: Option<usize>,
     placement: Placement,
     runtime: RuntimeOptions,
@@ -162,13 +215,18 @@ impl Lookup<'_> {
     }
 }
 
-const KEYS: [&str; 22] = [
+const KEYS: [&str; 32] = [
     "listen",
     "shards",
     "placement",
     "pin",
     "spin_before_park",
     "admin_listen",
+    "admin_token_file",
+    "admin_allow_insecure",
+    "admin_max_connections",
+    "admin_read_timeout",
+    "admin_idle_timeout",
     "tcp_nodelay",
     "tcp_keepalive",
     "listen_backlog",
@@ -181,8 +239,13 @@ const KEYS: [&str; 22] = [
     "max_concurrent_streams",
     "http2_keepalive_interval",
     "http2_keepalive_timeout",
+    "handshake_timeout",
+    "conn_idle_timeout",
+    "send_stall_timeout",
     "max_message_size",
     "max_connections_per_shard",
+    "fd_reserve",
+    "accept_backoff_max",
     "shutdown_grace",
     "config",
 ];
@@ -192,7 +255,7 @@ const KEYS: [&str; 22] = [
 pub(super) struct ConfigFile {
     /// Where it was read from (`None`: no file).
     pub(super) path: Option<PathBuf>,
-    knobs: BTreeMap<String, String>,
+    pub(super) knobs: BTreeMap<String, String>,
     /// The `[upstream]` table, checked by `upstream_args`.
     pub(super) upstream: toml::Table,
 }
@@ -218,6 +281,11 @@ pub(super) fn read_config(path: Option<&Path>) -> Result<ConfigFile, String> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    parse_config(&text, path)
+}
+
+/// Parses the text of a TOML knob file read from `path` (named in errors).
+pub(super) fn parse_config(text: &str, path: &Path) -> Result<ConfigFile, String> {
     let table: toml::Table = text
         .parse()
         .map_err(|e| format!("config file {} is not valid TOML: {e}", path.display()))?;
@@ -273,6 +341,14 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
+/// A duration longer than zero.
+pub(super) fn parse_positive(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0".into()),
+        d => Ok(d),
+    }
+}
+
 fn is_off(s: &str) -> bool {
     matches!(s, "off" | "none" | "0")
 }
@@ -286,7 +362,7 @@ pub(super) fn parse_opt_duration(s: &str) -> Result<Option<Duration>, String> {
 }
 
 /// `65536`, `64KiB`, `1MiB`, `1GiB` (also `k`/`KB`, `m`/`MB` meaning the binary units).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
@@ -303,7 +379,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| "size too large".to_string())
 }
 
-fn parse_u32_size(s: &str) -> Result<u32, String> {
+pub(super) fn parse_u32_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     u32::try_from(n)
         .ok()
@@ -311,11 +387,11 @@ fn parse_u32_size(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{n} is larger than HTTP/2's largest window, 2^31-1 bytes"))
 }
 
-fn parse_num<T: FromStr>(s: &str) -> Result<T, String> {
+pub(super) fn parse_num<T: FromStr>(s: &str) -> Result<T, String> {
     s.parse().map_err(|_| "expected a whole number".to_string())
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
+pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     match s {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
@@ -323,20 +399,34 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|e| format!("{e}; expected IP:PORT like 127.0.0.1:50051"))
 }
 
-fn parse_opt_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+/// An admin address: `IP:PORT`, a bare `PORT` (127.0.0.1), or `off`/`none`.
+pub(super) fn parse_admin_addr(s: &str) -> Result<Option<SocketAddr>, String> {
     if matches!(s, "off" | "none") {
         Ok(None)
+    } else if let Ok(port) = s.parse::<u16>() {
+        Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))))
     } else {
-        parse_addr(s).map(Some)
+        s.parse().map(Some).map_err(|e| {
+            format!("{e}; expected IP:PORT like 127.0.0.1:9100, a bare port (127.0.0.1), or off")
+        })
     }
 }
 
-fn parse_opt_count(s: &str) -> Result<Option<usize>, String> {
+/// `auto` (`None`) or a whole number of streams, at least 1.
+pub(super) fn parse_max_streams(s: &str) -> Result<Option<u32>, String> {
+    if s == "auto" {
+        Ok(None)
+    } else {
+        parse_num(s).map_err(|e| format!("{e}, or auto")).map(Some)
+    }
+}
+
+pub(super) fn parse_opt_count(s: &str) -> Result<Option<usize>, String> {
     if matches!(s, "off" | "none") {
         Ok(None)
     } else {
@@ -345,18 +435,59 @@ fn parse_opt_count(s: &str) -> Result<Option<usize>, String> {
 }
 
 impl Knobs {
-    fn resolve(&self, file: &ConfigFile) -> Result<Resolved, String> {
+    /// The knobs of both admin listeners; reads (and checks) the token file.
+    fn admin_config(&self, l: &Lookup<'_>) -> Result<AdminConfig, String> {
+        let d = AdminConfig::default();
+        let a = self;
+        Ok(AdminConfig {
+            token: l.get("admin_token_file", &a.admin_token_file, |p| {
+                AdminToken::from_file(Path::new(p))
+            })?,
+            allow_insecure: l
+                .get("admin_allow_insecure", &a.admin_allow_insecure, parse_bool)?
+                .unwrap_or(d.allow_insecure),
+            max_connections: l
+                .get(
+                    "admin_max_connections",
+                    &a.admin_max_connections,
+                    |s| match parse_num(s)? {
+                        0 => Err("must be at least 1".to_string()),
+                        n => Ok(n),
+                    },
+                )?
+                .unwrap_or(d.max_connections),
+            read_timeout: l
+                .get("admin_read_timeout", &a.admin_read_timeout, parse_positive)?
+                .unwrap_or(d.read_timeout),
+            idle_timeout: l
+                .get("admin_idle_timeout", &a.admin_idle_timeout, parse_positive)?
+                .unwrap_or(d.idle_timeout),
+        })
+    }
+
+    pub(super) fn resolve(&self, file: &ConfigFile) -> Result<Resolved, String> {
         let l = Lookup {
             file: &file.knobs,
             table: "",
         };
         let d = ServerConfig::default();
         let a = self;
+        let max_connections = l
+            .get(
+                "max_connections_per_shard",
+                &a.max_connections_per_shard,
+                AutoCount::from_str,
+            )?
+            .unwrap_or_default();
+        let fd_reserve = l
+            .get("fd_reserve", &a.fd_reserve, AutoCount::from_str)?
+            .unwrap_or_default();
         let server = ServerConfig {
             listen: l.get("listen", &a.listen, parse_addr)?.unwrap_or(d.listen),
             admin_listen: l
-                .get("admin_listen", &a.admin_listen, parse_opt_addr)?
+                .get("admin_listen", &a.admin_listen, parse_admin_addr)?
                 .unwrap_or(d.admin_listen),
+            admin: self.admin_config(&l)?,
             tcp_nodelay: l
                 .get("tcp_nodelay", &a.tcp_nodelay, parse_bool)?
                 .unwrap_or(d.tcp_nodelay),
@@ -400,7 +531,7 @@ impl Knobs {
                 .get(
                     "max_concurrent_streams",
                     &a.max_concurrent_streams,
-                    parse_num,
+                    parse_max_streams,
                 )?
                 .unwrap_or(d.max_concurrent_streams),
             http2_keepalive_interval: l
@@ -417,18 +548,39 @@ impl Knobs {
                     parse_duration,
                 )?
                 .unwrap_or(d.http2_keepalive_timeout),
+            handshake_timeout: l
+                .get(
+                    "handshake_timeout",
+                    &a.handshake_timeout,
+                    parse_opt_duration,
+                )?
+                .unwrap_or(d.handshake_timeout),
+            conn_idle_timeout: l
+                .get(
+                    "conn_idle_timeout",
+                    &a.conn_idle_timeout,
+                    parse_opt_duration,
+                )?
+                .unwrap_or(d.conn_idle_timeout),
+            send_stall_timeout: l
+                .get(
+                    "send_stall_timeout",
+                    &a.send_stall_timeout,
+                    parse_opt_duration,
+                )?
+                .unwrap_or(d.send_stall_timeout),
             max_message_size: l
                 .get("max_message_size", &a.max_message_size, |s| {
                     parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
                 })?
                 .unwrap_or(d.max_message_size),
-            max_connections_per_shard: l
-                .get(
-                    "max_connections_per_shard",
-                    &a.max_connections_per_shard,
-                    parse_num,
-                )?
-                .unwrap_or(d.max_connections_per_shard),
+            max_connections_per_shard: match max_connections {
+                AutoCount::Fixed(n) => n,
+                AutoCount::Auto => d.max_connections_per_shard,
+            },
+            accept_backoff_max: l
+                .get("accept_backoff_max", &a.accept_backoff_max, parse_duration)?
+                .unwrap_or(d.accept_backoff_max),
             shutdown_grace: l
                 .get("shutdown_grace", &a.shutdown_grace, parse_duration)?
                 .unwrap_or(d.shutdown_grace),
@@ -449,6 +601,8 @@ impl Knobs {
         };
         Ok(Resolved {
             server,
+            max_connections,
+            fd_reserve,
             shards: l.get("shards", &a.shards, parse_num)?,
             placement: l
                 .get("placement", &a.placement, |s| {
@@ -475,8 +629,19 @@ pub fn run(args: ServeArgs) -> CliResult {
     let topology = Topology::detect();
     let map = topology.place(&r.placement, r.shards)?;
     let grace = r.server.shutdown_grace;
+    let admin = r.server.admin.clone();
+    let mut config = r.server;
+    config.max_connections_per_shard = settle_connection_cap(
+        r.max_connections,
+        r.fd_reserve,
+        map.len(),
+        config.admin_listen.is_some(),
+        &admin,
+        &upstream,
+    )?;
+    let server = Server::new(config).after_storm(Arc::new(crate::release_free_memory));
     let (server, _upstream) =
-        super::upstream_args::start(&upstream, Server::new(r.server), &map, &r.runtime)?;
+        super::upstream_args::start(&upstream, &admin, server, &map, &r.runtime)?;
     for (i, p) in map.places().iter().enumerate() {
         println!(
             "shardpool: shard {i} on cpu {} (NUMA node {})",
@@ -496,6 +661,71 @@ pub fn run(args: ServeArgs) -> CliResult {
     let abandoned: u64 = reports.iter().map(|r| r.calls_abandoned).sum();
     tracing::info!(calls, abandoned, "all shards stopped");
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one, then settles the per-shard connection cap:
+/// `auto` takes what the limit leaves after the reserve ([`limits::connection_cap`]); a given
+/// cap above that is kept with a warning. Refuses to start when the limit is too low to serve.
+fn settle_connection_cap(
+    max_connections: AutoCount,
+    fd_reserve: AutoCount,
+    shards: usize,
+    admin_on: bool,
+    admin: &AdminConfig,
+    upstream: &super::upstream_args::UpstreamSettings,
+) -> Result<usize, String> {
+    let nofile = match limits::raise_nofile_limit() {
+        Ok(l) => {
+            tracing::info!(
+                soft_before = l.soft_before,
+                soft = l.soft,
+                hard = l.hard,
+                "descriptor limit: soft {} (was {}), hard {}",
+                l.soft,
+                l.soft_before,
+                l.hard
+            );
+            l.soft
+        }
+        Err(e) => {
+            let (soft, hard) = limits::nofile_limit()
+                .map_err(|e| format!("cannot read the descriptor limit: {e}"))?;
+            tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit");
+            soft
+        }
+    };
+    let reserve = match fd_reserve {
+        AutoCount::Fixed(n) => n,
+        AutoCount::Auto => {
+            let mut r = FdReserve::server(shards, admin_on.then_some(admin.max_connections));
+            upstream.fd_reserve(&mut r, admin)?;
+            tracing::info!(reserve = ?r, "descriptors reserved: {}", r.total());
+            r.total()
+        }
+    };
+    let derived = limits::connection_cap(nofile, shards, reserve)?;
+    let cap = match max_connections {
+        AutoCount::Auto => derived,
+        AutoCount::Fixed(n) => {
+            if n > derived {
+                tracing::warn!(
+                    "--max-connections-per-shard {n} is more than the {derived} that fit the \
+                     descriptor limit ({nofile}) after the reserve ({reserve}): past that, \
+                     accepts fail with EMFILE and upstream connections may too; raise the \
+                     limit (`ulimit -n`) or use `auto`"
+                );
+            }
+            n
+        }
+    };
+    tracing::info!(
+        cap,
+        shards,
+        nofile,
+        reserve,
+        "at most {cap} connections per shard"
+    );
+    Ok(cap)
 }
 
 /// On the first SIGINT/SIGTERM: drain and start the grace timer; on the second: abort.
@@ -547,6 +777,7 @@ mod tests {
         std::fs::write(
             &file,
             "request_timeout = \"5s\"\nmax_concurrent_streams = 77\ntcp_nodelay = false\n\
+             conn_idle_timeout = \"90s\"\nsend_stall_timeout = \"1m\"\n\
              initial_stream_window = \"64KiB\"\nplacement = \"cpus:0\"\nreuse_port_shared = true\n",
         )
         .unwrap();
@@ -560,6 +791,8 @@ mod tests {
             http2_keepalive_interval: Some("off".into()),
             concurrency_limit_per_connection: Some("off".into()),
             admin_listen: Some("127.0.0.1:0".into()),
+            handshake_timeout: Some("off".into()),
+            send_stall_timeout: Some("7s".into()),
             ..Knobs::default()
         };
         let r = args
@@ -571,7 +804,18 @@ mod tests {
             Some(Duration::from_millis(250)),
             "flag beats file"
         );
-        assert_eq!(r.server.max_concurrent_streams, 77, "file beats default");
+        assert_eq!(
+            r.server.max_concurrent_streams,
+            Some(77),
+            "file beats default"
+        );
+        assert_eq!(
+            r.server.http2_keepalive_interval, None,
+            "off turns pings off"
+        );
+        assert_eq!(r.server.conn_idle_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(r.server.handshake_timeout, None);
+        assert_eq!(r.server.send_stall_timeout, Some(Duration::from_secs(7)));
         assert!(!r.server.tcp_nodelay);
         assert_eq!(r.server.initial_stream_window, 65536);
         assert_eq!(r.server.concurrency_limit_per_connection, None);
@@ -611,6 +855,24 @@ mod tests {
         .resolve(&ConfigFile::default())
         .unwrap_err();
         assert!(err.contains("at least 1"), "{err}");
+        // Streams that could wait for a slot and fill the connection window are refused.
+        let err = Knobs {
+            max_concurrent_streams: Some("1000".into()),
+            ..Knobs::default()
+        }
+        .resolve(&ConfigFile::default())
+        .unwrap_err();
+        assert!(
+            err.contains("deadlock") && err.contains("--max-concurrent-streams"),
+            "{err}"
+        );
+        let err = Knobs {
+            max_concurrent_streams: Some("lots".into()),
+            ..Knobs::default()
+        }
+        .resolve(&ConfigFile::default())
+        .unwrap_err();
+        assert!(err.contains("auto"), "{err}");
     }
 
     #[test]
@@ -644,6 +906,117 @@ mod tests {
         assert!(!off.server.tcp_nodelay && !off.runtime.pin);
         let on = parse(&["serve", "--tcp-nodelay", "--pin"]);
         assert!(on.server.tcp_nodelay && on.runtime.pin);
+    }
+
+    #[test]
+    fn descriptor_knobs_default_to_auto_and_take_numbers() {
+        let d = Knobs::default().resolve(&ConfigFile::default()).unwrap();
+        assert_eq!(
+            (d.max_connections, d.fd_reserve),
+            (AutoCount::Auto, AutoCount::Auto)
+        );
+        assert_eq!(d.server.accept_backoff_max, Duration::from_secs(1));
+        let r = Knobs {
+            max_connections_per_shard: Some("300".into()),
+            fd_reserve: Some("auto".into()),
+            accept_backoff_max: Some("250ms".into()),
+            ..Knobs::default()
+        }
+        .resolve(&ConfigFile::default())
+        .unwrap();
+        assert_eq!(r.max_connections, AutoCount::Fixed(300));
+        assert_eq!(r.server.max_connections_per_shard, 300);
+        assert_eq!(r.server.accept_backoff_max, Duration::from_millis(250));
+        let err = Knobs {
+            fd_reserve: Some("plenty".into()),
+            ..Knobs::default()
+        }
+        .resolve(&ConfigFile::default())
+        .unwrap_err();
+        assert!(
+            err.contains("--fd-reserve")
+                && err.contains("SHARDPOOL_FD_RESERVE")
+                && err.contains("auto"),
+            "{err}"
+        );
+        let err = Knobs {
+            accept_backoff_max: Some("0s".into()),
+            ..Knobs::default()
+        }
+        .resolve(&ConfigFile::default())
+        .unwrap_err();
+        assert!(err.contains("accept-backoff-max"), "{err}");
+    }
+
+    #[test]
+    fn admin_knobs_bare_port_and_bounds() {
+        let dir =
+            std::env::temp_dir().join(format!("shardpool-serve-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("serve.toml");
+        std::fs::write(
+            &file,
+            "admin_listen = \"9100\"\nadmin_read_timeout = \"2s\"\nadmin_max_connections = 8\n",
+        )
+        .unwrap();
+        let args = Knobs {
+            config: Some(file.clone()),
+            admin_idle_timeout: Some("90s".into()),
+            admin_allow_insecure: Some("true".into()),
+            ..Knobs::default()
+        };
+        let r = args
+            .resolve(&read_config(args.config.as_deref()).unwrap())
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            r.server.admin_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        let a = &r.server.admin;
+        assert_eq!(
+            (
+                a.read_timeout,
+                a.idle_timeout,
+                a.max_connections,
+                a.allow_insecure
+            ),
+            (Duration::from_secs(2), Duration::from_secs(90), 8, true)
+        );
+        assert_eq!(a.token, None);
+        for (knobs, want) in [
+            (
+                Knobs {
+                    admin_max_connections: Some("0".into()),
+                    ..Knobs::default()
+                },
+                "--admin-max-connections",
+            ),
+            (
+                Knobs {
+                    admin_read_timeout: Some("0s".into()),
+                    ..Knobs::default()
+                },
+                "--admin-read-timeout",
+            ),
+            (
+                Knobs {
+                    admin_listen: Some("0.0.0.0:9100".into()),
+                    ..Knobs::default()
+                },
+                "--admin-allow-insecure",
+            ),
+            (
+                Knobs {
+                    admin_token_file: Some("/nonexistent/shardpool-token".into()),
+                    ..Knobs::default()
+                },
+                "SHARDPOOL_ADMIN_TOKEN_FILE",
+            ),
+        ] {
+            let e = knobs.resolve(&ConfigFile::default()).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

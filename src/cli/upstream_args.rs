@@ -18,13 +18,18 @@
 //! (`--backend`). Backends given by flag or variable replace the file's list. SIGHUP re-reads
 //! the file's `upstream.backends` (unless backends came from flags) and `--backends-file`.
 
-use super::serve::{ConfigFile, Lookup, parse_duration, parse_opt_duration, read_config, scalar};
+use super::serve::{
+    ConfigFile, Lookup, parse_admin_addr, parse_duration, parse_num, parse_opt_duration,
+    read_config, scalar,
+};
 use shardpool::baseline::MutexPool;
 use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, ShardContext};
-use shardpool::server::{GreetHandler, RunningServer, Server};
+use shardpool::server::limits::FdReserve;
+use shardpool::server::{AdminConfig, GreetHandler, RunningServer, Server};
 use shardpool::topology::ShardMap;
 use shardpool::upstream::admin::AdminEndpoint;
+use shardpool::upstream::allow::{AllowListed, BackendAllow};
 use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
 use shardpool::upstream::{
     Balance, ConnectorConfig, Gateway, GatewayConfig, HealthChecker, HealthConfig, UpstreamManager,
@@ -33,6 +38,7 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -124,14 +130,19 @@ pub struct UpstreamArgs {
     /// Longest ejection [default: 30s].
     #[arg(long, env = "SHARDPOOL_EJECT_BACKOFF_MAX")]
     eject_backoff_max: Option<String>,
-    /// Upstream admin HTTP address (per-backend /metrics, add/remove backends), or `off`
+    /// Upstream admin HTTP address (per-backend /metrics, add/remove backends): `IP:PORT`, a
+    /// bare `PORT` (binds 127.0.0.1), or `off`; same token and limits as --admin-listen
     /// [default: off].
     #[arg(long, env = "SHARDPOOL_UPSTREAM_ADMIN_LISTEN")]
     upstream_admin_listen: Option<String>,
+    /// Networks every backend must be in, `CIDR[,CIDR...]` (e.g. `10.0.0.0/8,127.0.0.1/32`):
+    /// checked at start, on SIGHUP and for backends added at run time [default: any address].
+    #[arg(long, env = "SHARDPOOL_BACKEND_ALLOW")]
+    backend_allow: Option<String>,
 }
 
 /// Keys of the `[upstream]` table (`backends` is the list; the rest are scalars).
-const UPSTREAM_KEYS: [&str; 19] = [
+const UPSTREAM_KEYS: [&str; 20] = [
     "mode",
     "backends",
     "backends_file",
@@ -151,6 +162,7 @@ const UPSTREAM_KEYS: [&str; 19] = [
     "eject_backoff",
     "eject_backoff_max",
     "upstream_admin_listen",
+    "backend_allow",
 ];
 
 /// The gateway settings after merging flags, environment, the config file and defaults.
@@ -165,6 +177,7 @@ pub struct UpstreamSettings {
     pool_idle_timeout: Option<Duration>,
     gateway: GatewayConfig,
     admin_listen: Option<SocketAddr>,
+    backend_allow: Option<BackendAllow>,
 }
 
 /// Where the backend list comes from, at start and on SIGHUP.
@@ -204,10 +217,6 @@ impl BackendSources {
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|e| format!("{e}; expected IP:PORT like 127.0.0.1:7001"))
-}
-
-fn parse_count<T: std::str::FromStr>(s: &str) -> Result<T, String> {
-    s.parse().map_err(|_| "expected a whole number".to_string())
 }
 
 fn parse_enum<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
@@ -284,7 +293,7 @@ impl UpstreamArgs {
                 .get("health_timeout", &a.health_timeout, parse_duration)?
                 .unwrap_or(dh.timeout),
             eject_after: l
-                .get("eject_after", &a.eject_after, parse_count)?
+                .get("eject_after", &a.eject_after, parse_num)?
                 .unwrap_or(dh.eject_after),
             backoff_base: l
                 .get("eject_backoff", &a.eject_backoff, parse_duration)?
@@ -361,16 +370,16 @@ impl UpstreamArgs {
                 .unwrap_or(UpstreamMode::Auto),
             backends,
             embedded_origins: l
-                .get("embedded_origins", &a.embedded_origins, parse_count)?
+                .get("embedded_origins", &a.embedded_origins, parse_num)?
                 .unwrap_or(2),
             pool: l
                 .get("pool", &a.pool, parse_enum)?
                 .unwrap_or(PoolKind::Sharded),
             pool_max_size: l
-                .get("pool_max_size", &a.pool_max_size, parse_count)?
+                .get("pool_max_size", &a.pool_max_size, parse_num)?
                 .unwrap_or(256),
             pool_max_idle: l
-                .get("pool_max_idle", &a.pool_max_idle, parse_count)?
+                .get("pool_max_idle", &a.pool_max_idle, parse_num)?
                 .unwrap_or(256),
             pool_idle_timeout: l
                 .get(
@@ -381,15 +390,43 @@ impl UpstreamArgs {
                 .unwrap_or(Some(Duration::from_secs(60))),
             gateway,
             admin_listen: l
-                .get("upstream_admin_listen", &a.upstream_admin_listen, |s| {
-                    if matches!(s, "off" | "none") {
-                        Ok(None)
-                    } else {
-                        parse_addr(s).map(Some)
-                    }
-                })?
+                .get(
+                    "upstream_admin_listen",
+                    &a.upstream_admin_listen,
+                    parse_admin_addr,
+                )?
                 .flatten(),
+            backend_allow: l.get("backend_allow", &a.backend_allow, |s| s.parse())?,
         })
+    }
+}
+
+impl UpstreamSettings {
+    /// Adds what the gateway needs to `reserve` (nothing with `--upstream none`): per backend
+    /// at start, `pool_max_size` upstream connections and one health check at a time; per
+    /// embedded origin, also the accepted end of each of those (both ends are in this
+    /// process), its listener and its executor's own descriptors. Backends added later (admin
+    /// RPC, SIGHUP) are not counted: set `--fd-reserve` when you plan to add some.
+    pub fn fd_reserve(&self, reserve: &mut FdReserve, admin: &AdminConfig) -> Result<(), String> {
+        if self.mode == UpstreamMode::None {
+            return Ok(());
+        }
+        let external = self.backends.reload(&[])?.len();
+        let embedded = if self.mode == UpstreamMode::Embedded || external == 0 {
+            self.embedded_origins
+        } else {
+            0
+        };
+        let backends = external + embedded;
+        reserve.upstream = backends.saturating_mul(self.pool_max_size);
+        reserve.health_checks = backends + embedded;
+        reserve.origins = embedded
+            .saturating_mul(self.pool_max_size + 1 + shardpool::server::limits::PER_SHARD_MARGIN);
+        if self.admin_listen.is_some() {
+            reserve.listeners += 1;
+            reserve.admin += admin.max_connections;
+        }
+        Ok(())
     }
 }
 
@@ -418,6 +455,7 @@ impl Drop for UpstreamHandle {
 /// the server has stopped.
 pub fn start<F, H>(
     args: &UpstreamSettings,
+    admin: &AdminConfig,
     server: Server<F>,
     map: &ShardMap,
     runtime: &RuntimeOptions,
@@ -450,6 +488,7 @@ where
             let pool = ShardedPool::new(manager.clone(), pool_config).map_err(invalid)?;
             run(
                 args,
+                admin,
                 Gateway::new(config, Some(pool), manager, map.len()),
                 server,
                 map,
@@ -460,6 +499,7 @@ where
             let pool = MutexPool::new(manager.clone(), pool_config).map_err(invalid)?;
             run(
                 args,
+                admin,
                 Gateway::new(config, Some(pool), manager, map.len()),
                 server,
                 map,
@@ -469,13 +509,14 @@ where
         PoolKind::None => {
             let gateway: Gateway<ShardedPool<UpstreamManager>> =
                 Gateway::new(config, None, manager, map.len());
-            run(args, gateway, server, map, runtime)
+            run(args, admin, gateway, server, map, runtime)
         }
     }
 }
 
 fn run<P, F, H>(
     args: &UpstreamSettings,
+    admin: &AdminConfig,
     gateway: Gateway<P>,
     server: Server<F>,
     map: &ShardMap,
@@ -488,6 +529,8 @@ where
 {
     let mut origins = Vec::new();
     let mut backends = args.backends.reload(&[])?;
+    // Only the operator's backends are checked: embedded origins are started here, on loopback.
+    check_allowed(args.backend_allow.as_ref(), &backends)?;
     let mut embedded = Vec::new();
     if args.mode == UpstreamMode::Embedded || backends.is_empty() {
         if args.embedded_origins == 0 {
@@ -508,15 +551,28 @@ where
         gateway.add_backend(*b);
     }
     let server = gateway.install(server);
+    // With an allow-list, the backend RPCs go through it (this replaces the hook `install` set).
+    let server = match &args.backend_allow {
+        Some(allow) => {
+            server.backend_admin(Arc::new(AllowListed::new(gateway.clone(), allow.clone())))
+        }
+        None => server,
+    };
     let health = gateway.start_health_checks();
     let admin = match args.admin_listen {
-        Some(a) => Some(AdminEndpoint::start(a, gateway.clone())?),
+        Some(a) => Some(AdminEndpoint::start_with(
+            a,
+            gateway.clone(),
+            admin.clone(),
+            args.backend_allow.clone(),
+        )?),
         None => None,
     };
     let sighup = if args.backends.config.is_some() || args.backends.file.is_some() {
         Some(watch_sighup(
             args.backends.clone(),
             embedded,
+            args.backend_allow.clone(),
             gateway.clone(),
         )?)
     } else {
@@ -559,10 +615,23 @@ where
     ))
 }
 
+/// Every backend of `list` inside `allow` (when set), else an error naming the first outside.
+fn check_allowed(allow: Option<&BackendAllow>, list: &[SocketAddr]) -> Result<(), String> {
+    match allow {
+        Some(allow) => list.iter().try_for_each(|a| allow.check(*a)),
+        None => Ok(()),
+    }
+}
+
 /// Reads `backends = ["IP:PORT", ...]` from a TOML file.
 fn read_backends_file(path: &Path) -> Result<Vec<SocketAddr>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read backends file {}: {e}", path.display()))?;
+    parse_backends(&text, path)
+}
+
+/// Parses the text of a backends file read from `path` (named in errors).
+pub(super) fn parse_backends(text: &str, path: &Path) -> Result<Vec<SocketAddr>, String> {
     let table: toml::Table = text
         .parse()
         .map_err(|e| format!("backends file {} is not valid TOML: {e}", path.display()))?;
@@ -589,10 +658,12 @@ fn read_backends_file(path: &Path) -> Result<Vec<SocketAddr>, String> {
 
 /// On SIGHUP: the backend set becomes what `sources` list now (the config file's
 /// `upstream.backends` or the flags' list, plus the backends file), plus the embedded origins.
-/// A file that cannot be read or parsed keeps the current set.
+/// A file that cannot be read or parsed, or that lists a backend outside the allow-list, keeps
+/// the current set.
 fn watch_sighup<P: ConnectionPool<UpstreamManager>>(
     sources: BackendSources,
     embedded: Vec<SocketAddr>,
+    allow: Option<BackendAllow>,
     gateway: Gateway<P>,
 ) -> Result<signal_hook::iterator::Handle, BoxError> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
@@ -602,7 +673,16 @@ fn watch_sighup<P: ConnectionPool<UpstreamManager>>(
         .name("upstream-sighup".into())
         .spawn(move || {
             for _ in signals.forever() {
-                match sources.reload(&embedded) {
+                let checked = sources.reload(&[]).and_then(|mut list| {
+                    check_allowed(allow.as_ref(), &list)?;
+                    for e in &embedded {
+                        if !list.contains(e) {
+                            list.push(*e);
+                        }
+                    }
+                    Ok(list)
+                });
+                match checked {
                     Ok(list) => {
                         let (added, removed) = gateway.set_backends(&list);
                         tracing::info!(added, removed, "SIGHUP: backends reloaded");

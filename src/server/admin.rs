@@ -1,26 +1,56 @@
-//! The admin HTTP/1.1 endpoint: `GET /metrics` in the Prometheus text format (version 0.0.4);
-//! and the backend RPCs of `shardpool.v1.Admin` ([`BackendAdmin`]).
+//! The server's admin listener (`--admin-listen`). It speaks HTTP/1.1 (`GET /metrics`, the
+//! Prometheus text format, version 0.0.4) and h2c gRPC (`shardpool.v1.Admin`, including the
+//! backend RPCs of [`BackendAdmin`], and `grpc.health.v1.Health`), told apart by the HTTP/2
+//! connection preface. When an admin token is configured every request must carry it.
+//!
+//! Each connection is served by a task of its own, at most `admin.max_connections` at once (more
+//! are closed at once); a connection must send its first bytes and every request head within
+//! `admin.read_timeout`, heads are at most [`ADMIN_MAX_HEAD`](super::ADMIN_MAX_HEAD) bytes, and
+//! one that sends nothing for `admin.idle_timeout` is closed.
 
-use super::grpc::GrpcBody;
+use super::access::{ADMIN_MAX_HEAD, Denied};
+use super::grpc::{GrpcBody, ok_response, status_response};
 use super::proto::{
     AddBackendRequest, Backend, BackendList, ListBackendsRequest, RemoveBackendRequest,
 };
-use super::{Code, GreetHandler, ServerCounters, Shard, Status};
+use super::{Code, GreetHandler, Method, ServerCounters, Shard, Status};
 use crate::pool::{ShardStats, Stats};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Duration;
 
-/// Serves the admin endpoint on `listener` until the drain phase.
+/// The HTTP/2 connection preface, which tells an h2c (gRPC) client from an HTTP/1.1 one.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves the admin listener until the drain phase.
 pub(super) async fn serve<H: GreetHandler>(
     shard: Rc<Shard<H>>,
     listener: glommio::net::TcpListener,
 ) {
+    let acfg = &shard.shared.cfg.admin;
     let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1.timer(super::io::HyperTimer).keep_alive(true);
+    http1
+        .timer(super::io::HyperTimer)
+        .keep_alive(true)
+        .header_read_timeout(acfg.read_timeout)
+        .max_buf_size(ADMIN_MAX_HEAD);
+    let mut h2 = hyper::server::conn::http2::Builder::new(super::io::LocalExec);
+    h2.timer(super::io::HyperTimer)
+        .max_concurrent_streams(16)
+        .max_header_list_size(ADMIN_MAX_HEAD as u32)
+        .max_send_buf_size(64 << 10)
+        .keep_alive_interval(None);
+    let builders = Rc::new((http1, h2));
+    let open = Rc::new(Cell::new(0usize));
+    let mut backoff = super::limits::AcceptBackoff::new(shard.shared.cfg.accept_backoff_max);
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.drain.wait().await;
@@ -29,33 +59,140 @@ pub(super) async fn serve<H: GreetHandler>(
         .await;
         let stream = match accepted {
             None => return,
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => {
+                backoff.succeeded();
+                s
+            }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                // Rate-limited like the gRPC accept loop (see `limits::AcceptBackoff`).
+                let (wait, log) = backoff.failed(std::time::Instant::now());
+                if let Some(suppressed) = log {
+                    tracing::warn!(error = %e, suppressed, "admin accept failed; backing off");
+                }
+                glommio::timer::sleep(wait).await;
                 continue;
             }
         };
-        let shard = Rc::clone(&shard);
-        let conn = http1.serve_connection(
-            super::io::GlommioIo::new(stream),
-            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = respond(&shard, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            }),
-        );
+        if open.get() >= acfg.max_connections {
+            tracing::debug!(
+                limit = acfg.max_connections,
+                "admin connection limit reached; closing new connection"
+            );
+            continue;
+        }
+        // A client that stops reading or sending is dropped after these (glommio returns
+        // TimedOut from the read or write, which ends the connection).
+        if stream.set_read_timeout(Some(acfg.idle_timeout)).is_err()
+            || stream.set_write_timeout(Some(acfg.read_timeout)).is_err()
+        {
+            continue;
+        }
+        let guard = OpenGuard::new(&open);
+        let (shard, builders) = (Rc::clone(&shard), Rc::clone(&builders));
         glommio::spawn_local(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
+            let _guard = guard;
+            connection(shard, stream, &builders.0, &builders.1).await;
         })
         .detach();
     }
 }
 
-fn respond<H>(shard: &Shard<H>, req: &Request<hyper::body::Incoming>) -> Response<GrpcBody> {
+/// Counts one open admin connection until dropped.
+struct OpenGuard(Rc<Cell<usize>>);
+
+impl OpenGuard {
+    fn new(open: &Rc<Cell<usize>>) -> OpenGuard {
+        open.set(open.get() + 1);
+        OpenGuard(Rc::clone(open))
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Whether the client starts with the HTTP/2 preface (`Some(true)`), with anything else
+/// (`Some(false)`), or sends nothing useful before the read timeout (`None`).
+async fn peek_preface(stream: &glommio::net::TcpStream, limit: Duration) -> Option<bool> {
+    let peek = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // Part of the preface so far: wait a little for the rest (bounded by `limit`).
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    futures_lite::future::or(peek, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
+async fn connection<H: GreetHandler>(
+    shard: Rc<Shard<H>>,
+    stream: glommio::net::TcpStream,
+    http1: &hyper::server::conn::http1::Builder,
+    h2: &hyper::server::conn::http2::Builder<super::io::LocalExec>,
+) {
+    let Some(is_h2) = peek_preface(&stream, shard.shared.cfg.admin.read_timeout).await else {
+        return;
+    };
+    let io = super::io::GlommioIo::new(stream);
+    let result = if is_h2 {
+        let svc = AdminGrpc {
+            shard: Rc::clone(&shard),
+        };
+        h2.serve_connection(io, svc).await
+    } else {
+        let shard = Rc::clone(&shard);
+        http1
+            .serve_connection(
+                io,
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let resp = respond(&shard, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                }),
+            )
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+/// The `authorization` header of a request.
+fn authorization<B>(req: &Request<B>) -> Option<&[u8]> {
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+}
+
+fn respond<H>(shard: &Shard<H>, req: &Request<Incoming>) -> Response<GrpcBody> {
+    if let Err(denied) = shard.shared.cfg.admin.authorize(authorization(req)) {
+        let mut r = Response::new(GrpcBody::bytes(format!("{}\n", denied.message())));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
     if req.uri().path() != "/metrics" || req.method() != http::Method::GET {
-        let mut r = Response::new(GrpcBody::bytes("not found; try GET /metrics\n"));
+        let mut r = Response::new(GrpcBody::bytes(
+            "not found; try GET /metrics (gRPC: shardpool.v1.Admin over h2c)\n",
+        ));
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     }
@@ -67,6 +204,90 @@ fn respond<H>(shard: &Shard<H>, req: &Request<hyper::body::Incoming>) -> Respons
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// The gRPC service of the admin listener.
+struct AdminGrpc<H> {
+    shard: Rc<Shard<H>>,
+}
+
+impl<H: GreetHandler> hyper::service::Service<Request<Incoming>> for AdminGrpc<H> {
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let acfg = &self.shard.shared.cfg.admin;
+        if let Err(denied) = acfg.authorize(authorization(&req)) {
+            let code = match denied {
+                Denied::Missing => Code::Unauthenticated,
+                Denied::Wrong => Code::PermissionDenied,
+            };
+            let resp = status_response(&Status::new(code, denied.message()));
+            return Box::pin(std::future::ready(Ok(resp)));
+        }
+        let (method, _deadline) = match super::check_head(&self.shard.shared.cfg, &req) {
+            Ok(m) => m,
+            Err(refusal) => return Box::pin(std::future::ready(Ok(refusal.into_response().1))),
+        };
+        let shard = Rc::clone(&self.shard);
+        let limit = acfg.read_timeout;
+        let body = req.into_body();
+        Box::pin(async move {
+            let call = admin_call(&shard, method, body);
+            let timeout = async {
+                glommio::timer::sleep(limit).await;
+                Err(Status::new(
+                    Code::DeadlineExceeded,
+                    format!("admin call took longer than admin_read_timeout ({limit:?})"),
+                ))
+            };
+            Ok(match futures_lite::future::or(call, timeout).await {
+                Ok(resp) => resp,
+                Err(status) => status_response(&status),
+            })
+        })
+    }
+}
+
+/// One call on the admin listener: the admin and health services; SayHello is the serving
+/// port's.
+async fn admin_call<H: GreetHandler>(
+    shard: &Shard<H>,
+    method: Method,
+    body: Incoming,
+) -> Result<Response<GrpcBody>, Status> {
+    match method {
+        Method::Backends(rpc) => {
+            let msg = super::grpc::read_unary(body, shard.shared.cfg.max_message_size).await?;
+            Ok(ok_response(&backend_rpc(
+                shard.shared.backends.as_deref(),
+                rpc,
+                msg,
+            )?))
+        }
+        Method::SayHello => Err(Status::new(
+            Code::Unimplemented,
+            "helloworld.Greeter is served on the serving port (--listen), not on the admin listener",
+        )),
+        Method::HealthCheck | Method::PoolMetrics => super::call(shard, method, body).await,
+    }
+}
+
+/// The status the serving port answers the backend RPCs with.
+pub(super) fn refused_on_serving_port(rpc: BackendRpc) -> Status {
+    let name = match rpc {
+        BackendRpc::Add => "AddBackend",
+        BackendRpc::Remove => "RemoveBackend",
+        BackendRpc::List => "ListBackends",
+    };
+    Status::new(
+        Code::PermissionDenied,
+        format!(
+            "shardpool.v1.Admin/{name} is served only on the admin listener (--admin-listen), \
+             not on the serving port; nothing was changed"
+        ),
+    )
 }
 
 /// One pool metric: name, help, kind, and how to read it from a shard's stats.
@@ -176,7 +397,7 @@ type ServerMetric = (
     fn(&ServerCounters) -> u64,
 );
 
-const SERVER_METRICS: [ServerMetric; 4] = [
+const SERVER_METRICS: [ServerMetric; 6] = [
     (
         "server_connections_accepted_total",
         "Connections accepted.",
@@ -188,6 +409,18 @@ const SERVER_METRICS: [ServerMetric; 4] = [
         "Connections closed at the per-shard limit.",
         "counter",
         |c| ServerCounters::get(&c.connections_rejected),
+    ),
+    (
+        "server_connections_shed_total",
+        "Connections closed to make room at the per-shard limit (handshaking or idle longest).",
+        "counter",
+        |c| ServerCounters::get(&c.connections_shed),
+    ),
+    (
+        "server_accept_errors_total",
+        "Failed accepts (EMFILE, ENFILE, ...).",
+        "counter",
+        |c| ServerCounters::get(&c.accept_errors),
     ),
     (
         "server_connections_open",
@@ -300,6 +533,13 @@ pub trait BackendAdmin: Send + Sync + 'static {
     fn remove_backend(&self, addr: SocketAddr) -> bool;
     /// The backends now, with their counters.
     fn list_backends(&self) -> Vec<Backend>;
+    /// Whether `addr` may become a backend (checked before [`add_backend`](Self::add_backend));
+    /// `Err` says why not and the RPC answers PERMISSION_DENIED with it. By default every
+    /// address may (the gateway's allow-list, `--backend-allow`, overrides this).
+    fn admit(&self, addr: SocketAddr) -> Result<(), String> {
+        let _ = addr;
+        Ok(())
+    }
 }
 
 /// Parses the `address` field of a backend RPC, or INVALID_ARGUMENT saying what is expected.
@@ -337,6 +577,8 @@ pub(super) fn backend_rpc(
         BackendRpc::Add => {
             let req: AddBackendRequest = super::decode(msg, "shardpool.v1.AddBackendRequest")?;
             let addr = backend_address(&req.address)?;
+            hook.admit(addr)
+                .map_err(|why| Status::new(Code::PermissionDenied, why))?;
             if !hook.add_backend(addr) {
                 return Err(Status::new(
                     Code::AlreadyExists,

@@ -1,6 +1,7 @@
 //! Glue between hyper and glommio: socket I/O, a `!Send` executor, a timer, and listeners built
 //! with socket2 (SO_REUSEPORT, nodelay, keepalive, backlog).
 
+use super::watch::Activity;
 use crate::runtime::SendSleep;
 use futures_lite::{AsyncRead, AsyncWrite};
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
@@ -9,6 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,8 @@ pub struct GlommioIo {
     /// zero first): it doubles after a read that filled it and halves after one that used an
     /// eighth or less, within [`MIN_READ`] and the spare buffer's size.
     read_window: usize,
+    /// What the connection's watchdog samples (handshake bytes, write progress), if watched.
+    activity: Option<Rc<Activity>>,
 }
 
 /// The smallest read window. Well above a batch of small gRPC calls, so that a capped read
@@ -31,6 +35,26 @@ impl GlommioIo {
         GlommioIo {
             stream,
             read_window: MIN_READ,
+            activity: None,
+        }
+    }
+
+    /// Wraps a stream and counts its reads and writes into `activity` for the connection's
+    /// watchdog ([`super::watch`]).
+    pub fn watched(stream: glommio::net::TcpStream, activity: Rc<Activity>) -> GlommioIo {
+        GlommioIo {
+            activity: Some(activity),
+            ..GlommioIo::new(stream)
+        }
+    }
+
+    fn count_write(&self, r: &Poll<io::Result<usize>>) {
+        if let Some(a) = &self.activity {
+            match r {
+                Poll::Ready(Ok(n)) => a.on_write(Some(*n)),
+                Poll::Pending => a.on_write(None),
+                Poll::Ready(Err(_)) => {}
+            }
         }
     }
 }
@@ -61,6 +85,9 @@ impl hyper::rt::Read for GlommioIo {
                 } else if n <= self.read_window / 8 {
                     self.read_window = (self.read_window / 2).max(MIN_READ);
                 }
+                if let Some(a) = &self.activity {
+                    a.on_read(&init[..n]);
+                }
                 // SAFETY: the read initialised (and filled) the first `n` bytes.
                 unsafe { buf.advance(n) };
                 Poll::Ready(Ok(()))
@@ -77,7 +104,9 @@ impl hyper::rt::Write for GlommioIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.count_write(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -85,7 +114,9 @@ impl hyper::rt::Write for GlommioIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.count_write(&r);
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -376,6 +407,67 @@ mod tests {
         });
         assert_eq!(got, sent, "bytes lost or changed on the way");
         (got, reads)
+    }
+
+    #[test]
+    fn a_watched_stream_counts_the_handshake_and_a_write_the_peer_does_not_take() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::net::TcpStream::connect(addr).unwrap();
+        // The peer sends the preface and an empty SETTINGS frame, then never reads.
+        std::io::Write::write_all(
+            &mut &peer,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        )
+        .unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        let (handshaken, written, pending) = ex.run(async move {
+            // SAFETY: `conn` is an open TCP socket whose ownership `into_raw_fd` released; the
+            // glommio stream becomes its only owner.
+            let stream = unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) };
+            let activity = Activity::new();
+            let mut io = GlommioIo::watched(stream, Rc::clone(&activity));
+            let mut storage = vec![std::mem::MaybeUninit::<u8>::uninit(); 4096];
+            let mut got = 0;
+            while got < 33 {
+                let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
+                std::future::poll_fn(|cx| {
+                    hyper::rt::Read::poll_read(Pin::new(&mut io), cx, buf.unfilled())
+                })
+                .await
+                .unwrap();
+                assert!(!buf.filled().is_empty(), "end of stream after {got} bytes");
+                got += buf.filled().len();
+            }
+            let handshaken = activity.handshaken();
+            // Write until the socket takes nothing for 200 ms (the peer's buffers are full).
+            let chunk = vec![7u8; 64 << 10];
+            let mut idle_since = Instant::now();
+            let mut last = 0;
+            while idle_since.elapsed() < Duration::from_millis(200) {
+                let r = std::future::poll_fn(|cx| {
+                    Poll::Ready(hyper::rt::Write::poll_write(Pin::new(&mut io), cx, &chunk))
+                })
+                .await;
+                assert!(!matches!(r, Poll::Ready(Err(_))), "{r:?}");
+                let (written, _) = activity.writes();
+                if written != last {
+                    last = written;
+                    idle_since = Instant::now();
+                }
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                assert!(written < 256 << 20, "the socket took {written} bytes");
+            }
+            let (written, pending) = activity.writes();
+            (handshaken, written, pending)
+        });
+        drop(peer);
+        assert!(handshaken, "preface and SETTINGS read, handshake not seen");
+        assert!(
+            written > 0 && pending,
+            "written {written}, pending {pending}"
+        );
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! per shard, hand-written unary gRPC framing ([`grpc`]) and hand-written prost messages
 //! ([`proto`]).
 //!
-//! Services: `helloworld.Greeter/SayHello`, `grpc.health.v1.Health/Check` and
-//! `shardpool.v1.Admin/{PoolMetrics, AddBackend, RemoveBackend, ListBackends}`; Prometheus text
-//! on an admin HTTP/1.1 port (`/metrics`). The backend RPCs act through a [`BackendAdmin`] hook
-//! given to [`Server::backend_admin`] (the gateway's), else answer FAILED_PRECONDITION.
+//! Services on the serving port: `helloworld.Greeter/SayHello`, `grpc.health.v1.Health/Check`
+//! and `shardpool.v1.Admin/PoolMetrics`. The admin listener (`admin_listen`) serves Prometheus
+//! text over HTTP/1.1 (`/metrics`) and, over h2c on the same port, `shardpool.v1.Admin`
+//! including `AddBackend`, `RemoveBackend` and `ListBackends`, which the serving port answers
+//! PERMISSION_DENIED; [`AdminConfig`] sets its token and limits. The backend RPCs act through a
+//! [`BackendAdmin`] hook given to [`Server::backend_admin`] (the gateway's), else answer
+//! FAILED_PRECONDITION.
 //!
 //! # Hooks for embedders and for the gateway
 //!
@@ -51,11 +54,15 @@
 
 pub mod grpc;
 pub mod io;
+pub mod limits;
+pub mod watch;
 /// The messages the server speaks, one copy with the load generator's ([`crate::wire`]).
 pub use crate::wire as proto;
 
+mod access;
 mod admin;
 
+pub use access::{ADMIN_MAX_HEAD, AdminConfig, AdminToken, Denied};
 pub use admin::BackendAdmin;
 pub use grpc::{Code, Status};
 
@@ -163,8 +170,11 @@ where
 pub struct ServerConfig {
     /// gRPC address (default `127.0.0.1:50051`). Port 0 picks a free port for all shards.
     pub listen: SocketAddr,
-    /// Admin HTTP/1.1 address for `/metrics` (default `None`: off).
+    /// Admin address (default `None`: off): HTTP/1.1 `/metrics` and h2c gRPC for the backend
+    /// RPCs of `shardpool.v1.Admin`, which the serving port refuses.
     pub admin_listen: Option<SocketAddr>,
+    /// Who may use the admin listener, and its limits (see [`AdminConfig`]).
+    pub admin: AdminConfig,
     /// TCP_NODELAY on accepted connections (default true).
     pub tcp_nodelay: bool,
     /// TCP keepalive idle time (default 60 s; `None`: off).
@@ -179,7 +189,8 @@ pub struct ServerConfig {
     /// `None`: none).
     pub request_timeout: Option<Duration>,
     /// Calls served at once per connection; more wait (default 256; `None`: no limit beyond
-    /// `max_concurrent_streams`).
+    /// `max_concurrent_streams`). See [`ServerConfig::validate`] for how it must relate to
+    /// `max_concurrent_streams` and the windows.
     pub concurrency_limit_per_connection: Option<usize>,
     /// HTTP/2 initial stream window, bytes (default 1 MiB).
     pub initial_stream_window: u32,
@@ -187,16 +198,33 @@ pub struct ServerConfig {
     pub initial_connection_window: u32,
     /// HTTP/2 BDP-based adaptive flow control; overrides the windows (default false).
     pub adaptive_window: bool,
-    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (default 1000).
-    pub max_concurrent_streams: u32,
-    /// HTTP/2 PING interval (default `None`: no pings).
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (default `None`: equal to
+    /// `concurrency_limit_per_connection`, or [`MAX_STREAMS_WITHOUT_LIMIT`] when that is off;
+    /// see [`ServerConfig::max_streams`]). Streams beyond it are refused by the protocol with
+    /// REFUSED_STREAM, which clients retry.
+    pub max_concurrent_streams: Option<u32>,
+    /// HTTP/2 PING interval (default 60 s; `None`: no pings).
     pub http2_keepalive_interval: Option<Duration>,
     /// Close the connection when a PING is not acknowledged within this (default 20 s).
     pub http2_keepalive_timeout: Duration,
+    /// The client preface and first SETTINGS must arrive within this of the accept, else the
+    /// connection is dropped (default 10 s; `None`: no limit).
+    pub handshake_timeout: Option<Duration>,
+    /// A connection with no open stream and no new stream for this long gets a GOAWAY and is
+    /// closed; keepalive PINGs do not count as activity (default 5 min; `None`: no limit).
+    pub conn_idle_timeout: Option<Duration>,
+    /// A connection with a response the peer opens no flow-control window for, or with a write
+    /// the socket takes no byte of, for this long gets a GOAWAY and is dropped (default 30 s;
+    /// `None`: no limit).
+    pub send_stall_timeout: Option<Duration>,
     /// Largest request message accepted, bytes (default 4 MiB); larger → RESOURCE_EXHAUSTED.
     pub max_message_size: usize,
-    /// Open connections per shard; further ones are closed at once (default 16384).
+    /// Open connections per shard (default 16384; `shardpool serve` derives it from the
+    /// descriptor limit, see [`limits::connection_cap`]). At the cap the least useful
+    /// connection is shed (still handshaking, then idle longest) before a new one is refused.
     pub max_connections_per_shard: usize,
+    /// Longest back-off of the accept loop after accept errors such as EMFILE (default 1 s).
+    pub accept_backoff_max: Duration,
     /// On shutdown, how long in-flight calls may take before they are answered UNAVAILABLE
     /// (default 10 s).
     pub shutdown_grace: Duration,
@@ -207,6 +235,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: None,
+            admin: AdminConfig::default(),
             tcp_nodelay: true,
             tcp_keepalive: Some(Duration::from_secs(60)),
             listen_backlog: 1024,
@@ -216,11 +245,15 @@ impl Default for ServerConfig {
             initial_stream_window: 1 << 20,
             initial_connection_window: 1 << 20,
             adaptive_window: false,
-            max_concurrent_streams: 1000,
-            http2_keepalive_interval: None,
+            max_concurrent_streams: None,
+            http2_keepalive_interval: Some(Duration::from_secs(60)),
             http2_keepalive_timeout: Duration::from_secs(20),
+            handshake_timeout: Some(Duration::from_secs(10)),
+            conn_idle_timeout: Some(Duration::from_secs(300)),
+            send_stall_timeout: Some(Duration::from_secs(30)),
             max_message_size: 4 << 20,
             max_connections_per_shard: 16384,
+            accept_backoff_max: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -229,14 +262,70 @@ impl Default for ServerConfig {
 /// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
 pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
+/// SETTINGS_MAX_CONCURRENT_STREAMS when neither `max_concurrent_streams` nor
+/// `concurrency_limit_per_connection` is set.
+pub const MAX_STREAMS_WITHOUT_LIMIT: u32 = 1000;
+
 impl ServerConfig {
-    /// Checks the limits hyper/h2 and the kernel impose; the error names the field.
+    /// The SETTINGS_MAX_CONCURRENT_STREAMS this server advertises: `max_concurrent_streams`,
+    /// else the concurrency limit, else [`MAX_STREAMS_WITHOUT_LIMIT`].
+    ///
+    /// ```
+    /// # use shardpool::server::ServerConfig;
+    /// assert_eq!(ServerConfig::default().max_streams(), 256);
+    /// let c = ServerConfig { concurrency_limit_per_connection: Some(64), ..ServerConfig::default() };
+    /// assert_eq!(c.max_streams(), 64);
+    /// ```
+    pub fn max_streams(&self) -> u32 {
+        self.max_concurrent_streams.unwrap_or_else(|| {
+            self.concurrency_limit_per_connection
+                .map_or(MAX_STREAMS_WITHOUT_LIMIT, |n| {
+                    u32::try_from(n).unwrap_or(u32::MAX)
+                })
+        })
+    }
+
+    /// The watchdog's limits for each connection.
+    fn conn_limits(&self) -> watch::Limits {
+        watch::Limits {
+            handshake: self.handshake_timeout,
+            idle: self.conn_idle_timeout,
+            send_stall: self.send_stall_timeout,
+        }
+    }
+
+    /// Checks the limits hyper/h2 and the kernel impose, and refuses combinations that can
+    /// deadlock; the error names the field.
+    ///
+    /// # Streams, the concurrency limit and flow control
+    ///
+    /// A call beyond `concurrency_limit_per_connection` waits for a slot before its body is
+    /// read, but the DATA the client sends for it still arrives and is buffered, and it holds
+    /// connection flow-control window until it is read. Up to `max_streams() - limit` calls can
+    /// wait, each holding up to `initial_stream_window` bytes. If together they can hold the
+    /// whole `initial_connection_window`, the client cannot send the rest of the admitted calls'
+    /// bodies, the admitted calls never finish, and no slot frees: a deadlock, ended only by the
+    /// calls' deadlines. So a configuration is refused when
+    ///
+    /// `(max_streams() - limit) * initial_stream_window >= initial_connection_window`,
+    ///
+    /// and, with `adaptive_window` (which grows the stream and connection windows together, so
+    /// one waiting stream can hold the whole connection window), whenever `max_streams()`
+    /// exceeds the limit. Any leftover window keeps the admitted calls moving: their bodies are
+    /// read, and their window released, as they arrive. With no limit, or `max_streams()` at
+    /// most the limit (the default: equal), no call ever waits.
     ///
     /// ```
     /// # use shardpool::server::ServerConfig;
     /// assert!(ServerConfig::default().validate().is_ok());
     /// let bad = ServerConfig { initial_stream_window: u32::MAX, ..ServerConfig::default() };
     /// assert!(bad.validate().unwrap_err().contains("initial_stream_window"));
+    /// // 1000 streams, 256 served at once, 1 MiB windows: 744 waiting calls could hold the window.
+    /// let deadlock = ServerConfig { max_concurrent_streams: Some(1000), ..ServerConfig::default() };
+    /// assert!(deadlock.validate().unwrap_err().contains("deadlock"));
+    /// // Small stream windows leave room: 744 * 1 KiB < 1 MiB.
+    /// let ok = ServerConfig { initial_stream_window: 1024, ..deadlock };
+    /// assert!(ok.validate().is_ok());
     /// ```
     pub fn validate(&self) -> Result<(), String> {
         for (name, w) in [
@@ -249,7 +338,7 @@ impl ServerConfig {
                 ));
             }
         }
-        if self.max_concurrent_streams == 0 {
+        if self.max_concurrent_streams == Some(0) {
             return Err("max_concurrent_streams must be at least 1".into());
         }
         if self.max_connections_per_shard == 0 {
@@ -260,8 +349,64 @@ impl ServerConfig {
                 "concurrency_limit_per_connection must be at least 1 (or none for no limit)".into(),
             );
         }
+        if self.accept_backoff_max.is_zero() {
+            return Err("accept_backoff_max must be more than 0".into());
+        }
         if self.listen_backlog < 1 {
             return Err("listen_backlog must be at least 1".into());
+        }
+        if let Some(a) = self.admin_listen {
+            self.admin.check("admin_listen", a)?;
+        }
+        for (name, t) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("conn_idle_timeout", self.conn_idle_timeout),
+            ("send_stall_timeout", self.send_stall_timeout),
+            ("http2_keepalive_interval", self.http2_keepalive_interval),
+            (
+                "http2_keepalive_timeout",
+                Some(self.http2_keepalive_timeout),
+            ),
+        ] {
+            if t == Some(Duration::ZERO) {
+                return Err(format!("{name} must be longer than zero (or off)"));
+            }
+        }
+        self.check_streams_cannot_deadlock()
+    }
+
+    /// The rule of [`ServerConfig::validate`]'s "Streams, the concurrency limit and flow
+    /// control".
+    fn check_streams_cannot_deadlock(&self) -> Result<(), String> {
+        let Some(limit) = self.concurrency_limit_per_connection else {
+            return Ok(());
+        };
+        let streams = u64::from(self.max_streams());
+        let waiting = streams.saturating_sub(limit as u64);
+        if waiting == 0 {
+            return Ok(());
+        }
+        let fix = format!(
+            "set max_concurrent_streams to at most {limit} (or leave it unset: it then equals \
+             the limit), raise concurrency_limit_per_connection, or turn it off"
+        );
+        if self.adaptive_window {
+            return Err(format!(
+                "max_concurrent_streams ({streams}) above concurrency_limit_per_connection \
+                 ({limit}) can deadlock with adaptive_window: one waiting call's unread body can \
+                 hold the whole connection window; {fix}"
+            ));
+        }
+        let held = waiting.saturating_mul(u64::from(self.initial_stream_window));
+        if held >= u64::from(self.initial_connection_window) {
+            return Err(format!(
+                "max_concurrent_streams ({streams}) above concurrency_limit_per_connection \
+                 ({limit}) can deadlock: {waiting} waiting calls times initial_stream_window \
+                 ({} bytes) can hold all of initial_connection_window ({} bytes), so admitted \
+                 calls never get their bodies; {fix}, or make {waiting} * initial_stream_window \
+                 smaller than initial_connection_window",
+                self.initial_stream_window, self.initial_connection_window
+            ));
         }
         Ok(())
     }
@@ -360,8 +505,14 @@ impl Health {
 pub struct ServerCounters {
     /// Connections accepted.
     pub connections_accepted: AtomicU64,
-    /// Connections closed at once because the shard was at `max_connections_per_shard`.
+    /// Connections closed at once because the shard was at `max_connections_per_shard` with
+    /// nothing to shed, or accepted only to be closed because descriptors ran out.
     pub connections_rejected: AtomicU64,
+    /// Connections closed to make room at `max_connections_per_shard` (still handshaking, or
+    /// idle longest).
+    pub connections_shed: AtomicU64,
+    /// Failed accepts (EMFILE, ENFILE, ...).
+    pub accept_errors: AtomicU64,
     /// Connections open now.
     pub connections_open: AtomicU64,
     /// Calls answered, by gRPC status code.
@@ -387,6 +538,10 @@ impl ServerCounters {
     }
 }
 
+/// A hook run on a shard's thread after a connection storm ended there (see
+/// [`Server::after_storm`]).
+pub type StormHook = Arc<dyn Fn() + Send + Sync>;
+
 /// A server ready to start: config, greeter factory, optional pool stats.
 pub struct Server<F> {
     config: ServerConfig,
@@ -394,6 +549,7 @@ pub struct Server<F> {
     stats: Option<StatsSource>,
     backends: Option<Arc<dyn BackendAdmin>>,
     health: Health,
+    after_storm: Option<StormHook>,
 }
 
 type DirectFactory = fn(ShardContext) -> DirectGreeter;
@@ -407,6 +563,7 @@ impl Server<DirectFactory> {
             stats: None,
             backends: None,
             health: Health::new(),
+            after_storm: None,
         }
     }
 }
@@ -451,6 +608,7 @@ where
             stats: self.stats,
             backends: self.backends,
             health: self.health,
+            after_storm: self.after_storm,
         }
     }
 
@@ -468,6 +626,16 @@ where
         self
     }
 
+    /// Runs `hook` on a shard's own thread when a connection storm has ended there: its open
+    /// connections fell to a quarter of a peak of at least [`limits::STORM_MIN_PEAK`]. The
+    /// binary gives its allocator's purge (`mi_collect`), so the memory of the storm's
+    /// connections goes back to the system; the library knows no allocator.
+    #[must_use]
+    pub fn after_storm(mut self, hook: StormHook) -> Self {
+        self.after_storm = Some(hook);
+        self
+    }
+
     /// The health table (clone it to flip services on and off while serving).
     pub fn health(&self) -> Health {
         self.health.clone()
@@ -480,6 +648,22 @@ where
         runtime: &RuntimeOptions,
     ) -> Result<RunningServer, ServeError> {
         self.config.validate().map_err(ServeError::Config)?;
+        if let Ok((soft, _)) = limits::nofile_limit() {
+            let wanted = self
+                .config
+                .max_connections_per_shard
+                .saturating_mul(map.len());
+            if wanted as u64 >= soft {
+                tracing::warn!(
+                    "max_connections_per_shard ({}) × {} shards is at or above the descriptor \
+                     limit ({soft}): connections may use every descriptor and starve upstream \
+                     sockets; derive the cap with limits::connection_cap (as `shardpool serve` \
+                     does) or raise the limit",
+                    self.config.max_connections_per_shard,
+                    map.len()
+                );
+            }
+        }
         let cfg = Arc::new(self.config);
         let sock_opts = cfg.socket_options();
         let (listeners, addr) =
@@ -517,6 +701,7 @@ where
             stats: self.stats,
             backends: self.backends,
             health: self.health.clone(),
+            after_storm: self.after_storm,
             counters,
             map: map.clone(),
             shutdown: shutdown.clone(),
@@ -618,6 +803,7 @@ struct Shared {
     stats: Option<StatsSource>,
     backends: Option<Arc<dyn BackendAdmin>>,
     health: Health,
+    after_storm: Option<StormHook>,
     counters: Arc<Vec<CachePadded<ServerCounters>>>,
     map: ShardMap,
     shutdown: Shutdown,
@@ -635,6 +821,8 @@ struct Shard<H> {
     /// Open connections and the event set when they reach zero while draining.
     open: Cell<usize>,
     all_closed: LocalEvent,
+    /// The connections under `max_connections_per_shard`, for shedding.
+    conns: Rc<limits::ConnTracker>,
 }
 
 impl<H> Shard<H> {
@@ -656,7 +844,7 @@ async fn run_shard<H: GreetHandler>(
         .initial_stream_window_size(cfg.initial_stream_window)
         .initial_connection_window_size(cfg.initial_connection_window)
         .adaptive_window(cfg.adaptive_window)
-        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .max_concurrent_streams(cfg.max_streams())
         .keep_alive_interval(cfg.http2_keepalive_interval)
         .keep_alive_timeout(cfg.http2_keepalive_timeout)
         // gRPC has no use for a Date header; encoding one costs on every response.
@@ -670,6 +858,7 @@ async fn run_shard<H: GreetHandler>(
         abort: LocalEvent::new(),
         open: Cell::new(0),
         all_closed: LocalEvent::new(),
+        conns: Rc::new(limits::ConnTracker::new(cfg.max_connections_per_shard)),
     });
     // Mirror the process-wide switch into cheap shard-local events.
     {
@@ -698,7 +887,8 @@ async fn run_shard<H: GreetHandler>(
             ctx.cpu,
             ctx.node
         );
-        accept_loop(&shard, io::into_glommio_listener(sock), &opts).await;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        accept_loop(&shard, io::into_glommio_listener(sock), raw, &opts).await;
     }
     if let Some(t) = admin_task {
         t.await;
@@ -729,32 +919,87 @@ async fn run_shard<H: GreetHandler>(
 async fn accept_loop<H: GreetHandler>(
     shard: &Rc<Shard<H>>,
     listener: glommio::net::TcpListener,
+    raw_listener: std::os::fd::RawFd,
     opts: &io::SocketOptions,
 ) {
+    let mut backoff = limits::AcceptBackoff::new(shard.shared.cfg.accept_backoff_max);
+    let mut spare = limits::SpareFd::new();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.drain.wait().await;
             None
         })
         .await;
+        let counters = shard.counters();
         let stream = match accepted {
             None => break,
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => {
+                backoff.succeeded();
+                s
+            }
             Some(Err(e)) => {
-                // Typically EMFILE/ENFILE: back off instead of spinning.
-                tracing::warn!(shard = shard.ctx.shard, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
+                ServerCounters::bump(&counters.accept_errors);
+                let e = std::io::Error::from(e);
+                // Out of descriptors: shed idle connections to make room, as at the cap; with
+                // none to shed, give up the spare descriptor to reset the clients waiting in
+                // the backlog rather than leave them hanging.
+                let (mut shedding, mut closed) = (0, 0);
+                if limits::out_of_descriptors(&e) {
+                    let shed_before = shard.conns.shed_total();
+                    shedding = shard.conns.make_room();
+                    for _ in shed_before..shard.conns.shed_total() {
+                        ServerCounters::bump(&counters.connections_shed);
+                    }
+                    if shedding == 0 {
+                        closed = spare.drain_backlog(raw_listener);
+                    }
+                }
+                for _ in 0..closed {
+                    ServerCounters::bump(&counters.connections_rejected);
+                }
+                let (wait, log) = backoff.failed(std::time::Instant::now());
+                if let Some(suppressed) = log {
+                    tracing::warn!(
+                        shard = shard.ctx.shard,
+                        error = %e,
+                        suppressed,
+                        shedding,
+                        reset = closed,
+                        "accept failed; backing off up to {:?} (errors not logged since the last line: {suppressed})",
+                        shard.shared.cfg.accept_backoff_max
+                    );
+                }
+                futures_lite::future::or(glommio::timer::sleep(wait), async {
+                    shard.drain.wait().await;
+                })
+                .await;
                 continue;
             }
         };
-        let counters = shard.counters();
-        if shard.open.get() >= shard.shared.cfg.max_connections_per_shard {
-            ServerCounters::bump(&counters.connections_rejected);
-            tracing::debug!(
-                shard = shard.ctx.shard,
-                "connection limit reached; closing new connection"
-            );
-            continue;
+        let shed_before = shard.conns.shed_total();
+        let mut admission = shard.conns.admit();
+        // Shed connections free their place when their tasks run; an accept loop fed by a full
+        // backlog never yields by itself, so give them the executor (a bounded number of times).
+        for _ in 0..SHED_YIELDS {
+            if !matches!(admission, limits::Admission::Refused) || shard.conns.shedding() == 0 {
+                break;
+            }
+            futures_lite::future::yield_now().await;
+            admission = shard.conns.admit();
+        }
+        let slot = match admission {
+            limits::Admission::Admitted(slot) => slot,
+            limits::Admission::Refused => {
+                ServerCounters::bump(&counters.connections_rejected);
+                tracing::debug!(
+                    shard = shard.ctx.shard,
+                    "connection limit reached with nothing to shed; closing new connection"
+                );
+                continue;
+            }
+        };
+        for _ in shed_before..shard.conns.shed_total() {
+            ServerCounters::bump(&counters.connections_shed);
         }
         if let Err(e) = io::tune_accepted(&stream, opts) {
             tracing::debug!(error = %e, "setting socket options failed; closing connection");
@@ -763,34 +1008,96 @@ async fn accept_loop<H: GreetHandler>(
         ServerCounters::bump(&counters.connections_accepted);
         ServerCounters::bump(&counters.connections_open);
         shard.open.set(shard.open.get() + 1);
-        glommio::spawn_local(serve_connection(Rc::clone(shard), stream)).detach();
+        glommio::spawn_local(serve_connection(Rc::clone(shard), stream, slot)).detach();
+        // A backlog of pending connections keeps accept ready: let the connections run.
+        glommio::yield_if_needed().await;
     }
     drop(listener);
     tracing::debug!(shard = shard.ctx.shard, "listener closed");
 }
 
+/// How many times the accept loop yields to let shed connections close before it refuses a
+/// new one.
+const SHED_YIELDS: usize = 16;
+
+/// How long a shed connection that finished its handshake may take to close after GOAWAY.
+const SHED_GRACE: Duration = Duration::from_secs(1);
+
 /// How long connections may still flush after the grace period before they are dropped.
 const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
 
-async fn serve_connection<H: GreetHandler>(shard: Rc<Shard<H>>, stream: glommio::net::TcpStream) {
+async fn serve_connection<H: GreetHandler>(
+    shard: Rc<Shard<H>>,
+    stream: glommio::net::TcpStream,
+    slot: limits::ConnSlot,
+) {
+    let state = Rc::clone(slot.state());
+    let activity = watch::Activity::new();
     let svc = ConnService {
         shard: Rc::clone(&shard),
+        conn: Rc::clone(&state),
         limit: shard
             .shared
             .cfg
             .concurrency_limit_per_connection
             .map(|n| Rc::new(glommio::sync::Semaphore::new(n as u64))),
+        activity: Rc::clone(&activity),
     };
-    let conn = shard.h2.serve_connection(io::GlommioIo::new(stream), svc);
-    let mut conn = std::pin::pin!(conn);
-    let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
-        shard.drain.wait().await;
-        None
+    let io = limits::Tracked::new(
+        io::GlommioIo::watched(stream, Rc::clone(&activity)),
+        Rc::clone(&state),
+    );
+    // Boxed (once per connection) so it can be dropped, freeing its buffers, before the
+    // storm check below may purge the allocator.
+    let mut conn = Box::pin(shard.h2.serve_connection(io, svc));
+    // The watchdog task also waits for the drain, so this task polls two futures besides
+    // hyper's: the watchdog and the tracker's shed signal. Dropping it (when this function
+    // returns) cancels it.
+    let mut watchdog = glommio::spawn_local(watch::watch(
+        activity,
+        shard.shared.cfg.conn_limits(),
+        shard.drain.clone(),
+    ));
+    enum Ended<R> {
+        Conn(R),
+        Watch(watch::Verdict),
+        Shed,
+    }
+    let finished = futures_lite::future::or(async { Ended::Conn(conn.as_mut().await) }, async {
+        futures_lite::future::or(async { Ended::Watch((&mut watchdog).await) }, async {
+            state.shed().await;
+            Ended::Shed
+        })
+        .await
     })
     .await;
     let result = match finished {
-        Some(r) => r,
-        None => {
+        Ended::Conn(r) => r,
+        // Still handshaking when a time limit passed or the tracker shed it: just drop it.
+        Ended::Watch(watch::Verdict::Handshake) => Ok(()),
+        Ended::Shed if state.handshaking() => Ok(()),
+        // Idle or stalled past its limit, or shed at the cap: GOAWAY, then a moment to write it
+        // (a stalled peer will not read it). Returning drops the connection: the socket closes
+        // and every stream left goes with it.
+        ended @ (Ended::Watch(watch::Verdict::Idle | watch::Verdict::SendStall) | Ended::Shed) => {
+            let grace = match ended {
+                Ended::Shed => SHED_GRACE,
+                _ => {
+                    tracing::debug!(
+                        shard = shard.ctx.shard,
+                        "closing connection: time limit passed"
+                    );
+                    watch::CLOSE_GRACE
+                }
+            };
+            conn.as_mut().graceful_shutdown();
+            futures_lite::future::or(conn.as_mut(), async {
+                glommio::timer::sleep(grace).await;
+                Ok(())
+            })
+            .await
+        }
+        Ended::Watch(watch::Verdict::Drain) => {
             // Drain: GOAWAY, then let accepted streams finish. After the grace period the calls
             // answer UNAVAILABLE (see `ConnService`), which needs a moment to be written.
             conn.as_mut().graceful_shutdown();
@@ -806,6 +1113,17 @@ async fn serve_connection<H: GreetHandler>(shard: Rc<Shard<H>>, stream: glommio:
         tracing::debug!(shard = shard.ctx.shard, error = ?e, "connection ended with an error");
     }
     ServerCounters::drop_one(&shard.counters().connections_open);
+    drop(conn);
+    drop(slot);
+    if let Some(hook) = &shard.shared.after_storm
+        && shard.conns.storm_ended()
+    {
+        tracing::debug!(
+            shard = shard.ctx.shard,
+            "connection storm over; releasing memory"
+        );
+        hook();
+    }
     let open = shard.open.get() - 1;
     shard.open.set(open);
     if open == 0 && shard.drain.is_set() {
@@ -816,31 +1134,46 @@ async fn serve_connection<H: GreetHandler>(shard: Rc<Shard<H>>, stream: glommio:
 /// The hyper service of one connection.
 struct ConnService<H> {
     shard: Rc<Shard<H>>,
+    /// The connection's state in the shard's tracker (calls in progress are never shed).
+    conn: Rc<limits::ConnState>,
     /// Per-connection concurrency limit.
     limit: Option<Rc<glommio::sync::Semaphore>>,
+    /// Open streams and waiting responses, for the connection's watchdog.
+    activity: Rc<watch::Activity>,
 }
 
+/// A response body that keeps its stream counted by the connection's watchdog.
+type ConnBody = watch::Tracked<GrpcBody>;
+
 impl<H: GreetHandler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
-    type Response = Response<GrpcBody>;
+    type Response = Response<ConnBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>>>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ConnBody>, Infallible>>>>;
 
     /// The head is checked here, before anything is boxed, so the boxed future holds only the
     /// body and the call: it stays under 1 KiB, mimalloc's small-object limit, above which every
     /// allocation takes its slower generic path (callgrind: this allocation cost 390
     /// instructions when the box held the whole request, 144 now).
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let stream = self.activity.stream_opened();
         match check_head(&self.shard.shared.cfg, &req) {
             Err(refusal) => {
                 let (code, resp) = refusal.into_response();
                 ServerCounters::bump(&self.shard.counters().calls_by_code[code as usize]);
-                Box::pin(std::future::ready(Ok(resp)))
+                Box::pin(std::future::ready(Ok(
+                    resp.map(|b| watch::Tracked::new(b, stream))
+                )))
             }
             Ok((method, deadline)) => {
                 let shard = Rc::clone(&self.shard);
                 let limit = self.limit.clone();
                 let body = req.into_body();
-                Box::pin(async move { Ok(handle(&shard, limit, method, deadline, body).await) })
+                let call = self.conn.call();
+                Box::pin(async move {
+                    let _call = call;
+                    let resp = handle(&shard, limit, method, deadline, body).await;
+                    Ok(resp.map(|b| watch::Tracked::new(b, stream)))
+                })
             }
         }
     }
@@ -1076,11 +1409,9 @@ async fn call<H: GreetHandler>(
             };
             Ok(ok_response(&pool_metrics(&source(), &shard.shared.map)))
         }
-        Method::Backends(rpc) => Ok(ok_response(&admin::backend_rpc(
-            shard.shared.backends.as_deref(),
-            rpc,
-            msg,
-        )?)),
+        // The serving port never changes or reveals the backends: those RPCs are served on the
+        // admin listener only (admin::serve).
+        Method::Backends(rpc) => Err(admin::refused_on_serving_port(rpc)),
     }
 }
 

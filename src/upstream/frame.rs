@@ -5,12 +5,16 @@
 //! frame    = length:u32 (big-endian, bytes that follow, 1..=MAX_FRAME) payload
 //! request  = op:u8 body          op 0x01 HELLO (body = name, UTF-8), 0x02 PING (body empty)
 //! response = status:u8 message   status 0x00 OK (message = greeting or "pong"),
-//!                                0x01 BAD_REQUEST, 0x02 TOO_LARGE (message says why)
+//!                                0x01 BAD_REQUEST, 0x02 TOO_LARGE, 0x03 SERVER_ERROR
+//!                                (message says why)
 //! ```
 //!
 //! A frame whose length is 0 or above [`MAX_FRAME`] cannot be skipped safely: the origin answers
 //! with an error frame and closes the connection. A well-framed but bad request (unknown op,
-//! name not UTF-8) gets an error frame and the connection stays usable.
+//! name not UTF-8, a name longer than [`MAX_HELLO_NAME`] whose greeting would not fit one
+//! frame) gets a `BAD_REQUEST` frame and the connection stays usable. `SERVER_ERROR` is the
+//! origin's own failure (the request was fine): it says something about the backend, where
+//! `BAD_REQUEST` and `TOO_LARGE` say something about the request.
 //!
 //! ```
 //! use shardpool::upstream::frame::{self, Op, Response};
@@ -27,6 +31,38 @@ use std::io;
 
 /// Largest payload accepted in either direction, bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
+
+/// What the greeting puts before the name (see [`hello_reply`]).
+const HELLO_PREFIX: &str = "Hello, ";
+/// What the greeting puts after the name.
+const HELLO_SUFFIX: &str = "!";
+
+/// The longest HELLO name, in bytes, whose reply still fits one frame: the response payload is
+/// the status byte plus [`hello_reply`]`(name)`, and must be at most [`MAX_FRAME`] bytes
+/// (65,527 with the 64 KiB frame). The request (op byte + name) is always shorter than its reply,
+/// so this is the limit of the whole exchange; the gateway refuses longer names before any
+/// backend sees them, and the origin answers them `BAD_REQUEST`.
+pub const MAX_HELLO_NAME: usize = MAX_FRAME - 1 - HELLO_PREFIX.len() - HELLO_SUFFIX.len();
+
+/// The origin's reply to HELLO `name`: `"Hello, <name>!"`. The one definition of the greeting;
+/// it fits one response frame exactly when `name.len() <= MAX_HELLO_NAME`.
+///
+/// ```
+/// use shardpool::upstream::frame::hello_reply;
+/// assert_eq!(hello_reply("Ada"), "Hello, Ada!");
+/// ```
+pub fn hello_reply(name: &str) -> String {
+    let mut s = String::with_capacity(HELLO_PREFIX.len() + name.len() + HELLO_SUFFIX.len());
+    s.push_str(HELLO_PREFIX);
+    s.push_str(name);
+    s.push_str(HELLO_SUFFIX);
+    s
+}
+
+/// True if a response carrying `message` fits one frame (status byte + message ≤ [`MAX_FRAME`]).
+pub fn response_fits(message: &str) -> bool {
+    message.len() < MAX_FRAME
+}
 
 /// A request's operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +82,8 @@ pub enum Code {
     BadRequest = 1,
     /// The frame length was 0 or above [`MAX_FRAME`]; the connection is closed after this.
     TooLarge = 2,
+    /// The origin failed on a valid request (its own fault; the connection stays usable).
+    ServerError = 3,
 }
 
 /// A decoded response.
@@ -77,8 +115,9 @@ impl Response {
 
 /// Appends a request frame for `op` with `name` as body to `out`.
 ///
-/// Names longer than `MAX_FRAME - 1` bytes make a frame the origin refuses (`TooLarge`); the
-/// gateway checks the length first.
+/// Names longer than `MAX_FRAME - 1` bytes make a frame the origin refuses (`TooLarge`), and
+/// HELLO names longer than [`MAX_HELLO_NAME`] get `BadRequest`; the gateway checks the length
+/// first.
 pub fn encode_request(op: Op, name: &str, out: &mut Vec<u8>) {
     let len = 1 + name.len();
     out.extend_from_slice(&(len as u32).to_be_bytes());
@@ -86,7 +125,8 @@ pub fn encode_request(op: Op, name: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(name.as_bytes());
 }
 
-/// Appends a response frame to `out`.
+/// Appends a response frame to `out`. The caller keeps the message within one frame (see
+/// [`response_fits`]); a longer one makes a frame the peer refuses.
 pub fn encode_response(response: &Response, out: &mut Vec<u8>) {
     let len = 1 + response.message.len();
     out.extend_from_slice(&(len as u32).to_be_bytes());
@@ -128,6 +168,7 @@ pub fn decode_response(payload: &[u8]) -> io::Result<Response> {
         0 => Code::Ok,
         1 => Code::BadRequest,
         2 => Code::TooLarge,
+        3 => Code::ServerError,
         other => return Err(bad(format!("unknown response status 0x{other:02x}"))),
     };
     let message = std::str::from_utf8(body)
@@ -235,5 +276,45 @@ mod tests {
         );
         assert!(decode_response(b"").is_err());
         assert!(decode_response(b"\x07hi").is_err());
+    }
+
+    /// Reads back a HELLO reply to a name of `len` bytes as the gateway would.
+    fn hello_round_trip(len: usize) -> io::Result<ReadFrame> {
+        let name = "n".repeat(len);
+        let mut wire = Vec::new();
+        encode_request(Op::Hello, &name, &mut wire);
+        let mut buf = Vec::new();
+        futures_lite::future::block_on(async {
+            let mut r = futures_lite::io::Cursor::new(wire);
+            assert_eq!(read_frame(&mut r, &mut buf).await?, ReadFrame::Frame);
+            assert_eq!(decode_request(&buf).unwrap(), (Op::Hello, name.as_str()));
+            let mut out = Vec::new();
+            encode_response(&Response::ok(hello_reply(&name)), &mut out);
+            let got = read_frame(&mut futures_lite::io::Cursor::new(out), &mut buf).await?;
+            if got == ReadFrame::Frame {
+                assert_eq!(decode_response(&buf)?, Response::ok(hello_reply(&name)));
+            }
+            Ok(got)
+        })
+    }
+
+    #[test]
+    fn the_longest_hello_name_is_derived_from_the_frame_limit() {
+        assert_eq!(MAX_HELLO_NAME, 65_527);
+        assert_eq!(hello_round_trip(MAX_HELLO_NAME).unwrap(), ReadFrame::Frame);
+        assert!(response_fits(&hello_reply(&"n".repeat(MAX_HELLO_NAME))));
+        // One byte more: the request still fits a frame, the reply does not.
+        assert_eq!(
+            hello_round_trip(MAX_HELLO_NAME + 1).unwrap(),
+            ReadFrame::BadLength(MAX_FRAME as u32 + 1)
+        );
+        assert!(!response_fits(&hello_reply(
+            &"n".repeat(MAX_HELLO_NAME + 1)
+        )));
+        let resp = Response::error(Code::ServerError, "disk on fire");
+        let mut out = Vec::new();
+        encode_response(&resp, &mut out);
+        assert_eq!(out[4], 3);
+        assert_eq!(decode_response(&out[4..]).unwrap(), resp);
     }
 }

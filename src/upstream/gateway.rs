@@ -5,12 +5,17 @@
 //! state. [`Gateway::install`] plugs it into a [`Server`]: one [`GatewayGreeter`] per shard and
 //! the pool's statistics. [`Gateway::start_health_checks`] runs the active checks.
 //!
-//! Per request: pick a healthy backend ([`Balance`]), check a connection out on this shard,
-//! exchange one frame, return the connection. A request that fails on a *reused* connection
-//! because the backend had closed it is retried once through the pool (the stale connection is
-//! discarded first, so the retry stays within the pool's limits); a request that fails
-//! otherwise counts against the backend (passive health) and fails over once to another healthy
-//! backend. With no healthy backend the call is answered `UNAVAILABLE` with the reasons.
+//! Per request: refuse a name longer than [`frame::MAX_HELLO_NAME`] (`INVALID_ARGUMENT`, before
+//! any backend sees it), pick a healthy backend ([`Balance`]), check a connection out on this
+//! shard, exchange one frame, return the connection. A request that fails on a *reused*
+//! connection because the backend had closed it is retried once through the pool (the stale
+//! connection is discarded first, so the retry stays within the pool's limits). Other failures
+//! are classed by who they blame ([`Blame`]): the backend's (connect, reset, timeout,
+//! `SERVER_ERROR`) count toward ejection and fail over once to another healthy backend; ours
+//! (pool wait, shutdown) fail over without counting; the request's (`BAD_REQUEST`) are answered
+//! `INVALID_ARGUMENT` at once. Ejection works in episodes (see [`Backend`]); a passing active
+//! check ends an ejection early; with no healthy backend the call goes to the backend ejected
+//! longest ago (panic mode) and, if that fails too, is answered `UNAVAILABLE` with the reasons.
 
 use super::balance::{Balance, Picker};
 use super::conn::{ConnectorConfig, Exchange, UpstreamManager, drop_thread_wrappers};
@@ -19,7 +24,7 @@ use crate::pool::{ConnectionPool, Error as PoolError, PooledConn};
 use crate::runtime::ShardContext;
 use crate::server::{BackendAdmin, Code, GreetHandler, Health, Server, Status, proto};
 use crossbeam_utils::CachePadded;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -34,9 +39,13 @@ pub struct HealthConfig {
     pub interval: Option<Duration>,
     /// Active check timeout (connect, PING, answer).
     pub timeout: Duration,
-    /// Consecutive failed requests that eject a backend (0: never eject).
+    /// Consecutive backend-caused failures that eject a backend (0: never eject). Failures of
+    /// calls that were in flight when it was ejected do not count again (one ejection per
+    /// failure episode).
     pub eject_after: u32,
-    /// First ejection length; doubled per further ejection in a row.
+    /// First ejection length; doubled per further episode in a row (an episode that starts
+    /// after the backend stayed in rotation at least as long as its last ejection starts over
+    /// at this length). A passing active check ends an ejection early.
     pub backoff_base: Duration,
     /// Longest ejection.
     pub backoff_max: Duration,
@@ -104,17 +113,53 @@ fn read(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+/// Bits of [`Backend::health`] that hold the consecutive failures; the bits above hold the
+/// ejection generation.
+const FAILURE_BITS: u32 = 20;
+/// The consecutive-failure part of [`Backend::health`].
+const FAILURE_MASK: u64 = (1 << FAILURE_BITS) - 1;
+
+/// What one call saw of its backend when it began; its outcome is judged against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CallStart {
+    /// The backend's ejection generation.
+    generation: u64,
+    /// The backend was ejected (a panic-mode call): its failure is part of that episode.
+    ejected: bool,
+}
+
 /// One backend: address, health state, per-shard counters.
+///
+/// Passive health works in *episodes*: a backend is ejected once per run of failures. A failure
+/// counts only if the call began after the last ejection (same generation) and the backend is
+/// not ejected now; the `eject_after`-th counted failure ejects it by moving the generation on
+/// with a CAS, so of all the calls that fail together in one stall exactly one ejects, and the
+/// calls that were in flight across the ejection count for nothing.
 #[derive(Debug)]
 pub struct Backend {
     addr: SocketAddr,
     shards: Vec<CachePadded<ShardCounters>>,
-    consecutive_failures: AtomicU32,
-    ejections: AtomicU32,
-    /// Milliseconds since the gateway's epoch until which the backend is ejected (0: not).
+    /// Ejection generation (ejections so far) above [`FAILURE_BITS`], consecutive failures
+    /// counted in this generation below: one word, so a failure counts for the generation it
+    /// was seen in or not at all.
+    health: AtomicU64,
+    /// Ejections in a row, the backoff's exponent: it restarts at 0 when the backend stayed in
+    /// rotation at least as long as its last ejection lasted.
+    streak: AtomicU32,
+    /// Milliseconds since the gateway's epoch when the last ejection began (0: never ejected).
+    ejected_at_ms: AtomicU64,
+    /// Milliseconds since the gateway's epoch until which the backend is ejected: the end of
+    /// the last ejection (0: never ejected).
     ejected_until_ms: AtomicU64,
     /// The last active check failed.
     active_down: AtomicBool,
+}
+
+/// The length of the `streak`-th ejection in a row (0: the first).
+fn backoff(cfg: &HealthConfig, streak: u32) -> Duration {
+    cfg.backoff_base
+        .saturating_mul(1u32 << streak.min(16))
+        .min(cfg.backoff_max)
 }
 
 impl Backend {
@@ -122,8 +167,9 @@ impl Backend {
         Backend {
             addr,
             shards: (0..shards).map(|_| CachePadded::default()).collect(),
-            consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
+            health: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+            ejected_at_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             active_down: AtomicBool::new(false),
         }
@@ -133,47 +179,120 @@ impl Backend {
         &self.shards[shard % self.shards.len()]
     }
 
+    fn is_ejected(&self, now_ms: u64) -> bool {
+        // Ordering: Relaxed; health state is advisory, a stale read only picks or skips a
+        // backend one request late.
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
     fn is_healthy(&self, now_ms: u64) -> bool {
-        // Ordering: Relaxed; health flags are advisory and independent, a stale read only picks
-        // or skips a backend one request late.
-        !self.active_down.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        // Ordering: Relaxed, as in `is_ejected`.
+        !self.active_down.load(Ordering::Relaxed) && !self.is_ejected(now_ms)
     }
 
-    fn record_success(&self) {
-        // Ordering: Relaxed (advisory health state, as in `is_healthy`); loads first so the
-        // common case writes nothing shared.
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-        }
-        if self.ejections.load(Ordering::Relaxed) != 0 {
-            self.ejections.store(0, Ordering::Relaxed);
+    /// The ejection generation: how many times the backend was ejected.
+    fn generation(&self) -> u64 {
+        // Ordering: Relaxed; the generation only moves by CAS, and a call that read an older
+        // value has its failure refused by that CAS (see `record_failure`).
+        self.health.load(Ordering::Relaxed) >> FAILURE_BITS
+    }
+
+    /// What a call beginning now sees; `panic`: it was sent to an unhealthy backend because
+    /// none is healthy.
+    fn begin(&self, panic: bool, now_ms: u64) -> CallStart {
+        CallStart {
+            generation: self.generation(),
+            ejected: panic && self.is_ejected(now_ms),
         }
     }
 
-    fn record_failure(&self, now_ms: u64, cfg: &HealthConfig) {
-        if cfg.eject_after == 0 {
-            return;
+    /// A call begun at `start` succeeded: the failure run of its generation ends.
+    fn record_success(&self, start: CallStart) {
+        // Ordering: Relaxed (advisory, as in `is_ejected`); a load first, so the common case
+        // writes nothing shared. A failed CAS means the word moved on: nothing to reset.
+        let h = self.health.load(Ordering::Relaxed);
+        if h & FAILURE_MASK != 0 && h >> FAILURE_BITS == start.generation {
+            let _ = self.health.compare_exchange(
+                h,
+                h & !FAILURE_MASK,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
-        // Ordering: Relaxed (advisory health state). Racing failures may eject twice in a row;
-        // the later ejection simply extends the first.
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < cfg.eject_after {
-            return;
+    }
+
+    /// A call begun at `start` failed in a way that blames the backend (see [`Blame`]).
+    /// Returns the ejection's length if this failure ejected the backend.
+    fn record_failure(
+        &self,
+        start: CallStart,
+        now_ms: u64,
+        cfg: &HealthConfig,
+    ) -> Option<Duration> {
+        if cfg.eject_after == 0 || start.ejected || self.is_ejected(now_ms) {
+            return None;
         }
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-        let backoff = cfg
-            .backoff_base
-            .saturating_mul(1u32 << times)
-            .min(cfg.backoff_max);
+        let eject_after = u64::from(cfg.eject_after).min(FAILURE_MASK);
+        // Ordering: Relaxed; the CAS on the one word decides which failures count and which
+        // one ejects, whatever the order the other health fields are seen in.
+        let mut h = self.health.load(Ordering::Relaxed);
+        loop {
+            if h >> FAILURE_BITS != start.generation {
+                // Ejected (and perhaps restored) since this call began: same episode.
+                return None;
+            }
+            let failures = (h & FAILURE_MASK) + 1;
+            let next = if failures >= eject_after {
+                (start.generation + 1) << FAILURE_BITS
+            } else {
+                h + 1
+            };
+            match self
+                .health
+                .compare_exchange_weak(h, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) if failures >= eject_after => break,
+                Ok(_) => return None,
+                Err(seen) => h = seen,
+            }
+        }
+        // This call won the generation: the one ejection of this episode. Only the winner
+        // writes the fields below (until the next generation), so plain stores do.
+        // Ordering: Relaxed, advisory (see `is_ejected`).
+        let last_end = self.ejected_until_ms.load(Ordering::Relaxed);
+        let mut streak = self.streak.load(Ordering::Relaxed);
+        if streak > 0 {
+            let last = backoff(cfg, streak - 1).as_millis() as u64;
+            if now_ms >= last_end.saturating_add(last) {
+                // Back in rotation at least as long as it was last out: a new streak.
+                streak = 0;
+            }
+        }
+        let length = backoff(cfg, streak);
+        self.streak.store(streak + 1, Ordering::Relaxed);
+        self.ejected_at_ms.store(now_ms, Ordering::Relaxed);
         self.ejected_until_ms
-            .store(now_ms + backoff.as_millis() as u64 + 1, Ordering::Relaxed);
-        tracing::warn!(backend = %self.addr, ?backoff, "backend ejected after {n} consecutive failures");
+            .store(now_ms + length.as_millis() as u64 + 1, Ordering::Relaxed);
+        Some(length)
+    }
+
+    /// A passing active check that began when the ejection generation was `generation` ends
+    /// the current ejection, if that generation's is still running (a check that began
+    /// before the ejection proves nothing about it). True if it ended one.
+    fn end_ejection_early(&self, generation: u64, now_ms: u64) -> bool {
+        // Ordering: Relaxed, advisory. The CAS on `ejected_until_ms` fails if a newer
+        // ejection wrote it meanwhile.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until > now_ms
+            && self.generation() == generation
+            && self
+                .ejected_until_ms
+                .compare_exchange(until, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn why_unhealthy(&self, now_ms: u64) -> String {
-        // Ordering: Relaxed, as in `is_healthy`.
+        // Ordering: Relaxed, as in `is_ejected`.
         if self.active_down.load(Ordering::Relaxed) {
             return format!("{}: failing active health checks", self.addr);
         }
@@ -184,6 +303,13 @@ impl Backend {
             until.saturating_sub(now_ms)
         )
     }
+}
+
+/// Panic mode: with no healthy backend, the one ejected longest ago (never-ejected ones first,
+/// then the lowest index), as Envoy routes to all hosts rather than failing every call.
+fn panic_pick(backends: &[Arc<Backend>]) -> Option<usize> {
+    // Ordering: Relaxed, advisory (see `Backend::is_ejected`).
+    (0..backends.len()).min_by_key(|&i| backends[i].ejected_at_ms.load(Ordering::Relaxed))
 }
 
 /// A snapshot of one backend's metrics.
@@ -207,6 +333,8 @@ pub struct BackendStats {
     pub stale_retries: u64,
     /// Requests in flight now.
     pub in_flight: u64,
+    /// Times the backend was ejected (one per failure episode).
+    pub ejections: u64,
 }
 
 impl BackendStats {
@@ -465,6 +593,7 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
                     steals: sum(|c| &c.steals),
                     stale_retries: sum(|c| &c.stale_retries),
                     in_flight: sum(|c| &c.in_flight),
+                    ejections: b.generation(),
                 }
             })
             .collect()
@@ -474,7 +603,7 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
     pub fn prometheus(&self) -> String {
         let stats = self.backend_stats();
         let mut out = String::new();
-        let metrics: [Metric; 9] = [
+        let metrics: [Metric; 10] = [
             ("requests_total", "counter", |s| s.requests as f64),
             ("errors_total", "counter", |s| s.errors as f64),
             ("healthy", "gauge", |s| f64::from(u8::from(s.healthy))),
@@ -488,6 +617,7 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
             ("stale_retries_total", "counter", |s| s.stale_retries as f64),
             ("in_flight", "gauge", |s| s.in_flight as f64),
             ("reuse_rate", "gauge", BackendStats::reuse_rate),
+            ("ejections_total", "counter", |s| s.ejections as f64),
         ];
         for (name, kind, get) in metrics {
             let _ = writeln!(out, "# TYPE shardpool_upstream_{name} {kind}");
@@ -548,11 +678,15 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
             .spawn(move || {
                 loop {
                     for b in shared.snapshot().iter() {
+                        let generation = b.generation();
                         let ok = ping(b.addr, shared.config.health.timeout).is_ok();
-                        // Ordering: Relaxed, advisory (see `Backend::is_healthy`).
+                        // Ordering: Relaxed, advisory (see `Backend::is_ejected`).
                         let was_down = b.active_down.swap(!ok, Ordering::Relaxed);
                         if was_down == ok {
                             tracing::info!(backend = %b.addr, healthy = ok, "active health check changed");
+                        }
+                        if ok && b.end_ejection_early(generation, shared.now_ms()) {
+                            tracing::info!(backend = %b.addr, "a passing active check ended the ejection");
                         }
                     }
                     shared.update_health_table();
@@ -616,19 +750,100 @@ impl Drop for HealthChecker {
     }
 }
 
+/// Who a failed attempt says something about; only [`Blame::Backend`] counts toward ejection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blame {
+    /// The backend: it refused or dropped the connection, did not answer in time, sent
+    /// garbage, or reported its own failure (`SERVER_ERROR`). Counts, and the call fails over.
+    Backend,
+    /// This gateway: the pool's wait ran out (every allowed connection busy), the request
+    /// timeout ran out before a connection was checked out, or the pool is closed (shutdown).
+    /// Does not count; the call fails over.
+    Local,
+    /// The request: the backend refused it (`BAD_REQUEST`, `TOO_LARGE`). Does not count, and
+    /// is not retried elsewhere (every backend would refuse it).
+    Request,
+}
+
+/// How far one attempt got, so a timeout can be blamed right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a pooled connection.
+    Checkout,
+    /// Connecting (no pool) or exchanging the frames with the backend.
+    Exchange,
+}
+
 /// Why one attempt on one backend failed.
+#[derive(Debug)]
 enum AttemptError {
+    /// Connecting, sending or reading failed (refused, reset, closed, a bad frame).
     Io(io::Error),
-    Pool(String),
-    Backend(String),
+    /// No answer within the request timeout once the request was the backend's.
+    Timeout(Duration),
+    /// The backend answered `SERVER_ERROR`.
+    ServerError(String),
+    /// The backend refused the request (`BAD_REQUEST` or `TOO_LARGE`).
+    Refused(FrameCode, String),
+    /// Our side failed (see [`Blame::Local`]).
+    Local(String),
+}
+
+impl AttemptError {
+    /// Who the failure is about.
+    fn blame(&self) -> Blame {
+        match self {
+            AttemptError::Io(_) | AttemptError::Timeout(_) | AttemptError::ServerError(_) => {
+                Blame::Backend
+            }
+            AttemptError::Refused(..) => Blame::Request,
+            AttemptError::Local(_) => Blame::Local,
+        }
+    }
+
+    /// A failed checkout: creating the connection is the backend's part, waiting and a
+    /// closed pool are ours.
+    fn from_pool(e: PoolError<io::Error>) -> AttemptError {
+        match e {
+            PoolError::Create { error, .. } => AttemptError::Io(error),
+            other @ (PoolError::Timeout { .. }
+            | PoolError::Closed
+            | PoolError::Overloaded { .. }) => AttemptError::Local(other.to_string()),
+        }
+    }
+
+    /// The request timeout ran out during `phase`.
+    fn timed_out(phase: Phase, timeout: Duration) -> AttemptError {
+        match phase {
+            Phase::Checkout => AttemptError::Local(format!(
+                "no pooled connection became available within the request timeout {timeout:?}"
+            )),
+            Phase::Exchange => AttemptError::Timeout(timeout),
+        }
+    }
+
+    /// The backend's answer: the greeting, or the error it stands for.
+    fn from_response(response: frame::Response) -> Result<String, AttemptError> {
+        match response.code {
+            FrameCode::Ok => Ok(response.message),
+            FrameCode::ServerError => Err(AttemptError::ServerError(response.message)),
+            code @ (FrameCode::BadRequest | FrameCode::TooLarge) => {
+                Err(AttemptError::Refused(code, response.message))
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for AttemptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AttemptError::Io(e) => write!(f, "{e}"),
-            AttemptError::Pool(e) => f.write_str(e),
-            AttemptError::Backend(e) => write!(f, "the backend refused the request: {e}"),
+            AttemptError::Timeout(t) => write!(f, "no answer within {t:?}"),
+            AttemptError::ServerError(e) => write!(f, "the backend failed: {e}"),
+            AttemptError::Refused(code, e) => {
+                write!(f, "the backend refused the request ({code:?}): {e}")
+            }
+            AttemptError::Local(e) => f.write_str(e),
         }
     }
 }
@@ -702,17 +917,25 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
     }
 
     /// One attempt on `b`: checkout (or connect), exchange, and the stale-connection retry.
-    async fn attempt(&self, b: &Backend, name: &str) -> Result<String, AttemptError> {
+    /// `phase` tells the caller's timeout how far it got.
+    async fn attempt(
+        &self,
+        b: &Backend,
+        name: &str,
+        phase: &Cell<Phase>,
+    ) -> Result<String, AttemptError> {
         let c = b.counters(self.shard);
         let exchange = match &self.shared.pool {
             None => {
                 bump(&c.new_conns, 1);
+                phase.set(Phase::Exchange);
                 let connect = self.shared.manager.connect(b.addr).await;
                 let mut conn = connect.map_err(AttemptError::Io)?;
                 conn.exchange(self.shard, Op::Hello, name).await
             }
             Some(pool) => {
                 let mut guard = self.checkout(pool, b, false).await?;
+                phase.set(Phase::Exchange);
                 match guard.exchange(self.shard, Op::Hello, name).await {
                     Err(e) if guard.is_reused() && is_stale(&e) => {
                         // The backend closed this idle connection before the request reached
@@ -721,7 +944,9 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
                         // connection is another pooled one or is created within `max_size`.
                         guard.discard();
                         bump(&c.stale_retries, 1);
+                        phase.set(Phase::Checkout);
                         let mut guard = self.checkout(pool, b, true).await?;
+                        phase.set(Phase::Exchange);
                         let result = guard.exchange(self.shard, Op::Hello, name).await;
                         Self::finish(c, guard, result)
                     }
@@ -729,11 +954,7 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
                 }
             }
         };
-        let response = exchange.map_err(AttemptError::Io)?.response;
-        match response.code {
-            FrameCode::Ok => Ok(response.message),
-            _ => Err(AttemptError::Backend(response.message)),
-        }
+        AttemptError::from_response(exchange.map_err(AttemptError::Io)?.response)
     }
 
     /// Checks a connection to `b` out of the pool on this shard and counts it as new or reused.
@@ -748,10 +969,7 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
     ) -> Result<P::Guard, AttemptError> {
         let c = b.counters(self.shard);
         loop {
-            let guard = pool.get(&b.addr).await.map_err(|e| match e {
-                PoolError::Create(e) => AttemptError::Io(e),
-                other => AttemptError::Pool(other.to_string()),
-            })?;
+            let guard = pool.get(&b.addr).await.map_err(AttemptError::from_pool)?;
             let reused = guard.is_reused();
             if verify && reused && guard.peer_gone() {
                 guard.discard();
@@ -764,7 +982,8 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
     }
 
     /// Ends a pooled exchange: counts a steal and returns the connection, or closes it after a
-    /// failure (its stream position is unknown).
+    /// failure (its stream position is unknown) or a `TOO_LARGE` answer (the origin closes the
+    /// connection after it).
     fn finish(
         c: &ShardCounters,
         guard: P::Guard,
@@ -775,7 +994,11 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
                 if x.moved {
                     bump(&c.steals, 1);
                 }
-                drop(guard);
+                if x.response.code == FrameCode::TooLarge {
+                    guard.discard();
+                } else {
+                    drop(guard);
+                }
                 Ok(x)
             }
             Err(e) => {
@@ -785,40 +1008,75 @@ impl<P: ConnectionPool<UpstreamManager>> GatewayGreeter<P> {
         }
     }
 
-    /// One attempt with the request timeout, counted and fed to passive health.
-    async fn call(&self, b: &Backend, name: &str) -> Result<String, AttemptError> {
+    /// One attempt with the request timeout, counted and fed to passive health. `panic`: sent
+    /// to an unhealthy backend because none is healthy (panic mode).
+    /// `now_ms`: when the backend was picked.
+    async fn call(
+        &self,
+        b: &Backend,
+        name: &str,
+        panic: bool,
+        now_ms: u64,
+    ) -> Result<String, AttemptError> {
         let c = b.counters(self.shard);
         bump(&c.requests, 1);
         bump(&c.in_flight, 1);
         let _in_flight = InFlight(c);
+        let start = b.begin(panic, now_ms);
         let timeout = self.shared.config.request_timeout;
-        let result = futures_lite::future::or(self.attempt(b, name), async {
+        let phase = Cell::new(Phase::Checkout);
+        let result = futures_lite::future::or(self.attempt(b, name, &phase), async {
             glommio::timer::sleep(timeout).await;
-            Err(AttemptError::Pool(format!("no answer within {timeout:?}")))
+            Err(AttemptError::timed_out(phase.get(), timeout))
         })
         .await;
-        match &result {
-            Ok(_) => b.record_success(),
-            // The backend answered; the request itself was bad. Not a health signal.
-            Err(AttemptError::Backend(_)) => bump(&c.errors, 1),
-            Err(_) => {
-                bump(&c.errors, 1);
-                b.record_failure(self.shared.now_ms(), &self.shared.config.health);
+        if result.is_err() {
+            bump(&c.errors, 1);
+        }
+        feed_health(
+            b,
+            start,
+            &result,
+            || self.shared.now_ms(),
+            &self.shared.config.health,
+        );
+        result
+    }
+}
+
+/// Passive health: a call's outcome, judged against what it saw when it began. Only failures
+/// that blame the backend count toward ejection (see [`Blame`] and [`Backend`]).
+fn feed_health(
+    b: &Backend,
+    start: CallStart,
+    result: &Result<String, AttemptError>,
+    now_ms: impl FnOnce() -> u64,
+    cfg: &HealthConfig,
+) {
+    match result {
+        Ok(_) => b.record_success(start),
+        Err(e) if e.blame() == Blame::Backend => {
+            if let Some(length) = b.record_failure(start, now_ms(), cfg) {
+                tracing::warn!(backend = %b.addr, ?length, error = %e, "backend ejected after {} consecutive failures", cfg.eject_after);
             }
         }
-        result
+        Err(_) => {}
     }
 }
 
 impl<P: ConnectionPool<UpstreamManager>> GreetHandler for GatewayGreeter<P> {
     async fn say_hello(&self, name: String) -> Result<String, Status> {
-        if name.len() >= frame::MAX_FRAME {
+        // Refused here, before any backend sees it: a longer name's greeting does not fit one
+        // upstream frame (frame::MAX_HELLO_NAME is derived from the frame limit).
+        if name.len() > frame::MAX_HELLO_NAME {
             return Err(Status::new(
                 Code::InvalidArgument,
                 format!(
-                    "name is {} bytes; the upstream limit is {}",
+                    "name is {} bytes; the longest name the gateway can forward is {} bytes \
+                     (its greeting must fit one {}-byte upstream frame)",
                     name.len(),
-                    frame::MAX_FRAME - 1
+                    frame::MAX_HELLO_NAME,
+                    frame::MAX_FRAME
                 ),
             ));
         }
@@ -831,6 +1089,7 @@ impl<P: ConnectionPool<UpstreamManager>> GreetHandler for GatewayGreeter<P> {
         }
         let mut tried = [usize::MAX; 2];
         let mut last: Option<(SocketAddr, AttemptError)> = None;
+        let mut panicked = false;
         for attempt in 0..2 {
             let now = self.shared.now_ms();
             let pick = self.picker.pick(
@@ -838,32 +1097,51 @@ impl<P: ConnectionPool<UpstreamManager>> GreetHandler for GatewayGreeter<P> {
                 |i| !tried.contains(&i) && backends[i].is_healthy(now),
                 |i| read(&backends[i].counters(self.shard).in_flight),
             );
-            let Some(i) = pick else { break };
+            let i = match pick {
+                Some(i) => i,
+                // Panic mode: nothing is healthy; one try on the backend ejected longest ago.
+                None if attempt == 0 => match panic_pick(&backends) {
+                    Some(i) => {
+                        panicked = true;
+                        i
+                    }
+                    None => break,
+                },
+                None => break,
+            };
             tried[attempt] = i;
-            match self.call(&backends[i], &name).await {
+            match self.call(&backends[i], &name, panicked, now).await {
                 Ok(reply) => return Ok(reply),
-                Err(AttemptError::Backend(m)) => {
+                Err(e) if e.blame() == Blame::Request => {
                     return Err(Status::new(
-                        Code::Internal,
-                        format!("backend {}: {m}", backends[i].addr),
+                        Code::InvalidArgument,
+                        format!("backend {}: {e}", backends[i].addr),
                     ));
                 }
                 Err(e) => last = Some((backends[i].addr, e)),
             }
+            if panicked {
+                break;
+            }
         }
+        let now = self.shared.now_ms();
+        let unhealthy = || -> String {
+            let why: Vec<String> = backends.iter().map(|b| b.why_unhealthy(now)).collect();
+            format!("no healthy upstream backend: {}", why.join("; "))
+        };
         Err(match last {
+            Some((addr, e)) if panicked => Status::new(
+                Code::Unavailable,
+                format!(
+                    "{}; panic mode tried {addr} (ejected longest ago): {e}",
+                    unhealthy()
+                ),
+            ),
             Some((addr, e)) => Status::new(
                 Code::Unavailable,
                 format!("upstream request failed (last backend {addr}): {e}"),
             ),
-            None => {
-                let now = self.shared.now_ms();
-                let why: Vec<String> = backends.iter().map(|b| b.why_unhealthy(now)).collect();
-                Status::new(
-                    Code::Unavailable,
-                    format!("no healthy upstream backend: {}", why.join("; ")),
-                )
-            }
+            None => Status::new(Code::Unavailable, unhealthy()),
         })
     }
 }
@@ -872,5 +1150,182 @@ impl<P> Drop for GatewayGreeter<P> {
     fn drop(&mut self) {
         // The shard is stopping: drop its glommio wrappers while the executor still runs.
         drop_thread_wrappers();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig {
+            interval: None,
+            eject_after: 3,
+            backoff_base: Duration::from_millis(1000),
+            backoff_max: Duration::from_millis(30_000),
+            ..HealthConfig::default()
+        }
+    }
+
+    fn backend() -> Backend {
+        Backend::new("127.0.0.1:7001".parse().unwrap(), 1)
+    }
+
+    /// Feeds `n` failures, each from a call begun just before it, at `now`.
+    fn fail(b: &Backend, e: impl Fn() -> AttemptError, n: usize, now: u64) {
+        for _ in 0..n {
+            let start = b.begin(false, now);
+            feed_health(b, start, &Err(e()), || now, &cfg());
+        }
+    }
+
+    /// A named way to fail.
+    type Case = (&'static str, fn() -> AttemptError);
+
+    fn io(kind: io::ErrorKind) -> AttemptError {
+        AttemptError::Io(io::Error::new(kind, "test"))
+    }
+
+    #[test]
+    fn backend_caused_failures_eject() {
+        let backend_caused: [Case; 5] = [
+            ("connect refused", || {
+                AttemptError::from_pool(PoolError::Create {
+                    key: "backend".into(),
+                    error: io::Error::new(io::ErrorKind::ConnectionRefused, "refused"),
+                })
+            }),
+            ("reset", || io(io::ErrorKind::ConnectionReset)),
+            ("bad frame", || io(io::ErrorKind::InvalidData)),
+            ("exchange timeout", || {
+                AttemptError::timed_out(Phase::Exchange, Duration::from_secs(2))
+            }),
+            ("SERVER_ERROR", || {
+                AttemptError::from_response(frame::Response::error(
+                    FrameCode::ServerError,
+                    "disk on fire",
+                ))
+                .unwrap_err()
+            }),
+        ];
+        for (what, e) in backend_caused {
+            assert_eq!(e().blame(), Blame::Backend, "{what}");
+            let b = backend();
+            fail(&b, e, 2, 10);
+            assert!(b.is_healthy(10), "{what}: ejected before eject_after");
+            fail(&b, e, 1, 10);
+            assert!(!b.is_healthy(10), "{what}: not ejected after eject_after");
+            assert_eq!(b.generation(), 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn local_failures_never_eject() {
+        let local: [Case; 3] = [
+            ("pool wait timeout", || {
+                AttemptError::from_pool(PoolError::Timeout {
+                    waited: Duration::from_secs(2),
+                })
+            }),
+            ("pool closed (shutdown)", || {
+                AttemptError::from_pool(PoolError::Closed)
+            }),
+            ("request timeout while checking out", || {
+                AttemptError::timed_out(Phase::Checkout, Duration::from_secs(2))
+            }),
+        ];
+        for (what, e) in local {
+            assert_eq!(e().blame(), Blame::Local, "{what}");
+            let b = backend();
+            fail(&b, e, 100, 10);
+            assert!(b.is_healthy(10), "{what} ejected the backend");
+            assert_eq!(b.generation(), 0, "{what}");
+        }
+    }
+
+    #[test]
+    fn request_caused_failures_never_eject() {
+        for code in [FrameCode::BadRequest, FrameCode::TooLarge] {
+            let e = || {
+                AttemptError::from_response(frame::Response::error(code, "name too long"))
+                    .unwrap_err()
+            };
+            assert_eq!(e().blame(), Blame::Request, "{code:?}");
+            let b = backend();
+            fail(&b, e, 100, 10);
+            assert!(b.is_healthy(10), "{code:?} ejected the backend");
+            assert_eq!(b.generation(), 0, "{code:?}");
+        }
+        assert_eq!(
+            AttemptError::from_response(frame::Response::ok("Hello, a!")).unwrap(),
+            "Hello, a!"
+        );
+    }
+
+    #[test]
+    fn one_failure_episode_is_one_ejection_and_backoff_grows_across_episodes_only() {
+        let (b, cfg) = (backend(), cfg());
+        let reset = || io(io::ErrorKind::ConnectionReset);
+        // 85 calls in flight when a stall begins all fail together: one ejection.
+        let starts: Vec<CallStart> = (0..85).map(|_| b.begin(false, 0)).collect();
+        for s in &starts {
+            feed_health(&b, *s, &Err(reset()), || 15, &cfg);
+        }
+        assert_eq!(b.generation(), 1);
+        assert!(!b.is_healthy(15) && b.is_healthy(15 + 1001));
+        // Calls sent to it in panic mode during the ejection do not extend it.
+        for _ in 0..10 {
+            let s = b.begin(true, 500);
+            assert!(s.ejected);
+            feed_health(&b, s, &Err(reset()), || 600, &cfg);
+        }
+        assert_eq!(b.generation(), 1);
+        assert!(b.is_healthy(15 + 1001));
+        // Still failing once back: a second episode, twice as long.
+        fail(&b, reset, 3, 1100);
+        assert_eq!(b.generation(), 2);
+        assert!(!b.is_healthy(1100 + 2000) && b.is_healthy(1100 + 2001));
+        // A success resets the failure run: two failures after it do not eject.
+        let s = b.begin(false, 3200);
+        fail(&b, reset, 2, 3200);
+        feed_health(&b, s, &Ok("Hello".into()), || 3200, &cfg);
+        fail(&b, reset, 2, 3200);
+        assert_eq!(b.generation(), 2);
+        // In rotation at least as long as the last ejection lasted (2 s): the streak restarts.
+        fail(&b, reset, 1, 3101 + 2000);
+        assert_eq!(b.generation(), 3);
+        assert!(!b.is_healthy(5101 + 1000) && b.is_healthy(5101 + 1001));
+    }
+
+    #[test]
+    fn a_passing_active_check_ends_an_ejection_begun_before_it() {
+        let b = backend();
+        let before = b.generation();
+        fail(&b, || io(io::ErrorKind::ConnectionReset), 3, 100);
+        assert!(!b.is_healthy(200));
+        // A check that began before the ejection proves nothing about it.
+        assert!(!b.end_ejection_early(before, 200));
+        assert!(!b.is_healthy(200));
+        assert!(b.end_ejection_early(b.generation(), 200));
+        assert!(b.is_healthy(200));
+        assert!(!b.end_ejection_early(b.generation(), 300), "nothing to end");
+    }
+
+    #[test]
+    fn panic_mode_picks_the_backend_ejected_longest_ago() {
+        let backends: Vec<Arc<Backend>> = (0..3).map(|_| Arc::new(backend())).collect();
+        let reset = || io(io::ErrorKind::ConnectionReset);
+        for (i, at) in [(0, 300), (1, 100), (2, 200)] {
+            fail(&backends[i], reset, 3, at);
+        }
+        assert_eq!(panic_pick(&backends), Some(1));
+        let mut with_fresh = backends.clone();
+        with_fresh.push(Arc::new(backend()));
+        assert_eq!(
+            panic_pick(&with_fresh),
+            Some(3),
+            "never ejected comes first"
+        );
+        assert_eq!(panic_pick(&[]), None);
     }
 }

@@ -4,6 +4,7 @@
 //! backend. docs/gateway.md describes the design and its measurements.
 
 pub mod admin;
+pub mod allow;
 mod balance;
 pub mod conn;
 pub mod frame;

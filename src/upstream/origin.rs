@@ -97,7 +97,7 @@ impl Origin {
         // a request late, nothing else is published with it.
         shared
             .delay_ns
-            .store(config.delay.as_nanos() as u64, Ordering::Relaxed);
+            .store(delay_ns(config.delay), Ordering::Relaxed);
         let shutdown = Shutdown::new();
         let options = RuntimeOptions {
             name: format!("origin-{}", config.id),
@@ -116,6 +116,7 @@ impl Origin {
         Ok(RunningOrigin {
             addr,
             shared,
+            paused_delay: Mutex::new(0),
             shutdown,
             handles: Some(handles),
         })
@@ -155,6 +156,60 @@ async fn serve_shard(
 /// The receive buffer of each origin connection: many requests' worth.
 const RECV_BUFFER: usize = 4096;
 
+/// `delay_ns` while the origin is paused ([`RunningOrigin::pause`]).
+const PAUSED: u64 = u64::MAX;
+
+/// How often a paused connection task looks whether the origin was resumed.
+const PAUSE_POLL: Duration = Duration::from_millis(5);
+
+/// `delay` as stored in `delay_ns` (saturated below [`PAUSED`]).
+fn delay_ns(delay: Duration) -> u64 {
+    delay.as_nanos().min(u128::from(PAUSED - 1)) as u64
+}
+
+/// Waits before answering: the configured delay, or until the origin is resumed.
+async fn wait_out(shared: &OriginShared, delay_ns: u64) {
+    if delay_ns != PAUSED {
+        glommio::timer::sleep(Duration::from_nanos(delay_ns)).await;
+        return;
+    }
+    // Ordering: Relaxed, see `OriginShared::delay_ns`.
+    while shared.delay_ns.load(Ordering::Relaxed) == PAUSED {
+        glommio::timer::sleep(PAUSE_POLL).await;
+    }
+}
+
+/// The response to one request payload. Never a frame longer than [`frame::MAX_FRAME`]: a name
+/// whose greeting would not fit is refused as `BAD_REQUEST` (the request's fault), and any other
+/// reply that would not fit is the origin's own failure, `SERVER_ERROR`.
+fn answer(shared: &OriginShared, payload: &[u8]) -> Response {
+    let (response, hello) = match frame::decode_request(payload) {
+        Ok((Op::Hello, name)) if name.len() > frame::MAX_HELLO_NAME => {
+            let why = format!(
+                "name is {} bytes; the longest name whose greeting fits one frame is {} bytes",
+                name.len(),
+                frame::MAX_HELLO_NAME
+            );
+            return Response::error(Code::BadRequest, why);
+        }
+        Ok((Op::Hello, name)) => (Response::ok(frame::hello_reply(name)), true),
+        Ok((Op::Ping, _)) => (Response::ok("pong"), false),
+        Err(why) => return Response::error(Code::BadRequest, why),
+    };
+    if !frame::response_fits(&response.message) {
+        let why = format!(
+            "the origin's reply of {} bytes does not fit one frame",
+            response.message.len()
+        );
+        return Response::error(Code::ServerError, why);
+    }
+    if hello {
+        // Ordering: Relaxed statistic.
+        shared.served.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
 async fn serve_conn(
     stream: glommio::net::TcpStream,
     shared: Arc<OriginShared>,
@@ -190,19 +245,11 @@ async fn serve_conn(
         let keep_open = match next {
             Ok(ReadFrame::Frame) => {
                 // Ordering: Relaxed, see `OriginShared::delay_ns`.
-                let delay = Duration::from_nanos(shared.delay_ns.load(Ordering::Relaxed));
-                if !delay.is_zero() {
-                    glommio::timer::sleep(delay).await;
+                let delay = shared.delay_ns.load(Ordering::Relaxed);
+                if delay != 0 {
+                    wait_out(&shared, delay).await;
                 }
-                let response = match frame::decode_request(&buf) {
-                    Ok((Op::Hello, name)) => {
-                        // Ordering: Relaxed statistic.
-                        shared.served.fetch_add(1, Ordering::Relaxed);
-                        Response::ok(format!("Hello, {name}!"))
-                    }
-                    Ok((Op::Ping, _)) => Response::ok("pong"),
-                    Err(why) => Response::error(Code::BadRequest, why),
-                };
+                let response = answer(&shared, &buf);
                 frame::encode_response(&response, &mut out);
                 true
             }
@@ -228,6 +275,8 @@ async fn serve_conn(
 pub struct RunningOrigin {
     addr: SocketAddr,
     shared: Arc<OriginShared>,
+    /// The delay to restore on [`RunningOrigin::resume`].
+    paused_delay: Mutex<u64>,
     shutdown: Shutdown,
     handles: Option<crate::runtime::ShardHandles<()>>,
 }
@@ -268,12 +317,44 @@ impl RunningOrigin {
         self.shared.accepted.load(Ordering::Relaxed)
     }
 
-    /// Changes the delay before every answer (takes effect on the next request).
+    /// Stops answering, like a SIGSTOPped process: connections are still accepted (the kernel's
+    /// backlog would take them) and requests are read, but no request (HELLO or PING) is
+    /// answered until [`RunningOrigin::resume`]; then the held requests are answered in order.
+    pub fn pause(&self) {
+        // Ordering: Relaxed, see `OriginShared::delay_ns`; the lock orders pause and resume.
+        let mut before = self
+            .paused_delay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.shared.delay_ns.swap(PAUSED, Ordering::Relaxed);
+        if old != PAUSED {
+            *before = old;
+        }
+    }
+
+    /// Answers again after [`RunningOrigin::pause`], with the delay it had before the pause
+    /// (requests already held are answered within 5 ms).
+    pub fn resume(&self) {
+        let before = self
+            .paused_delay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Ordering: Relaxed, see `OriginShared::delay_ns`. Only a paused origin is changed.
+        let _ = self.shared.delay_ns.compare_exchange(
+            PAUSED,
+            *before,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Changes the delay before every answer (takes effect on the next request; also ends a
+    /// pause).
     pub fn set_delay(&self, delay: Duration) {
         // Ordering: Relaxed, see `OriginShared::delay_ns`.
         self.shared
             .delay_ns
-            .store(delay.as_nanos() as u64, Ordering::Relaxed);
+            .store(delay_ns(delay), Ordering::Relaxed);
     }
 
     /// The shutdown switch (for signal handlers): `drain()` stops the origin.

@@ -59,7 +59,38 @@ impl Proc {
     /// Starts the binary with `args`, the environment `env` plus `SHARDPOOL_LOG=warn`, and its
     /// stderr sent to `stderr`.
     pub fn start(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Proc {
-        let mut child = Command::new(BIN)
+        Proc::spawn(Command::new(BIN), args, env, stderr)
+    }
+
+    /// Like [`Proc::start`], with the child's descriptor limit (soft and hard) set to `nofile`,
+    /// as `ulimit -n` would before `exec`.
+    pub fn start_with_nofile(
+        nofile: u64,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(BIN);
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Proc::spawn(cmd, args, env, stderr)
+    }
+
+    fn spawn(mut cmd: Command, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Proc {
+        let mut child = cmd
             .args(args)
             .envs(env.iter().copied())
             .env("SHARDPOOL_LOG", "warn")
