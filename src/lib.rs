@@ -26,6 +26,12 @@ pub mod bench;
 #[cfg(all(any(feature = "postgres", feature = "redis"), not(shardpool_loom)))]
 pub mod adapters;
 
+/// Fuzz target bodies and the corpus replay (`fuzz/`, docs/security.md "Fuzzing"); not a
+/// stable API.
+#[cfg(all(feature = "upstream", not(shardpool_loom)))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use pool::{
     Clock, Config, ConfigError, ConnectionPool, Error, MAX_SIZE, Manage, ManualClock, Pooled,
     PooledConn, ShardStats, ShardedPool, Stats,

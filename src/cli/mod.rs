@@ -9,6 +9,9 @@ mod origin;
 mod serve;
 mod upstream_args;
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
+
 /// A lock-free, per-core sharded connection pool: server, origin backend and benchmark harness.
 #[derive(Parser, Debug)]
 #[command(name = "shardpool", version, about)]
