@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit + integration + interop tests, doctests, examples,
-# the pool core built alone, and the loom models. Installs what the tests need (h2load, grpcio).
+# the pool core built alone, the loom models, a short fuzzing run and the attack suite. Installs
+# what the tests need (h2load, grpcio, h2, cargo-fuzz).
 # Usage: ./scripts/test-all.sh        (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,23 +16,32 @@ if ! command -v h2load >/dev/null 2>&1; then
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client
     fi
 fi
-if ! python3 -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf
+if ! python3 -c 'import grpc, grpc_tools, h2' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf h2
 fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
+step "real servers for the adapter tests (PostgreSQL and Redis on loopback, scripts/services.sh)"
+if scripts/services.sh start; then
+    trap 'scripts/services.sh stop || true' EXIT
+    eval "$(scripts/services.sh env)"
+else
+    echo "test-all: PostgreSQL/Redis could not be installed or started; the adapter tests will print SKIPPED"
+fi
+
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+# real-bench: the adapters and benches/real_workloads.rs with its peers, linted too.
+cargo clippy --workspace --all-targets --features shardpool/real-bench -- -D warnings
 
 step "the pool core alone (no glommio, hyper or tokio)"
 cargo build --no-default-features --lib
 
 step "unit, integration and interop tests"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --features shardpool/postgres,shardpool/redis
 
 step "doctests (the README's examples included)"
-cargo test --doc
+cargo test --doc --features postgres,redis
 
 step "examples"
 cargo run --quiet --example std_threads
@@ -39,6 +49,13 @@ cargo run --quiet --example tokio_pool
 
 step "loom models"
 ./scripts/loom.sh
+
+step "fuzzing: every target for 10 s (nightly + cargo-fuzz; the corpus replay on stable)"
+./scripts/fuzz.sh 10
+
+step "the attack suite against a release server (scripts/attacks.py)"
+cargo build --release --quiet
+python3 scripts/attacks.py
 
 echo
 echo "test-all: every step passed"
