@@ -489,3 +489,32 @@ fn an_idle_h2c_admin_connection_is_closed_after_the_idle_timeout() {
         "the idle h2c admin connection was closed after {took:?}"
     );
 }
+
+#[test]
+fn connections_the_watchdog_closes_are_counted_in_metrics() {
+    let a = origin("a");
+    let config = ServerConfig {
+        handshake_timeout: Some(Duration::from_millis(200)),
+        ..with_admin(AdminConfig::default())
+    };
+    let gw = TestGateway::start(config, &[a.local_addr()], None);
+    // Sends nothing: dropped at the handshake timeout.
+    let mut s = TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    while !matches!(s.read(&mut buf), Ok(0) | Err(_)) {
+        assert!(started.elapsed() < Duration::from_secs(5), "still open");
+    }
+    let m = http_with(gw.admin(), "GET /metrics", "");
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("shardpool_server_connections_handshake_timeouts_total{"))
+        .unwrap_or_else(|| panic!("no handshake-timeout metric in:\n{m}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    let idle = m
+        .lines()
+        .find(|l| l.starts_with("shardpool_server_connections_idle_closed_total{"))
+        .unwrap_or_else(|| panic!("no idle-close metric in:\n{m}"));
+    assert!(idle.ends_with(" 0"), "{idle}");
+}

@@ -430,6 +430,40 @@ impl Drop for EventWait {
     }
 }
 
+/// The current time from the kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`), as an
+/// [`Instant`] comparable with [`Instant::now`]: it reads no hardware counter, so it costs a
+/// fraction of `Instant::now` (on this project's test machines 20 ns against 90 ns), and it is
+/// within one kernel tick (1 to 10 ms, by `CONFIG_HZ`) of `Instant::now`. Monotonic.
+///
+/// For timeouts and keep-alive, not for measuring anything shorter than a tick.
+///
+/// ```
+/// use shardpool::runtime::coarse_now;
+/// use std::time::{Duration, Instant};
+/// let (a, b) = (coarse_now(), Instant::now());
+/// assert!(a.max(b) - a.min(b) < Duration::from_millis(50));
+/// assert!(coarse_now() >= a);
+/// ```
+pub fn coarse_now() -> Instant {
+    // `Instant::now()` minus the coarse clock, both read once: Instant is CLOCK_MONOTONIC on
+    // Linux, the same clock the coarse one samples at each tick, so the difference stays put.
+    static OFFSET: std::sync::OnceLock<(Instant, Duration)> = std::sync::OnceLock::new();
+    let (base, coarse_base) = *OFFSET.get_or_init(|| (Instant::now(), coarse_clock()));
+    base + coarse_clock().saturating_sub(coarse_base)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` as a duration since boot.
+fn coarse_clock() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC_COARSE exists on
+    // every Linux since 2.6.32 and cannot fail with a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// A `Send + Sync` sleep whose timing is done by a small task on the current shard's glommio
 /// executor (or, off a shard, by a helper thread). It exists because hyper's `Timer` demands
 /// `Send + Sync` sleeps while glommio's timers are `!Send`.
@@ -556,7 +590,10 @@ impl Future for SendSleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = lock(&self.state);
-        if st.fired || Instant::now() >= st.deadline {
+        // While a driver of the current deadline runs, it fires the sleep when the deadline
+        // passes, so a poll need not read the clock (hyper polls its keep-alive sleep on every
+        // poll of a connection).
+        if st.fired || (!st.driving && Instant::now() >= st.deadline) {
             st.fired = true;
             return Poll::Ready(());
         }

@@ -38,12 +38,12 @@ pub(super) async fn serve<H: GreetHandler>(
     let acfg = &shard.shared.cfg.admin;
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
-        .timer(super::io::HyperTimer)
+        .timer(super::io::HyperTimer::COARSE)
         .keep_alive(true)
         .header_read_timeout(acfg.read_timeout)
         .max_buf_size(ADMIN_MAX_HEAD);
     let mut h2 = hyper::server::conn::http2::Builder::new(super::io::LocalExec);
-    h2.timer(super::io::HyperTimer)
+    h2.timer(super::io::HyperTimer::COARSE)
         .max_concurrent_streams(16)
         .max_header_list_size(ADMIN_MAX_HEAD as u32)
         .max_send_buf_size(64 << 10)
@@ -397,7 +397,7 @@ type ServerMetric = (
     fn(&ServerCounters) -> u64,
 );
 
-const SERVER_METRICS: [ServerMetric; 6] = [
+const SERVER_METRICS: [ServerMetric; 9] = [
     (
         "server_connections_accepted_total",
         "Connections accepted.",
@@ -421,6 +421,24 @@ const SERVER_METRICS: [ServerMetric; 6] = [
         "Failed accepts (EMFILE, ENFILE, ...).",
         "counter",
         |c| ServerCounters::get(&c.accept_errors),
+    ),
+    (
+        "server_connections_handshake_timeouts_total",
+        "Connections closed because the HTTP/2 preface and SETTINGS did not arrive within the handshake timeout.",
+        "counter",
+        |c| ServerCounters::get(&c.closed_handshake_timeout),
+    ),
+    (
+        "server_connections_idle_closed_total",
+        "Connections closed after the idle timeout without a stream.",
+        "counter",
+        |c| ServerCounters::get(&c.closed_idle),
+    ),
+    (
+        "server_connections_send_stalled_total",
+        "Connections closed because a response or a write made no progress for the send-stall timeout.",
+        "counter",
+        |c| ServerCounters::get(&c.closed_send_stall),
     ),
     (
         "server_connections_open",

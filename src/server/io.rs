@@ -1,8 +1,8 @@
 //! Glue between hyper and glommio: socket I/O, a `!Send` executor, a timer, and listeners built
 //! with socket2 (SO_REUSEPORT, nodelay, keepalive, backlog).
 
-use super::watch::Activity;
-use crate::runtime::SendSleep;
+use super::conn::Activity;
+use crate::runtime::{SendSleep, coarse_now};
 use futures_lite::{AsyncRead, AsyncWrite};
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 use std::future::Future;
@@ -39,8 +39,8 @@ impl GlommioIo {
         }
     }
 
-    /// Wraps a stream and counts its reads and writes into `activity` for the connection's
-    /// watchdog ([`super::watch`]).
+    /// Wraps a stream and counts its reads and writes into the connection's `activity`
+    /// ([`super::conn`]).
     pub fn watched(stream: glommio::net::TcpStream, activity: Rc<Activity>) -> GlommioIo {
         GlommioIo {
             activity: Some(activity),
@@ -179,12 +179,44 @@ impl<F: Future> Future for YieldFirst<F> {
 }
 
 /// hyper's timer on a glommio shard, backed by [`SendSleep`].
+///
+/// hyper reads the timer's clock ([`hyper::rt::Timer::now`]) with keep-alive on for every frame
+/// received and every poll of a connection. [`HyperTimer::COARSE`] answers with
+/// [`coarse_now`], a fraction of the cost and within a kernel tick, enough for keep-alive and
+/// read timeouts; [`HyperTimer::PRECISE`] with [`Instant::now`], which adaptive flow control
+/// (BDP) needs because it measures round trips with it.
+///
+/// ```
+/// use hyper::rt::Timer;
+/// use shardpool::server::io::HyperTimer;
+/// use std::time::{Duration, Instant};
+/// let t = Instant::now();
+/// assert!(HyperTimer::COARSE.now().max(t) - HyperTimer::COARSE.now().min(t) < Duration::from_millis(50));
+/// assert!(HyperTimer::PRECISE.now() >= t);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HyperTimer;
+pub struct HyperTimer {
+    precise: bool,
+}
+
+impl HyperTimer {
+    /// `now()` from the coarse clock ([`coarse_now`]).
+    pub const COARSE: HyperTimer = HyperTimer { precise: false };
+    /// `now()` from [`Instant::now`].
+    pub const PRECISE: HyperTimer = HyperTimer { precise: true };
+}
 
 impl hyper::rt::Sleep for SendSleep {}
 
 impl hyper::rt::Timer for HyperTimer {
+    fn now(&self) -> Instant {
+        if self.precise {
+            Instant::now()
+        } else {
+            coarse_now()
+        }
+    }
+
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(SendSleep::until(Instant::now() + duration))
     }

@@ -12,18 +12,18 @@
 //! - [`connection_cap`] derives the per-shard cap from what is left after an [`FdReserve`], so
 //!   client connections can never use the reserve;
 //! - [`ConnTracker`] enforces the cap on one shard: at the cap it sheds the connection that
-//!   matters least (still handshaking first, then the one idle longest) before refusing;
+//!   matters least (still handshaking first, then the one whose last call ended longest ago)
+//!   before refusing;
 //! - [`AcceptBackoff`] and [`SpareFd`] handle accept errors (EMFILE/ENFILE) when the process
 //!   runs out anyway: exponential back-off, one log line per second at most, and a spare
 //!   descriptor given up to accept-and-close the pending connection, so clients in the backlog
 //!   get a reset instead of a hang.
 
+use super::conn::Activity;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// The process's descriptor limit, before and after [`raise_nofile_limit`].
@@ -223,109 +223,6 @@ impl std::str::FromStr for AutoCount {
     }
 }
 
-/// A coarse monotonic clock in milliseconds (CLOCK_MONOTONIC_COARSE: a few nanoseconds to read,
-/// a few milliseconds of resolution, enough to order connections by idleness).
-fn coarse_now_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
-}
-
-/// Bytes of the HTTP/2 client preface (24) and a SETTINGS frame header (9): a connection that
-/// sent fewer is still handshaking.
-const HANDSHAKE_BYTES: u32 = 33;
-
-/// One connection as its shard's [`ConnTracker`] sees it. Shard-local: plain `Cell`s.
-pub struct ConnState {
-    /// Last time the peer sent bytes ([`coarse_now_ms`]).
-    last_active: Cell<u64>,
-    /// Bytes received, counted up to [`HANDSHAKE_BYTES`] only.
-    received: Cell<u32>,
-    /// Calls in progress.
-    streams: Cell<u32>,
-    /// Set when the tracker chose this connection to be shed.
-    shed: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-    slot: usize,
-}
-
-impl std::fmt::Debug for ConnState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnState")
-            .field("last_active", &self.last_active.get())
-            .field("handshaking", &self.handshaking())
-            .field("streams", &self.streams.get())
-            .field("shed", &self.shed.get())
-            .finish()
-    }
-}
-
-impl ConnState {
-    /// Notes that the peer sent `n` bytes.
-    fn received(&self, n: usize) {
-        self.last_active.set(coarse_now_ms());
-        let r = self.received.get();
-        if r < HANDSHAKE_BYTES {
-            self.received
-                .set(r.saturating_add(u32::try_from(n).unwrap_or(u32::MAX)));
-        }
-    }
-
-    /// True until the peer has sent the client preface and a SETTINGS frame header.
-    pub fn handshaking(&self) -> bool {
-        self.received.get() < HANDSHAKE_BYTES
-    }
-
-    /// Marks a call in progress until the guard drops.
-    pub fn call(self: &Rc<Self>) -> CallGuard {
-        self.streams.set(self.streams.get() + 1);
-        CallGuard(Rc::clone(self))
-    }
-
-    /// Completes when the tracker sheds this connection.
-    pub fn shed(&self) -> ShedWait<'_> {
-        ShedWait(self)
-    }
-
-    fn mark_shed(&self) {
-        self.shed.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
-
-/// A call in progress on a connection (see [`ConnState::call`]).
-#[derive(Debug)]
-pub struct CallGuard(Rc<ConnState>);
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        self.0.streams.set(self.0.streams.get() - 1);
-    }
-}
-
-/// Future of [`ConnState::shed`].
-#[derive(Debug)]
-#[must_use = "futures do nothing unless polled"]
-pub struct ShedWait<'a>(&'a ConnState);
-
-impl std::future::Future for ShedWait<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.shed.get() {
-            return Poll::Ready(());
-        }
-        self.0.waker.set(Some(cx.waker().clone()));
-        Poll::Pending
-    }
-}
-
 /// What [`ConnTracker::admit`] decided about a new connection.
 #[derive(Debug)]
 pub enum Admission {
@@ -340,7 +237,7 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct ConnTracker {
     cap: usize,
-    conns: RefCell<Vec<Option<Rc<ConnState>>>>,
+    conns: RefCell<Vec<Option<Rc<Activity>>>>,
     free: RefCell<Vec<usize>>,
     open: Cell<usize>,
     /// Connections marked for shedding whose tasks have not ended yet.
@@ -349,7 +246,7 @@ pub struct ConnTracker {
     peak: Cell<usize>,
     /// Connections shed over the shard's life.
     shed_total: Cell<u64>,
-    /// Reused by victim selection: (class, last activity, slot).
+    /// Reused by victim selection: (class, idle since, slot).
     scratch: RefCell<Vec<(u8, u64, usize)>>,
 }
 
@@ -403,28 +300,21 @@ impl ConnTracker {
                 return Admission::Refused;
             }
         }
-        let now = coarse_now_ms();
         let mut conns = self.conns.borrow_mut();
         let slot = self.free.borrow_mut().pop().unwrap_or_else(|| {
             conns.push(None);
             conns.len() - 1
         });
-        let state = Rc::new(ConnState {
-            last_active: Cell::new(now),
-            received: Cell::new(0),
-            streams: Cell::new(0),
-            shed: Cell::new(false),
-            waker: Cell::new(None),
-            slot,
-        });
-        conns[slot] = Some(Rc::clone(&state));
+        let activity = Activity::new();
+        conns[slot] = Some(Rc::clone(&activity));
         self.open.set(open + 1);
         if open + 1 > self.peak.get() {
             self.peak.set(open + 1);
         }
         Admission::Admitted(ConnSlot {
             tracker: Rc::clone(self),
-            state,
+            activity,
+            slot,
         })
     }
 
@@ -444,12 +334,13 @@ impl ConnTracker {
         let conns = self.conns.borrow();
         let mut cands = self.scratch.borrow_mut();
         cands.clear();
-        for c in conns.iter().flatten() {
-            if c.shed.get() || c.streams.get() > 0 {
+        for (slot, c) in conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            if c.is_shed() || c.streams().1 > 0 {
                 continue;
             }
-            let class = if c.handshaking() { 0 } else { 1 };
-            cands.push((class, c.last_active.get(), c.slot));
+            let class = u8::from(c.handshaken());
+            cands.push((class, c.idle_since(), slot));
         }
         let n = n.min(cands.len());
         if n == 0 {
@@ -469,11 +360,11 @@ impl ConnTracker {
         n
     }
 
-    fn remove(&self, state: &ConnState) {
-        self.conns.borrow_mut()[state.slot] = None;
-        self.free.borrow_mut().push(state.slot);
+    fn remove(&self, slot: usize, activity: &Activity) {
+        self.conns.borrow_mut()[slot] = None;
+        self.free.borrow_mut().push(slot);
         self.open.set(self.open.get() - 1);
-        if state.shed.get() {
+        if activity.is_shed() {
             self.shedding.set(self.shedding.get() - 1);
         }
     }
@@ -506,84 +397,21 @@ impl ConnTracker {
 #[derive(Debug)]
 pub struct ConnSlot {
     tracker: Rc<ConnTracker>,
-    state: Rc<ConnState>,
+    activity: Rc<Activity>,
+    slot: usize,
 }
 
 impl ConnSlot {
-    /// The connection's state (activity, calls, shedding).
-    pub fn state(&self) -> &Rc<ConnState> {
-        &self.state
+    /// The connection's record (streams, handshake, verdict), shared with its I/O adapter,
+    /// service and watchdog.
+    pub fn activity(&self) -> &Rc<Activity> {
+        &self.activity
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.tracker.remove(&self.state);
-    }
-}
-
-/// An I/O object that notes the peer's activity in a [`ConnState`] on every read.
-pub struct Tracked<T> {
-    io: T,
-    state: Rc<ConnState>,
-}
-
-impl<T> Tracked<T> {
-    /// Wraps `io`, reporting reads to `state`.
-    pub fn new(io: T, state: Rc<ConnState>) -> Tracked<T> {
-        Tracked { io, state }
-    }
-}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        // SAFETY: the slice is handed to an inner ReadBuf, which only writes into it and
-        // reports as filled only bytes the inner reader initialised; we advance the outer
-        // cursor by exactly that many.
-        let spare = unsafe { buf.as_mut() };
-        let mut inner = hyper::rt::ReadBuf::uninit(spare);
-        let res = Pin::new(&mut self.io).poll_read(cx, inner.unfilled());
-        let n = inner.filled().len();
-        if n > 0 {
-            self.state.received(n);
-            // SAFETY: the inner read filled (so initialised) the first `n` bytes of `spare`.
-            unsafe { buf.advance(n) };
-        }
-        res
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        self.tracker.remove(self.slot, &self.activity);
     }
 }
 
@@ -728,6 +556,7 @@ impl Default for SpareFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::conn::Verdict;
 
     fn admitted(t: &Rc<ConnTracker>) -> ConnSlot {
         match t.admit() {
@@ -754,29 +583,35 @@ mod tests {
         );
     }
 
+    /// The client preface and an empty SETTINGS frame: the handshake, complete.
+    const HANDSHAKE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
     #[test]
     fn at_the_cap_handshaking_goes_first_then_the_longest_idle_never_a_busy_one() {
         let t = Rc::new(ConnTracker::new(4));
-        let busy = admitted(&t);
-        busy.state().received(100);
-        let _call = busy.state().call();
-        let old_idle = admitted(&t);
-        old_idle.state().received(100);
-        old_idle.state().last_active.set(1);
+        // Accepted first, but its stream ends last: idle for the shortest time.
         let new_idle = admitted(&t);
-        new_idle.state().received(100);
+        new_idle.activity().on_read(HANDSHAKE);
+        let old_idle = admitted(&t);
+        old_idle.activity().on_read(HANDSHAKE);
+        let busy = admitted(&t);
+        busy.activity().on_read(HANDSHAKE);
+        let _call = busy.activity().stream_opened();
+        drop(new_idle.activity().stream_opened());
         let handshaking = admitted(&t);
         // At the cap: the handshaking one is shed, and the new connection may open meanwhile.
         let fifth = admitted(&t);
-        assert!(handshaking.state().shed.get());
-        assert!(!old_idle.state().shed.get() && !busy.state().shed.get());
+        assert!(handshaking.activity().is_shed());
+        assert_eq!(handshaking.activity().verdict(), Some(Verdict::Shed));
+        assert!(!old_idle.activity().is_shed() && !busy.activity().is_shed());
         // Until the shed one has closed, nothing more fits.
         assert!(matches!(t.admit(), Admission::Refused));
         drop(handshaking);
-        fifth.state().received(100);
+        fifth.activity().on_read(HANDSHAKE);
         let _sixth = admitted(&t);
-        assert!(old_idle.state().shed.get(), "the idle-longest is next");
-        assert!(!new_idle.state().shed.get() && !busy.state().shed.get());
+        assert!(old_idle.activity().is_shed(), "the idle-longest is next");
+        assert!(!new_idle.activity().is_shed() && !busy.activity().is_shed());
+        assert_eq!(busy.activity().verdict(), None);
         assert_eq!(t.shed_total(), 2);
     }
 
@@ -785,8 +620,8 @@ mod tests {
         let t = Rc::new(ConnTracker::new(2));
         let a = admitted(&t);
         let b = admitted(&t);
-        let _ca = a.state().call();
-        let _cb = b.state().call();
+        let _ca = a.activity().stream_opened();
+        let _cb = b.activity().stream_opened();
         assert!(matches!(t.admit(), Admission::Refused));
         assert_eq!(t.shed_total(), 0);
         assert_eq!(t.make_room(), 0);
@@ -796,10 +631,10 @@ mod tests {
     fn out_of_descriptors_below_the_cap_sheds_a_batch() {
         let t = Rc::new(ConnTracker::new(640));
         let slots: Vec<_> = (0..20).map(|_| admitted(&t)).collect();
-        let _call = slots[0].state().call();
+        let _call = slots[0].activity().stream_opened();
         assert_eq!(t.make_room(), shed_batch(640));
-        assert!(!slots[0].state().shed.get(), "busy");
-        assert!(slots[1..=10].iter().all(|s| s.state().shed.get()));
+        assert!(!slots[0].activity().is_shed(), "busy");
+        assert!(slots[1..=10].iter().all(|s| s.activity().is_shed()));
         assert_eq!(t.make_room(), 10, "no more while those close");
         drop(slots);
         assert_eq!((t.open(), t.shedding()), (0, 0));

@@ -52,6 +52,7 @@
 //! server.shutdown(Duration::from_secs(5)).unwrap();
 //! ```
 
+pub mod conn;
 pub mod grpc;
 pub mod io;
 pub mod limits;
@@ -69,6 +70,7 @@ pub use grpc::{Code, Status};
 use crate::pool::Stats;
 use crate::runtime::{LocalEvent, RuntimeOptions, ShardContext, ShardHandles, Shutdown};
 use crate::topology::ShardMap;
+use conn::Verdict;
 use crossbeam_utils::CachePadded;
 use grpc::{GrpcBody, http_error, ok_response, read_unary, status_response};
 use http::{Request, Response, StatusCode};
@@ -513,6 +515,14 @@ pub struct ServerCounters {
     pub connections_shed: AtomicU64,
     /// Failed accepts (EMFILE, ENFILE, ...).
     pub accept_errors: AtomicU64,
+    /// Connections closed because preface and SETTINGS did not arrive within
+    /// `handshake_timeout`.
+    pub closed_handshake_timeout: AtomicU64,
+    /// Connections closed after `conn_idle_timeout` without a stream.
+    pub closed_idle: AtomicU64,
+    /// Connections closed because a response or a write made no progress for
+    /// `send_stall_timeout`.
+    pub closed_send_stall: AtomicU64,
     /// Connections open now.
     pub connections_open: AtomicU64,
     /// Calls answered, by gRPC status code.
@@ -840,7 +850,14 @@ async fn run_shard<H: GreetHandler>(
 ) -> ShardReport {
     let cfg = Arc::clone(&shared.cfg);
     let mut h2 = hyper::server::conn::http2::Builder::new(io::LocalExec);
-    h2.timer(io::HyperTimer)
+    // Keep-alive reads the timer's clock per frame: the coarse one, unless adaptive flow control
+    // needs precise round-trip times.
+    let timer = if cfg.adaptive_window {
+        io::HyperTimer::PRECISE
+    } else {
+        io::HyperTimer::COARSE
+    };
+    h2.timer(timer)
         .initial_stream_window_size(cfg.initial_stream_window)
         .initial_connection_window_size(cfg.initial_connection_window)
         .adaptive_window(cfg.adaptive_window)
@@ -1031,11 +1048,9 @@ async fn serve_connection<H: GreetHandler>(
     stream: glommio::net::TcpStream,
     slot: limits::ConnSlot,
 ) {
-    let state = Rc::clone(slot.state());
-    let activity = watch::Activity::new();
+    let activity = Rc::clone(slot.activity());
     let svc = ConnService {
         shard: Rc::clone(&shard),
-        conn: Rc::clone(&state),
         limit: shard
             .shared
             .cfg
@@ -1043,70 +1058,67 @@ async fn serve_connection<H: GreetHandler>(
             .map(|n| Rc::new(glommio::sync::Semaphore::new(n as u64))),
         activity: Rc::clone(&activity),
     };
-    let io = limits::Tracked::new(
-        io::GlommioIo::watched(stream, Rc::clone(&activity)),
-        Rc::clone(&state),
-    );
+    let io = io::GlommioIo::watched(stream, Rc::clone(&activity));
     // Boxed (once per connection) so it can be dropped, freeing its buffers, before the
     // storm check below may purge the allocator.
     let mut conn = Box::pin(shard.h2.serve_connection(io, svc));
-    // The watchdog task also waits for the drain, so this task polls two futures besides
-    // hyper's: the watchdog and the tracker's shed signal. Dropping it (when this function
-    // returns) cancels it.
-    let mut watchdog = glommio::spawn_local(watch::watch(
-        activity,
+    // The watchdog records its verdict in the activity, as the tracker does when it sheds the
+    // connection; `Until` looks at it before each poll of hyper's connection. Dropping the task
+    // (when this function returns) cancels it.
+    let _watchdog = glommio::spawn_local(watch::watch(
+        Rc::clone(&activity),
         shard.shared.cfg.conn_limits(),
         shard.drain.clone(),
     ));
-    enum Ended<R> {
-        Conn(R),
-        Watch(watch::Verdict),
-        Shed,
-    }
-    let finished = futures_lite::future::or(async { Ended::Conn(conn.as_mut().await) }, async {
-        futures_lite::future::or(async { Ended::Watch((&mut watchdog).await) }, async {
-            state.shed().await;
-            Ended::Shed
-        })
-        .await
-    })
-    .await;
-    let result = match finished {
-        Ended::Conn(r) => r,
-        // Still handshaking when a time limit passed or the tracker shed it: just drop it.
-        Ended::Watch(watch::Verdict::Handshake) => Ok(()),
-        Ended::Shed if state.handshaking() => Ok(()),
-        // Idle or stalled past its limit, or shed at the cap: GOAWAY, then a moment to write it
-        // (a stalled peer will not read it). Returning drops the connection: the socket closes
-        // and every stream left goes with it.
-        ended @ (Ended::Watch(watch::Verdict::Idle | watch::Verdict::SendStall) | Ended::Shed) => {
-            let grace = match ended {
-                Ended::Shed => SHED_GRACE,
-                _ => {
-                    tracing::debug!(
-                        shard = shard.ctx.shard,
-                        "closing connection: time limit passed"
-                    );
-                    watch::CLOSE_GRACE
+    let result = match conn::Until::new(&activity, conn.as_mut()).await {
+        Ok(r) => r,
+        Err(verdict) => {
+            let counters = shard.counters();
+            match verdict {
+                Verdict::Handshake => ServerCounters::bump(&counters.closed_handshake_timeout),
+                Verdict::Idle => ServerCounters::bump(&counters.closed_idle),
+                Verdict::SendStall => ServerCounters::bump(&counters.closed_send_stall),
+                Verdict::Shed | Verdict::Drain => {}
+            }
+            match verdict {
+                // Still handshaking when a time limit passed or the tracker shed it: just drop
+                // it.
+                Verdict::Handshake => Ok(()),
+                Verdict::Shed if !activity.handshaken() => Ok(()),
+                // Idle or stalled past its limit, or shed at the cap: GOAWAY, then a moment to
+                // write it (a stalled peer will not read it). Returning drops the connection: the
+                // socket closes and every stream left goes with it.
+                Verdict::Idle | Verdict::SendStall | Verdict::Shed => {
+                    let grace = if verdict == Verdict::Shed {
+                        SHED_GRACE
+                    } else {
+                        tracing::debug!(
+                            shard = shard.ctx.shard,
+                            ?verdict,
+                            "closing connection: time limit passed"
+                        );
+                        watch::CLOSE_GRACE
+                    };
+                    conn.as_mut().graceful_shutdown();
+                    futures_lite::future::or(conn.as_mut(), async {
+                        glommio::timer::sleep(grace).await;
+                        Ok(())
+                    })
+                    .await
                 }
-            };
-            conn.as_mut().graceful_shutdown();
-            futures_lite::future::or(conn.as_mut(), async {
-                glommio::timer::sleep(grace).await;
-                Ok(())
-            })
-            .await
-        }
-        Ended::Watch(watch::Verdict::Drain) => {
-            // Drain: GOAWAY, then let accepted streams finish. After the grace period the calls
-            // answer UNAVAILABLE (see `ConnService`), which needs a moment to be written.
-            conn.as_mut().graceful_shutdown();
-            futures_lite::future::or(conn.as_mut(), async {
-                shard.abort.wait().await;
-                glommio::timer::sleep(FLUSH_AFTER_ABORT).await;
-                Ok(())
-            })
-            .await
+                Verdict::Drain => {
+                    // Drain: GOAWAY, then let accepted streams finish. After the grace period
+                    // the calls answer UNAVAILABLE (see `ConnService`), which needs a moment to
+                    // be written.
+                    conn.as_mut().graceful_shutdown();
+                    futures_lite::future::or(conn.as_mut(), async {
+                        shard.abort.wait().await;
+                        glommio::timer::sleep(FLUSH_AFTER_ABORT).await;
+                        Ok(())
+                    })
+                    .await
+                }
+            }
         }
     };
     if let Err(e) = result {
@@ -1134,16 +1146,15 @@ async fn serve_connection<H: GreetHandler>(
 /// The hyper service of one connection.
 struct ConnService<H> {
     shard: Rc<Shard<H>>,
-    /// The connection's state in the shard's tracker (calls in progress are never shed).
-    conn: Rc<limits::ConnState>,
     /// Per-connection concurrency limit.
     limit: Option<Rc<glommio::sync::Semaphore>>,
-    /// Open streams and waiting responses, for the connection's watchdog.
-    activity: Rc<watch::Activity>,
+    /// Open streams and waiting responses, for the connection's watchdog and its shard's
+    /// tracker (a connection with streams open is never shed).
+    activity: Rc<conn::Activity>,
 }
 
-/// A response body that keeps its stream counted by the connection's watchdog.
-type ConnBody = watch::Tracked<GrpcBody>;
+/// A response body that keeps its stream counted as open in the connection's activity.
+type ConnBody = conn::Tracked<GrpcBody>;
 
 impl<H: GreetHandler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
     type Response = Response<ConnBody>;
@@ -1161,18 +1172,16 @@ impl<H: GreetHandler> hyper::service::Service<Request<Incoming>> for ConnService
                 let (code, resp) = refusal.into_response();
                 ServerCounters::bump(&self.shard.counters().calls_by_code[code as usize]);
                 Box::pin(std::future::ready(Ok(
-                    resp.map(|b| watch::Tracked::new(b, stream))
+                    resp.map(|b| conn::Tracked::new(b, stream))
                 )))
             }
             Ok((method, deadline)) => {
                 let shard = Rc::clone(&self.shard);
                 let limit = self.limit.clone();
                 let body = req.into_body();
-                let call = self.conn.call();
                 Box::pin(async move {
-                    let _call = call;
                     let resp = handle(&shard, limit, method, deadline, body).await;
-                    Ok(resp.map(|b| watch::Tracked::new(b, stream)))
+                    Ok(resp.map(|b| conn::Tracked::new(b, stream)))
                 })
             }
         }
