@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per SayHello of `shardpool serve` in gateway mode, counted by callgrind: the
-# request path through the pool to one external origin. With the default load (8 connections
-# x 8 streams) the total repeated to within 0.25% (two runs each of two builds); the `tasks`
-# line (see benches/callgrind-server.sh) repeats at any load shape.
+# request path through the pool to one external origin. Compare builds by the `tasks` line
+# (see benches/callgrind-server.sh): at the default load it repeated to within 0.2% over five
+# runs of each of two builds, while the total moved by up to 8%.
 #
 #   benches/callgrind-gateway.sh BINARY [serve flags...]
 #   CALLGRIND_KEEP=/tmp/gw benches/callgrind-gateway.sh target/release/shardpool
@@ -16,15 +16,16 @@
 #   idle timeout off) and are never peeked before reuse (validate-after 1h). What is left (the
 #   gateway's 100 ms maintenance tick on the shard, the server's connection watchdog and
 #   keepalive timers) has no flag to stop it and costs little per tick.
-# - A load that keeps the shard busy: 8 client connections x 8 streams by default
-#   (CALLGRIND_CONNS, CALLGRIND_STREAMS), so the executor almost never sleeps (~0.01 sleeps per
-#   request) and the reactor's timing-dependent share is ~1,700 instructions per request; at
-#   most 64 upstream connections, made during the warm-up (UpstreamManager::connect counted
-#   the same in the warm-up-only run as in the full one). One connection
-#   and one stream (CALLGRIND_CONNS=1 CALLGRIND_STREAMS=1) shows per-request costs without
-#   batching, but the shard sleeps 0.7-1.5 times per request and the total moved by up to 8%
-#   between runs of one binary (its `tasks` line by 0.2%). CALLGRIND_RPS paces the requests
-#   (h2load --rps); that fixes the sleeps per request, not the reactor's share.
+# - One client connection and one stream at a time by default (CALLGRIND_CONNS=1,
+#   CALLGRIND_STREAMS=1): every request is one read, one upstream exchange on the one pooled
+#   connection (made by the first warm-up request) and one write, not a batch whose size
+#   depends on timing. The shard still sleeps 0.7-1.5 times per request depending on timing,
+#   which is why the total moves and `tasks` does not. With 8 x 8 the shard almost never
+#   sleeps (~0.01 per request) and the pool's 64 connections are all made in the warm-up
+#   (UpstreamManager::connect counted the same in both runs of 50f73f4), but requests per read vary:
+#   totals of one binary were 0.06% apart in one pair of runs and 1.5% in another, and `tasks`
+#   moved by 1.2%. CALLGRIND_RPS paces the requests (h2load --rps); that fixes the sleeps per
+#   request, not the reactor's share.
 # These are set as SHARDPOOL_* variables, so serve flags given here override them; the rest are
 # the binary's defaults.
 set -euo pipefail
@@ -49,6 +50,6 @@ export SHARDPOOL_BACKEND="127.0.0.1:$oport"
 export SHARDPOOL_HEALTH_INTERVAL=off
 export SHARDPOOL_POOL_IDLE_TIMEOUT=off
 export SHARDPOOL_VALIDATE_AFTER=1h
-export CALLGRIND_CONNS=${CALLGRIND_CONNS:-8}
-export CALLGRIND_STREAMS=${CALLGRIND_STREAMS:-8}
+export CALLGRIND_CONNS=${CALLGRIND_CONNS:-1}
+export CALLGRIND_STREAMS=${CALLGRIND_STREAMS:-1}
 "$here/callgrind-server.sh" "$@"

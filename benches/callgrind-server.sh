@@ -20,8 +20,9 @@
 # parked in io_uring_enter. The reactor's share depends on timing: how many times the executor
 # loop goes round per request (did a completion arrive before the shard ran out of work?), so it
 # moves with the machine's load by a few percent of the total, also at a fixed sleep count
-# (paced), while `tasks` repeats to ~0.2%: compare builds by `tasks`, and by totals only over
-# several runs.
+# (paced), while `tasks` repeated to ~0.2% with one request at a time (gateway, five runs):
+# compare builds by `tasks`, and by totals only over several runs. With batches (many streams)
+# `tasks` moves too, as the requests per read vary.
 # The server's own environment passes through, so SHARDPOOL_* variables set defaults that flags
 # given here override (benches/callgrind-gateway.sh uses that).
 # Needs valgrind and h2load (nghttp2-client).
