@@ -258,11 +258,14 @@ async fn server_restart_mid_run_recovers() {
         after.creates,
         after.validation_failures
     );
-    // At most max_size (8) connections existed when the server went away; each fails at most
-    // the one query it carried.
+    // At most max_size (8) connections existed when the server went away. Each fails the query
+    // it carried and, at most, one more: the server's FATAL answer to the query in flight
+    // arrives before tokio-postgres's connection task reads the end of the socket, and a
+    // connection returned in between still says `is_closed() == false`, so it can be handed
+    // out once more (seen once in CI: 9 failures over 8 connections). After that, never.
     assert!(
-        failed <= 8,
-        "at most one failed query per connection the restart closed: {failed} > 8 ({before:?})"
+        failed <= 16,
+        "at most two failed queries per connection the restart closed: {failed} > 16 ({before:?})"
     );
     assert!(
         after.creates > before.creates,
