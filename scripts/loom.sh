@@ -9,6 +9,7 @@
 # Usage: ./scripts/loom.sh
 # Env:   LOOM_MAX_PREEMPTIONS (default 3): loom's preemption bound for every model.
 #        LOOM_ONLY=models|bugs: run one half only.
+#        LOOM_NO_CAPS=1: lift the caps two models put on the bound for CI (their files say why).
 # Each configuration builds the pool core alone (no tokio, hyper or glommio) into its own
 # target/loom-* directory, so switching RUSTFLAGS never invalidates another build or the
 # default target directory.
