@@ -296,6 +296,9 @@ impl Config {
             }
             None => ring_steal_order(shards),
         };
+        let reads_clock = self.idle_timeout.is_some()
+            || self.max_lifetime.is_some()
+            || self.validate_idle_after.is_some();
         Ok(Validated {
             shards,
             max_size: self.max_size,
@@ -312,15 +315,55 @@ impl Config {
             wait_timeout: self.wait_timeout,
             steal_order,
             clock: self.clock.clone(),
-            reads_clock: self.idle_timeout.is_some()
-                || self.max_lifetime.is_some()
-                || self.validate_idle_after.is_some(),
+            reads_clock,
             validate_idle_after: self.validate_idle_after.map(duration_nanos),
             max_waiters: self.max_waiters.unwrap_or(usize::MAX),
-            plain_reuse: self.validate_idle_after.is_none() && self.leak_detection.is_none(),
+            reuse: if self.validate_idle_after.is_some() || self.leak_detection.is_some() {
+                Reuse::Slow
+            } else if self.idle_timeout.is_some() || self.max_lifetime.is_some() {
+                Reuse::Expiry
+            } else {
+                Reuse::Plain
+            },
+            give_back: if self.leak_detection.is_some() {
+                GiveBack::Tracked
+            } else if reads_clock {
+                GiveBack::Clock
+            } else {
+                GiveBack::Plain
+            },
             leak_detection: self.leak_detection.clone(),
         })
     }
+}
+
+/// The checks a checkout runs on a popped idle connection, decided once from the config so the
+/// fast path tests one field instead of one per feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// No expiry rule, no validation, no leak detection: no clock read, no expiry test; the
+    /// connection is handed out as it is (after `Manage::is_valid`).
+    Plain,
+    /// `idle_timeout` or `max_lifetime`, but neither validation nor leak detection: the expiry
+    /// test, then handed out on the fast path.
+    Expiry,
+    /// `validate_idle_after` or `leak_detection`: the expiry test, then the boxed slow future
+    /// (`Manage::validate`, the leak record).
+    Slow,
+}
+
+/// The work a return does besides recycling and pushing the connection, decided once from the
+/// config so the return path tests one field instead of one per feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GiveBack {
+    /// No rule reads the clock and no leak detection: no clock read, no lifetime test.
+    Plain,
+    /// Some rule reads the clock (`Validated::reads_clock`), no leak detection: the clock read
+    /// (for `idle_since`) and the lifetime test.
+    Clock,
+    /// Leak detection: as `Clock` (when the clock is read at all), and the end of the checkout's
+    /// record.
+    Tracked,
 }
 
 /// The largest [`Config::expiry_jitter`].
@@ -448,9 +491,10 @@ pub struct Validated {
     pub(crate) validate_idle_after: Option<u64>,
     /// `Config::max_waiters`; `usize::MAX` without a limit.
     pub(crate) max_waiters: usize,
-    /// Neither validation nor leak detection: a reused idle connection is handed out as it is,
-    /// on the fast path.
-    pub(crate) plain_reuse: bool,
+    /// What a checkout does with an idle connection it pops: the one test of the fast path.
+    pub(crate) reuse: Reuse,
+    /// What a return does besides pushing the connection: the one test of the return path.
+    pub(crate) give_back: GiveBack,
     pub(crate) leak_detection: Option<LeakDetection>,
 }
 

@@ -31,7 +31,7 @@
 //! A return's successful push is the last thing it touches: from that instant another thread may
 //! pop the entry, close the key and free the key pool.
 
-use super::config::{Config, ConfigError, Validated};
+use super::config::{Config, ConfigError, GiveBack, Reuse, Validated};
 use super::keys::KeyTable;
 use super::leak::LeakTracker;
 use super::metrics::{ShardCounters, ShardMetrics, Stats};
@@ -318,16 +318,18 @@ impl<M: Manage> ShardedPool<M> {
         location: &'static Location<'static>,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         let shard = wrap_shard(shard, self.inner.shared.config.shards);
-        // Fast path: a known key with an idle connection; no lock, no reference count.
-        if let Some(kp) = self.inner.keys.lookup(key)
-            && let Some((lease, source)) = kp.take_idle(shard)
-        {
-            // Without validation or leak detection, one test of a config flag; no clock read.
-            if kp.shared.config.plain_reuse {
-                return kp.finish(shard, lease, source);
+        // Fast path: a known key with an idle connection; no lock, no reference count. One config
+        // field, read once, says which checks the popped connection needs (`Reuse`).
+        if let Some(kp) = self.inner.keys.lookup(key) {
+            let reuse = kp.shared.config.reuse;
+            if let Some((lease, source)) = kp.take_idle_checked(shard, reuse != Reuse::Plain) {
+                if reuse != Reuse::Slow {
+                    return kp.finish(shard, lease, source);
+                }
+                // Validation or leak detection: the connection goes on to the slow future.
+                let found = Some((lease, source));
+                return Box::pin(self.checkout_slow(shard, key, found, location)).await;
             }
-            let found = Some((lease, source));
-            return Box::pin(self.checkout_slow(shard, key, found, location)).await;
         }
         Box::pin(self.checkout_slow(shard, key, None, location)).await
     }
@@ -564,43 +566,59 @@ impl<M: Manage> KeyPool<M> {
     /// Expired and invalid entries met on the way are closed.
     #[inline]
     fn take_idle(&self, shard: usize) -> Option<(Leased<M>, Source)> {
-        let mut now = None;
-        if let Some(lease) = self.pop_acceptable(shard, shard, &mut now) {
-            return Some((lease, Source::Local));
-        }
-        self.steal(shard, &mut now)
+        self.take_idle_checked(shard, true)
     }
 
-    /// `take_idle` after the own shard's stack had nothing acceptable.
+    /// `take_idle`, with the expiry test (`expiry`) or without it. Without it is the same when
+    /// neither `idle_timeout` nor `max_lifetime` is set (`Reuse::Plain`): then nothing expires.
+    #[inline]
+    fn take_idle_checked(&self, shard: usize, expiry: bool) -> Option<(Leased<M>, Source)> {
+        let mut now = None;
+        if let Some(lease) = self.pop_acceptable(shard, shard, expiry, &mut now) {
+            return Some((lease, Source::Local));
+        }
+        self.steal(shard, expiry, &mut now)
+    }
+
+    /// `take_idle_checked` after the own shard's stack had nothing acceptable.
     #[inline(never)]
-    fn steal(&self, shard: usize, now: &mut Option<u64>) -> Option<(Leased<M>, Source)> {
+    fn steal(
+        &self,
+        shard: usize,
+        expiry: bool,
+        now: &mut Option<u64>,
+    ) -> Option<(Leased<M>, Source)> {
         self.shared.config.steal_order[shard]
             .iter()
-            .find_map(|&victim| self.pop_acceptable(shard, victim, now))
+            .find_map(|&victim| self.pop_acceptable(shard, victim, expiry, now))
             .map(|lease| (lease, Source::Stolen))
     }
 
     /// Pops shard `victim`'s stack for a checkout on shard `shard` until an entry passes the expiry
-    /// and validity checks (invariant 6), closing those that fail. `now` is read once, when needed.
+    /// (with `expiry`) and validity checks (invariant 6), closing those that fail. `now` is read
+    /// once, when needed.
     #[inline]
     fn pop_acceptable(
         &self,
         shard: usize,
         victim: usize,
+        expiry: bool,
         now: &mut Option<u64>,
     ) -> Option<Leased<M>> {
         let config = &self.shared.config;
         while let Some(lease) = self.idle.pop(victim) {
             self.shared.release_idle(victim);
-            let now = *now.get_or_insert_with(|| self.shared.now());
             // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
             // check, so a steal can hand out an expired connection.
             let check_expiry =
                 victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
-            let entry = lease.entry();
-            if check_expiry && config.is_expired(entry.created, entry.idle_since, entry.cut, now) {
-                self.reject(shard, lease, |c| &c.expirations);
-                continue;
+            if expiry && check_expiry {
+                let now = *now.get_or_insert_with(|| self.shared.now());
+                let entry = lease.entry();
+                if config.is_expired(entry.created, entry.idle_since, entry.cut, now) {
+                    self.reject(shard, lease, |c| &c.expirations);
+                    continue;
+                }
             }
             match lease.check(shard, |conn| self.shared.manager.is_valid(conn)) {
                 (lease, true) => return Some(lease),
@@ -1276,26 +1294,42 @@ impl<M: Manage> Pooled<M> {
 
 impl<M: Manage> Drop for Pooled<M> {
     fn drop(&mut self) {
-        if self.lease.key_pool().shared.leaks.is_some() {
-            let (shared, report) = self.untrack();
-            // SAFETY: drop runs once and nothing touches `lease` after it; `discard` and `detach`
-            // never reach here.
-            let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
-            Pooled::give_back(lease, self.shard);
-            report_leak(&shared, report);
-            return;
+        // One test of a config field picks the return's work (`GiveBack`).
+        match self.lease.key_pool().shared.config.give_back {
+            GiveBack::Plain => {
+                // SAFETY: drop runs once and nothing touches `lease` after it; `discard` and
+                // `detach` never reach here.
+                let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
+                Pooled::give_back::<false>(lease, self.shard);
+            }
+            GiveBack::Clock => {
+                // SAFETY: as above.
+                let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
+                Pooled::give_back::<true>(lease, self.shard);
+            }
+            GiveBack::Tracked => self.drop_tracked(),
         }
-        // SAFETY: as above.
-        let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
-        Pooled::give_back(lease, self.shard);
     }
 }
 
 impl<M: Manage> Pooled<M> {
+    /// `Drop` with leak detection: ends the checkout's record, returns the connection, then
+    /// reports it if it had been reported overdue.
+    #[cold]
+    fn drop_tracked(&mut self) {
+        let (shared, report) = self.untrack();
+        // SAFETY: called only from `drop`, which runs once; nothing touches `lease` after it.
+        let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
+        Pooled::give_back::<true>(lease, self.shard);
+        report_leak(&shared, report);
+    }
+
     /// The return: the connection goes back to shard `shard`, or closes (too old, or refused by
-    /// `recycle`).
+    /// `recycle`). Without `CLOCK` it reads no clock and skips the lifetime test, which is the
+    /// same when no rule reads the clock (`GiveBack::Plain`): then `now()` is 0 and nothing is too
+    /// old.
     #[inline(always)]
-    fn give_back(lease: Leased<M>, shard: usize) {
+    fn give_back<const CLOCK: bool>(lease: Leased<M>, shard: usize) {
         let shared: *const Shared<M> = &*lease.key_pool().shared;
         // SAFETY: the entry's key pool owns an `Arc` to `Shared`, and this function holds the lease
         // (so the entry and its key pool) until `close` or `put_idle` consumes it, after which
@@ -1305,9 +1339,9 @@ impl<M: Manage> Pooled<M> {
         counters
             .returns
             .incr(counters.owned_here(shard, shared.config.shards));
-        let now = shared.now();
+        let now = if CLOCK { shared.now() } else { 0 };
         let entry = lease.entry();
-        if shared.config.is_too_old(entry.created, entry.cut, now) {
+        if CLOCK && shared.config.is_too_old(entry.created, entry.cut, now) {
             counters.expirations.incr();
             lease.close(shard);
             return;
