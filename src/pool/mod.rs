@@ -323,13 +323,20 @@ pub fn current_shard() -> Option<usize> {
 /// The calling thread's shard in a pool of `shards` shards.
 #[inline]
 pub(crate) fn shard_of_current_thread(shards: usize) -> usize {
+    wrap_shard(thread_shard(), shards)
+}
+
+/// The shard the calling thread is bound to (any value: each pool takes it modulo its shard
+/// count); an unbound thread is bound round-robin first.
+#[inline]
+pub(crate) fn thread_shard() -> usize {
     THREAD.with(|t| {
         let mut shard = t.shard.get();
         if shard == usize::MAX {
             shard = NEXT_UNBOUND_SHARD.fetch_incr() as usize % MAX_SHARDS;
             t.shard.set(shard);
         }
-        wrap_shard(shard, shards)
+        shard
     })
 }
 

@@ -31,7 +31,7 @@
 //! A return's successful push is the last thing it touches: from that instant another thread may
 //! pop the entry, close the key and free the key pool.
 
-use super::config::{Config, ConfigError, GiveBack, Reuse, Validated};
+use super::config::{Config, ConfigError, GiveBack, MAX_SHARDS, Reuse, Validated};
 use super::keys::KeyTable;
 use super::leak::LeakTracker;
 use super::metrics::{ShardCounters, ShardMetrics, Stats};
@@ -43,7 +43,7 @@ use super::stack::{Lease, Refused};
 use super::stack_model::IdleStacks;
 use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
-use super::{ConnectionPool, Error, Manage, PooledConn, shard_of_current_thread, wrap_shard};
+use super::{ConnectionPool, Error, Manage, PooledConn, thread_shard, wrap_shard};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -125,7 +125,21 @@ struct Shared<M: Manage> {
     creations: Counter,
     /// With `leak_detection`: the checked-out connections, by key pool address and node index.
     leaks: Option<LeakTracker<(usize, u16), M::Key>>,
+    /// The shard count without leak detection, 0 with it: the one comparison of
+    /// `ShardedPool::site` both wraps the shard and sends leak detection to its cold path.
+    site_limit: usize,
 }
+
+/// A checkout's shard and, with leak detection, its call site, in the one word the checkout future
+/// carries (as it carried the shard alone before leak detection): the shard in the bits below
+/// `SITE_SHIFT`, and above them the call site's number (`LeakTracker::site`; 0 without leak
+/// detection). So the caller's `Location` stays out of the future and out of the fast path.
+const SITE_SHIFT: u32 = 16;
+const SHARD_MASK: usize = (1 << SITE_SHIFT) - 1;
+const _: () = assert!(
+    MAX_SHARDS <= SHARD_MASK + 1,
+    "a shard fits below SITE_SHIFT"
+);
 
 /// One key's pool: an idle stack per shard, its permits and its waiters.
 pub(crate) struct KeyPool<M: Manage> {
@@ -264,6 +278,11 @@ impl<M: Manage> ShardedPool<M> {
             metrics: (0..shards).map(|_| ShardMetrics::default()).collect(),
             idle_budget,
             creations: Counter::new(),
+            site_limit: if config.leak_detection.is_some() {
+                0
+            } else {
+                shards
+            },
             leaks: config
                 .leak_detection
                 .as_ref()
@@ -311,13 +330,10 @@ impl<M: Manage> ShardedPool<M> {
     /// The checkout path (module docs). The future is small: the hit path runs inline at the first
     /// poll, and only a miss (create or wait, which allocate anyway) boxes the rest, so moving the
     /// future costs a few words, not the whole wait machinery.
-    async fn checkout(
-        &self,
-        shard: usize,
-        key: &M::Key,
-        location: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error<M::Error>> {
-        let shard = wrap_shard(shard, self.inner.shared.config.shards);
+    ///
+    /// `site` is from [`ShardedPool::site`]: a shard below the shard count, and the call site.
+    async fn checkout(&self, site: usize, key: &M::Key) -> Result<Pooled<M>, Error<M::Error>> {
+        let shard = site & SHARD_MASK;
         // Fast path: a known key with an idle connection; no lock, no reference count. One config
         // field, read once, says which checks the popped connection needs (`Reuse`).
         if let Some(kp) = self.inner.keys.lookup(key) {
@@ -328,10 +344,38 @@ impl<M: Manage> ShardedPool<M> {
                 }
                 // Validation or leak detection: the connection goes on to the slow future.
                 let found = Some((lease, source));
-                return Box::pin(self.checkout_slow(shard, key, found, location)).await;
+                return Box::pin(self.checkout_slow(shard, key, found, site)).await;
             }
         }
-        Box::pin(self.checkout_slow(shard, key, None, location)).await
+        Box::pin(self.checkout_slow(shard, key, None, site)).await
+    }
+
+    /// The checkout's `site` word (`SITE_SHIFT`) for `shard` (any value: taken modulo the shard
+    /// count). Without leak detection and with the shard in range, as it is after
+    /// `bind_thread_to_shard(s)` with `s` below the shard count: one comparison.
+    #[inline(always)]
+    #[track_caller]
+    fn site(&self, shard: usize) -> usize {
+        if shard < self.inner.shared.site_limit {
+            shard
+        } else {
+            self.site_slow(shard)
+        }
+    }
+
+    /// `site` for a shard out of range, or with leak detection: numbers the caller's location.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn site_slow(&self, shard: usize) -> usize {
+        let shared = &self.inner.shared;
+        let shard = wrap_shard(shard, shared.config.shards);
+        match &shared.leaks {
+            None => shard,
+            Some(leaks) => {
+                shard | leaks.site(Location::caller(), usize::MAX >> SITE_SHIFT) << SITE_SHIFT
+            }
+        }
     }
 
     /// `find_or_wait`, and with leak detection the record of the checkout.
@@ -340,10 +384,11 @@ impl<M: Manage> ShardedPool<M> {
         shard: usize,
         key: &M::Key,
         found: Option<(Leased<M>, Source)>,
-        location: &'static Location<'static>,
+        site: usize,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         let result = self.find_or_wait(shard, key, found).await;
         if let (Some(leaks), Ok(guard)) = (&self.inner.shared.leaks, &result) {
+            let location = leaks.location(site >> SITE_SHIFT);
             leaks.checked_out(guard.leak_id(), guard.key().clone(), location);
         }
         result
@@ -380,11 +425,7 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
 
     #[track_caller]
     fn get(&self, key: &M::Key) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> {
-        self.checkout(
-            shard_of_current_thread(self.inner.shared.config.shards),
-            key,
-            Location::caller(),
-        )
+        self.checkout(self.site(thread_shard()), key)
     }
 
     #[track_caller]
@@ -393,7 +434,7 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
         shard: usize,
         key: &M::Key,
     ) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> {
-        self.checkout(shard, key, Location::caller())
+        self.checkout(self.site(shard), key)
     }
 
     async fn maintain(&self, shard: usize) {
