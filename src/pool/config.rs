@@ -320,13 +320,10 @@ impl Config {
             reads_clock,
             validate_idle_after: self.validate_idle_after.map(duration_nanos),
             max_waiters: self.max_waiters.unwrap_or(usize::MAX),
-            reuse: if self.validate_idle_after.is_some() || self.leak_detection.is_some() {
-                Reuse::Slow
-            } else if self.idle_timeout.is_some() || self.max_lifetime.is_some() {
-                Reuse::Expiry
-            } else {
-                Reuse::Plain
-            },
+            reuse: Reuse::new(
+                self.idle_timeout.is_some() || self.max_lifetime.is_some(),
+                self.validate_idle_after.is_some() || self.leak_detection.is_some(),
+            ),
             give_back: if self.leak_detection.is_some() {
                 GiveBack::Tracked
             } else if reads_clock {
@@ -340,18 +337,34 @@ impl Config {
 }
 
 /// The checks a checkout runs on a popped idle connection, decided once from the config so the
-/// fast path tests one field instead of one per feature.
+/// fast path reads one byte instead of one field per feature. Without either, the connection is
+/// handed out as it is (after `Manage::is_valid`), with no clock read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reuse {
-    /// No expiry rule, no validation, no leak detection: no clock read, no expiry test; the
-    /// connection is handed out as it is (after `Manage::is_valid`).
-    Plain,
-    /// `idle_timeout` or `max_lifetime`, but neither validation nor leak detection: the expiry
-    /// test, then handed out on the fast path.
-    Expiry,
-    /// `validate_idle_after` or `leak_detection`: the expiry test, then the boxed slow future
-    /// (`Manage::validate`, the leak record).
-    Slow,
+pub(crate) struct Reuse(u8);
+
+impl Reuse {
+    /// `idle_timeout` or `max_lifetime`: the expiry test, which reads the clock. Without either,
+    /// nothing can expire, so the test and its clock read are skipped.
+    const EXPIRY: u8 = 1;
+    /// `validate_idle_after` or `leak_detection`: the connection goes on to the boxed slow future
+    /// (`Manage::validate`, the leak record) instead of being handed out on the fast path.
+    const SLOW: u8 = 2;
+
+    fn new(expiry: bool, slow: bool) -> Self {
+        Reuse(u8::from(expiry) * Self::EXPIRY | u8::from(slow) * Self::SLOW)
+    }
+
+    /// Whether a popped connection needs the expiry test (then the config reads the clock).
+    #[inline]
+    pub(crate) fn expiry(self) -> bool {
+        self.0 & Self::EXPIRY != 0
+    }
+
+    /// Whether a popped connection goes on to the slow future.
+    #[inline]
+    pub(crate) fn slow(self) -> bool {
+        self.0 & Self::SLOW != 0
+    }
 }
 
 /// The work a return does besides recycling and pushing the connection, decided once from the
@@ -363,7 +376,7 @@ pub(crate) enum GiveBack {
     /// Some rule reads the clock (`Validated::reads_clock`), no leak detection: the clock read
     /// (for `idle_since`) and the lifetime test.
     Clock,
-    /// Leak detection: as `Clock` (when the clock is read at all), and the end of the checkout's
+    /// Leak detection: as `Clock` or `Plain` (by `reads_clock`), and the end of the checkout's
     /// record.
     Tracked,
 }

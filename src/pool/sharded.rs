@@ -31,7 +31,7 @@
 //! A return's successful push is the last thing it touches: from that instant another thread may
 //! pop the entry, close the key and free the key pool.
 
-use super::config::{Config, ConfigError, GiveBack, MAX_SHARDS, Reuse, Validated};
+use super::config::{Config, ConfigError, GiveBack, MAX_SHARDS, Validated};
 use super::keys::KeyTable;
 use super::leak::LeakTracker;
 use super::metrics::{ShardCounters, ShardMetrics, Stats};
@@ -338,8 +338,8 @@ impl<M: Manage> ShardedPool<M> {
         // field, read once, says which checks the popped connection needs (`Reuse`).
         if let Some(kp) = self.inner.keys.lookup(key) {
             let reuse = kp.shared.config.reuse;
-            if let Some((lease, source)) = kp.take_idle_checked(shard, reuse != Reuse::Plain) {
-                if reuse != Reuse::Slow {
+            if let Some((lease, source)) = kp.take_idle_checked(shard, reuse.expiry()) {
+                if !reuse.slow() {
                     return kp.finish(shard, lease, source);
                 }
                 // Validation or leak detection: the connection goes on to the slow future.
@@ -607,11 +607,11 @@ impl<M: Manage> KeyPool<M> {
     /// Expired and invalid entries met on the way are closed.
     #[inline]
     fn take_idle(&self, shard: usize) -> Option<(Leased<M>, Source)> {
-        self.take_idle_checked(shard, true)
+        self.take_idle_checked(shard, self.shared.config.reuse.expiry())
     }
 
-    /// `take_idle`, with the expiry test (`expiry`) or without it. Without it is the same when
-    /// neither `idle_timeout` nor `max_lifetime` is set (`Reuse::Plain`): then nothing expires.
+    /// `take_idle`, with the expiry test (`expiry`: `Reuse::expiry`) or without it, which is the
+    /// same when neither `idle_timeout` nor `max_lifetime` is set: then nothing expires.
     #[inline]
     fn take_idle_checked(&self, shard: usize, expiry: bool) -> Option<(Leased<M>, Source)> {
         let mut now = None;
@@ -654,7 +654,8 @@ impl<M: Manage> KeyPool<M> {
             let check_expiry =
                 victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
             if expiry && check_expiry {
-                let now = *now.get_or_insert_with(|| self.shared.now());
+                // An expiry rule is set, so `reads_clock` is: `Shared::now` without its test.
+                let now = *now.get_or_insert_with(|| config.clock.now());
                 let entry = lease.entry();
                 if config.is_expired(entry.created, entry.idle_since, entry.cut, now) {
                     self.reject(shard, lease, |c| &c.expirations);
@@ -1361,13 +1362,18 @@ impl<M: Manage> Pooled<M> {
         let (shared, report) = self.untrack();
         // SAFETY: called only from `drop`, which runs once; nothing touches `lease` after it.
         let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
-        Pooled::give_back::<true>(lease, self.shard);
+        if shared.config.reads_clock {
+            Pooled::give_back::<true>(lease, self.shard);
+        } else {
+            Pooled::give_back::<false>(lease, self.shard);
+        }
         report_leak(&shared, report);
     }
 
     /// The return: the connection goes back to shard `shard`, or closes (too old, or refused by
-    /// `recycle`). Without `CLOCK` it reads no clock and skips the lifetime test, which is the
-    /// same when no rule reads the clock (`GiveBack::Plain`): then `now()` is 0 and nothing is too
+    /// `recycle`). `CLOCK`: some rule reads the clock (`Validated::reads_clock`), so it is read
+    /// without `Shared::now`'s test. Without `CLOCK` it reads no clock and skips the lifetime
+    /// test, which is the same when no rule reads the clock: then `now()` is 0 and nothing is too
     /// old.
     #[inline(always)]
     fn give_back<const CLOCK: bool>(lease: Leased<M>, shard: usize) {
@@ -1380,7 +1386,7 @@ impl<M: Manage> Pooled<M> {
         counters
             .returns
             .incr(counters.owned_here(shard, shared.config.shards));
-        let now = if CLOCK { shared.now() } else { 0 };
+        let now = if CLOCK { shared.config.clock.now() } else { 0 };
         let entry = lease.entry();
         if CLOCK && shared.config.is_too_old(entry.created, entry.cut, now) {
             counters.expirations.incr();
