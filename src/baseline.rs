@@ -340,7 +340,7 @@ impl<M: Manage> MutexPool<M> {
                 drop(permit);
                 counters.create_errors.incr();
                 Err(Error::Create {
-                    key: format!("{key:?}"),
+                    key: Box::new(format!("{key:?}")),
                     error: err,
                 })
             }

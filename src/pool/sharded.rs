@@ -817,7 +817,7 @@ impl<M: Manage> KeyPool<M> {
             Err(err) => {
                 this.shared.counters(shard).create_errors.incr();
                 Err(Error::Create {
-                    key: format!("{:?}", this.key),
+                    key: Box::new(format!("{:?}", this.key)),
                     error: err,
                 })
             }
