@@ -222,10 +222,11 @@ impl Config {
     /// back (see [`Leak`] for an example). The callback runs on the thread that runs maintenance or
     /// returns the connection, after the pool's own bookkeeping; keep it quick (log, count).
     ///
-    /// Default: off. Off, checkouts record nothing and carry no location: it costs the checkout and
-    /// return path nothing (`examples/hot_path.rs`). On, every checkout also takes two locks per
-    /// pool (numbering its call site, recording it) and leaves the lock-free fast path, and every
-    /// return takes one: a diagnostic mode.
+    /// Default: off. Off, checkouts record nothing and carry no location, and the checkout and
+    /// return path test it within tests they make anyway (the shard's range, the config's
+    /// `Reuse` and `GiveBack` modes; measured in docs/benchmarks.md, "The hot path after issue 14").
+    /// On, every checkout also takes two locks per pool (numbering its call site, recording it)
+    /// and leaves the lock-free fast path, and every return takes one: a diagnostic mode.
     #[must_use]
     pub fn leak_detection(
         mut self,
