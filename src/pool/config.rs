@@ -352,7 +352,7 @@ impl Reuse {
     const SLOW: u8 = 2;
 
     fn new(expiry: bool, slow: bool) -> Self {
-        Reuse(u8::from(expiry) * Self::EXPIRY | u8::from(slow) * Self::SLOW)
+        Reuse((u8::from(expiry) * Self::EXPIRY) | (u8::from(slow) * Self::SLOW))
     }
 
     /// Whether a popped connection needs the expiry test (then the config reads the clock).

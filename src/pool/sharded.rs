@@ -373,7 +373,7 @@ impl<M: Manage> ShardedPool<M> {
         match &shared.leaks {
             None => shard,
             Some(leaks) => {
-                shard | leaks.site(Location::caller(), usize::MAX >> SITE_SHIFT) << SITE_SHIFT
+                shard | (leaks.site(Location::caller(), usize::MAX >> SITE_SHIFT) << SITE_SHIFT)
             }
         }
     }
