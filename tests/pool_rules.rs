@@ -162,7 +162,7 @@ fn create_error_frees_its_permit<P: ConnectionPool<TestManager>>(make: Make<P>) 
     tally.fail_creates.store(true, Ordering::SeqCst);
     let err = block_on(pool.get(&1)).unwrap_err();
     assert!(
-        matches!(&err, Error::Create { key, .. } if key.as_str() == "1"),
+        matches!(&err, Error::Create { key, .. } if key == "1"),
         "got {err}"
     );
     assert!(

@@ -43,7 +43,7 @@ use super::stack::{Lease, Refused};
 use super::stack_model::IdleStacks;
 use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
-use super::{ConnectionPool, Error, Manage, PooledConn, thread_shard, wrap_shard};
+use super::{ConnectionPool, Error, KeyName, Manage, PooledConn, thread_shard, wrap_shard};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -817,7 +817,7 @@ impl<M: Manage> KeyPool<M> {
             Err(err) => {
                 this.shared.counters(shard).create_errors.incr();
                 Err(Error::Create {
-                    key: Box::new(format!("{:?}", this.key)),
+                    key: KeyName::of(&this.key),
                     error: err,
                 })
             }

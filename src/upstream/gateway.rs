@@ -1191,7 +1191,7 @@ mod tests {
         let backend_caused: [Case; 5] = [
             ("connect refused", || {
                 AttemptError::from_pool(PoolError::Create {
-                    key: Box::new("backend".into()),
+                    key: "backend".into(),
                     error: io::Error::new(io::ErrorKind::ConnectionRefused, "refused"),
                 })
             }),
