@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Subtracting two runs removes the start-up and the pool's construction from the count.
-//! docs/benchmarks.md ("The hot-path rework") quotes these counts.
+//! A third argument, `expiry`, keeps the default `idle_timeout` (90 s), as `benches/pool.rs`
+//! does: then each checkout and return also reads the clock and tests expiry.
+//! docs/benchmarks.md ("The hot-path rework", "The hot path after issue 14") quotes these counts.
 
 use shardpool::baseline::MutexPool;
 use shardpool::pool::bind_thread_to_shard;
@@ -64,21 +66,26 @@ fn pairs_per_ns<P: ConnectionPool<Numbers>>(pool: &P, pairs: u64) -> f64 {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let pool = args.next().unwrap_or_else(|| "sharded".into());
+    let usage = "usage: hot_path [sharded|mutex] [PAIRS > 0] [expiry]";
     let pairs = match args.next().map(|n| n.parse::<u64>()) {
         None => 10_000_000,
         Some(Ok(n)) if n > 0 => n,
         Some(_) => {
-            eprintln!("usage: hot_path [sharded|mutex] [PAIRS > 0]");
+            eprintln!("{usage}");
             return ExitCode::FAILURE;
         }
     };
-    // Expiry off: with it on, each checkout also reads the pool's clock (measured separately in
-    // benches/pool.rs, group `clock`).
-    let config = Config::default()
-        .shards(2)
-        .max_size(64)
-        .idle_timeout(None)
-        .max_lifetime(None);
+    // Expiry off by default: with it on, each checkout and return also reads the pool's clock
+    // (measured separately in benches/pool.rs, group `clock`).
+    let config = Config::default().shards(2).max_size(64).max_lifetime(None);
+    let config = match args.next().as_deref() {
+        None => config.idle_timeout(None),
+        Some("expiry") => config,
+        Some(_) => {
+            eprintln!("{usage}");
+            return ExitCode::FAILURE;
+        }
+    };
     bind_thread_to_shard(0);
     let ns = match pool.as_str() {
         "sharded" => pairs_per_ns(

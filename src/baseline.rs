@@ -13,7 +13,7 @@ use crate::pool::metrics::ShardMetrics;
 use crate::pool::sync::{Arc, Counter, Mutex, lock};
 use crate::pool::waiters::{Leftover, WaitQueue, Waiter, Wake};
 use crate::pool::{
-    Config, ConfigError, ConnectionPool, Error, Manage, PooledConn, Stats, Validated,
+    Config, ConfigError, ConnectionPool, Error, KeyName, Manage, PooledConn, Stats, Validated,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -340,7 +340,7 @@ impl<M: Manage> MutexPool<M> {
                 drop(permit);
                 counters.create_errors.incr();
                 Err(Error::Create {
-                    key: format!("{key:?}"),
+                    key: KeyName::of(&key),
                     error: err,
                 })
             }

@@ -33,6 +33,6 @@ pub mod adapters;
 pub mod fuzzing;
 
 pub use pool::{
-    Clock, Config, ConfigError, ConnectionPool, Error, MAX_SIZE, Manage, ManualClock, Pooled,
-    PooledConn, ShardStats, ShardedPool, Stats,
+    Clock, Config, ConfigError, ConnectionPool, Error, KeyName, MAX_SIZE, Manage, ManualClock,
+    Pooled, PooledConn, ShardStats, ShardedPool, Stats,
 };

@@ -55,6 +55,7 @@ both!(
     expiry_jitter_spreads_a_burst,
     detach_takes_the_connection_and_frees_its_permit,
     leak_detection_reports_once_and_on_return,
+    leak_detection_names_each_call_site,
 );
 
 fn config() -> Config {
@@ -913,6 +914,63 @@ fn leak_detection_reports_once_and_on_return<P: ConnectionPool<TestManager>>(mak
         reports[1].to_string().contains("came back after 40s"),
         "{}",
         reports[1]
+    );
+    quiescent(&pool, &tally);
+}
+
+/// Each checkout is reported at its own call site (the sharded pool carries it as a number, not
+/// in the checkout future), through `get` and `get_on`, with a shard out of range too, and a call
+/// site met twice is reported twice at the same line.
+fn leak_detection_names_each_call_site<P: ConnectionPool<TestManager>>(make: Make<P>) {
+    use shardpool::pool::Leak;
+    let (m, tally) = TestManager::new();
+    let clock = ManualClock::new();
+    let reports: std::sync::Arc<std::sync::Mutex<Vec<Leak>>> = Default::default();
+    let seen = std::sync::Arc::clone(&reports);
+    let pool = make(
+        m,
+        config()
+            .max_size(4)
+            .idle_timeout(None)
+            .clock(Clock::Manual(clock.clone()))
+            .leak_detection(Duration::from_secs(30), move |leak| {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.push(leak.clone());
+            }),
+    );
+    // A shard out of range is taken modulo the shard count, with leak detection as without.
+    let (line_a, a) = (line!(), block_on(pool.get_on(7, &1)).unwrap());
+    assert!(a.shard() < pool.shard_count());
+    let (line_b, b) = (line!(), block_on(pool.get(&1)).unwrap());
+    let (line_c, c) = (line!(), block_on(pool.get_on(0, &2)).unwrap());
+    let looped: Vec<_> = (0..2)
+        .map(|_| (line!(), block_on(pool.get_on(1, &3)).unwrap()))
+        .collect();
+    let line_d = looped[0].0;
+    clock.advance(Duration::from_secs(31));
+    block_on(pool.maintain(0));
+    let mut sites: Vec<(String, u32)> = reports
+        .lock()
+        .unwrap()
+        .iter()
+        .inspect(|leak| assert!(leak.location.file().ends_with("pool_rules.rs"), "{leak}"))
+        .map(|leak| (leak.key.clone(), leak.location.line()))
+        .collect();
+    sites.sort();
+    let expected = [
+        ("1", line_a),
+        ("1", line_b),
+        ("2", line_c),
+        ("3", line_d),
+        ("3", line_d),
+    ]
+    .map(|(key, line)| (key.to_string(), line));
+    assert_eq!(sites, expected);
+    drop((a, b, c, looped));
+    assert_eq!(
+        reports.lock().unwrap().len(),
+        10,
+        "each reported again on return"
     );
     quiescent(&pool, &tally);
 }

@@ -222,8 +222,11 @@ impl Config {
     /// back (see [`Leak`] for an example). The callback runs on the thread that runs maintenance or
     /// returns the connection, after the pool's own bookkeeping; keep it quick (log, count).
     ///
-    /// Default: off. Off, checkouts record nothing. On, every checkout and return also takes one
-    /// lock per pool and the checkout leaves the lock-free fast path: a diagnostic mode.
+    /// Default: off. Off, checkouts record nothing and carry no location, and the checkout and
+    /// return path test it within tests they make anyway (the shard's range, the config's
+    /// `Reuse` and `GiveBack` modes; measured in docs/benchmarks.md, "The hot path after issue 14").
+    /// On, every checkout also takes two locks per pool (numbering its call site, recording it)
+    /// and leaves the lock-free fast path, and every return takes one: a diagnostic mode.
     #[must_use]
     pub fn leak_detection(
         mut self,
@@ -296,6 +299,9 @@ impl Config {
             }
             None => ring_steal_order(shards),
         };
+        let reads_clock = self.idle_timeout.is_some()
+            || self.max_lifetime.is_some()
+            || self.validate_idle_after.is_some();
         Ok(Validated {
             shards,
             max_size: self.max_size,
@@ -312,15 +318,68 @@ impl Config {
             wait_timeout: self.wait_timeout,
             steal_order,
             clock: self.clock.clone(),
-            reads_clock: self.idle_timeout.is_some()
-                || self.max_lifetime.is_some()
-                || self.validate_idle_after.is_some(),
+            reads_clock,
             validate_idle_after: self.validate_idle_after.map(duration_nanos),
             max_waiters: self.max_waiters.unwrap_or(usize::MAX),
-            plain_reuse: self.validate_idle_after.is_none() && self.leak_detection.is_none(),
+            reuse: Reuse::new(
+                self.idle_timeout.is_some() || self.max_lifetime.is_some(),
+                self.validate_idle_after.is_some() || self.leak_detection.is_some(),
+            ),
+            give_back: if self.leak_detection.is_some() {
+                GiveBack::Tracked
+            } else if reads_clock {
+                GiveBack::Clock
+            } else {
+                GiveBack::Plain
+            },
             leak_detection: self.leak_detection.clone(),
         })
     }
+}
+
+/// The checks a checkout runs on a popped idle connection, decided once from the config so the
+/// fast path reads one byte instead of one field per feature. Without either, the connection is
+/// handed out as it is (after `Manage::is_valid`), with no clock read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reuse(u8);
+
+impl Reuse {
+    /// `idle_timeout` or `max_lifetime`: the expiry test, which reads the clock. Without either,
+    /// nothing can expire, so the test and its clock read are skipped.
+    const EXPIRY: u8 = 1;
+    /// `validate_idle_after` or `leak_detection`: the connection goes on to the boxed slow future
+    /// (`Manage::validate`, the leak record) instead of being handed out on the fast path.
+    const SLOW: u8 = 2;
+
+    fn new(expiry: bool, slow: bool) -> Self {
+        Reuse((u8::from(expiry) * Self::EXPIRY) | (u8::from(slow) * Self::SLOW))
+    }
+
+    /// Whether a popped connection needs the expiry test (then the config reads the clock).
+    #[inline]
+    pub(crate) fn expiry(self) -> bool {
+        self.0 & Self::EXPIRY != 0
+    }
+
+    /// Whether a popped connection goes on to the slow future.
+    #[inline]
+    pub(crate) fn slow(self) -> bool {
+        self.0 & Self::SLOW != 0
+    }
+}
+
+/// The work a return does besides recycling and pushing the connection, decided once from the
+/// config so the return path tests one field instead of one per feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GiveBack {
+    /// No rule reads the clock and no leak detection: no clock read, no lifetime test.
+    Plain,
+    /// Some rule reads the clock (`Validated::reads_clock`), no leak detection: the clock read
+    /// (for `idle_since`) and the lifetime test.
+    Clock,
+    /// Leak detection: as `Clock` or `Plain` (by `reads_clock`), and the end of the checkout's
+    /// record.
+    Tracked,
 }
 
 /// The largest [`Config::expiry_jitter`].
@@ -448,9 +507,10 @@ pub struct Validated {
     pub(crate) validate_idle_after: Option<u64>,
     /// `Config::max_waiters`; `usize::MAX` without a limit.
     pub(crate) max_waiters: usize,
-    /// Neither validation nor leak detection: a reused idle connection is handed out as it is,
-    /// on the fast path.
-    pub(crate) plain_reuse: bool,
+    /// What a checkout does with an idle connection it pops: the one test of the fast path.
+    pub(crate) reuse: Reuse,
+    /// What a return does besides pushing the connection: the one test of the return path.
+    pub(crate) give_back: GiveBack,
     pub(crate) leak_detection: Option<LeakDetection>,
 }
 

@@ -2,7 +2,8 @@
 //! location of their checkout. Off unless [`Config::leak_detection`](super::Config::leak_detection)
 //! is set; then each checkout is recorded in one map per pool (a lock and an insert: a diagnostic
 //! mode, not for the hottest paths), maintenance reports the overdue ones once, and their return
-//! reports them again.
+//! reports them again. A checkout in progress carries its call site as a number (`Sites`), so
+//! with leak detection off the checkout path holds no `Location` at all.
 
 use super::clock::Clock;
 use super::sync::{Mutex, lock};
@@ -99,6 +100,15 @@ pub(crate) struct LeakTracker<I, K> {
     on_leak: Arc<dyn Fn(&Leak) + Send + Sync>,
     clock: Clock,
     out: Mutex<HashMap<I, Out<K>>>,
+    sites: Mutex<Sites>,
+}
+
+/// The call sites of checkouts, numbered from 1 in the order they were first seen, so a checkout
+/// in progress carries a small number instead of a `&Location` (see `LeakTracker::site`).
+#[derive(Default)]
+struct Sites {
+    numbers: HashMap<&'static Location<'static>, usize>,
+    locations: Vec<&'static Location<'static>>,
 }
 
 impl<I: Hash + Eq, K: fmt::Debug> LeakTracker<I, K> {
@@ -108,6 +118,35 @@ impl<I: Hash + Eq, K: fmt::Debug> LeakTracker<I, K> {
             on_leak: Arc::clone(&detection.on_leak),
             clock: clock.clone(),
             out: Mutex::new(HashMap::new()),
+            sites: Mutex::new(Sites::default()),
+        }
+    }
+
+    /// The number of the call site `location`, from 1 to `max`, numbering it if new; 0 if
+    /// `max` sites are numbered already (only reachable on 32-bit targets, with 65 535 sites).
+    pub(crate) fn site(&self, location: &'static Location<'static>, max: usize) -> usize {
+        let mut sites = lock(&self.sites);
+        if let Some(&number) = sites.numbers.get(location) {
+            return number;
+        }
+        if sites.locations.len() >= max {
+            return 0;
+        }
+        sites.locations.push(location);
+        let number = sites.locations.len();
+        sites.numbers.insert(location, number);
+        number
+    }
+
+    /// The call site numbered `number` by [`LeakTracker::site`]. For 0 (no number: more call
+    /// sites than `max`), this function's own location, which names no caller.
+    pub(crate) fn location(&self, number: usize) -> &'static Location<'static> {
+        let numbered = number
+            .checked_sub(1)
+            .and_then(|index| lock(&self.sites).locations.get(index).copied());
+        match numbered {
+            Some(location) => location,
+            None => Location::caller(),
         }
     }
 
@@ -162,5 +201,28 @@ impl<I: Hash + Eq, K: fmt::Debug> LeakTracker<I, K> {
     /// Calls the callback.
     pub(crate) fn report(&self, leak: &Leak) {
         (self.on_leak)(leak);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_sites_are_numbered_once_and_a_full_table_names_no_caller() {
+        let detection = LeakDetection {
+            threshold: Duration::from_secs(1),
+            on_leak: Arc::new(|_| {}),
+        };
+        let tracker: LeakTracker<u8, u8> = LeakTracker::new(&detection, &Clock::Coarse);
+        let (here, there, third) = (Location::caller(), Location::caller(), Location::caller());
+        assert_eq!(tracker.site(here, 2), 1);
+        assert_eq!(tracker.site(there, 2), 2);
+        assert_eq!(tracker.site(here, 2), 1, "a known site keeps its number");
+        assert_eq!(tracker.site(third, 2), 0, "the table is full");
+        assert_eq!((tracker.location(1), tracker.location(2)), (here, there));
+        for unnumbered in [0, 3] {
+            assert!(tracker.location(unnumbered).file().ends_with("leak.rs"));
+        }
     }
 }

@@ -46,6 +46,7 @@
 
 mod clock;
 mod config;
+mod error;
 mod keys;
 pub(crate) mod leak;
 mod manage;
@@ -63,6 +64,7 @@ pub(crate) mod waiters;
 
 pub use clock::{Clock, ManualClock};
 pub use config::{Config, ConfigError, MAX_EXPIRY_JITTER, MAX_SHARDS, MAX_SIZE, Validated};
+pub use error::{Error, KeyName};
 pub use leak::Leak;
 pub use manage::Manage;
 pub use metrics::{ShardStats, Stats};
@@ -71,7 +73,6 @@ pub use sharded::{Pooled, ShardedPool};
 use std::fmt;
 use std::future::Future;
 use std::ops::DerefMut;
-use std::time::Duration;
 
 /// The interface both pools implement, so servers, benches and tests can switch between the
 /// sharded pool and the [`MutexPool`](crate::baseline::MutexPool) baseline at run time (by
@@ -201,78 +202,6 @@ pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send + fmt::Debug 
     fn detach(self) -> M::Conn;
 }
 
-/// Why a checkout failed. Each variant's message says what happened and what to change.
-///
-/// ```
-/// use shardpool::{Config, ConnectionPool, Error, Manage, ShardedPool};
-/// use std::time::Duration;
-/// # struct M;
-/// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
-/// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
-/// let config = Config::default().max_size(1).wait_timeout(Some(Duration::from_millis(5)));
-/// let pool = ShardedPool::new(M, config).unwrap();
-/// let _held = shardpool::pool::block_on(pool.get(&0)).unwrap();
-/// match shardpool::pool::block_on(pool.get(&0)) {
-///     Err(Error::Timeout { waited }) => assert!(waited >= Duration::from_millis(5)),
-///     other => panic!("expected a timeout, got {other:?}"),
-/// }
-/// ```
-#[derive(Debug)]
-pub enum Error<E> {
-    /// The key stayed exhausted for the whole wait timeout.
-    Timeout {
-        /// How long the checkout waited.
-        waited: Duration,
-    },
-    /// Creating a connection failed.
-    Create {
-        /// The key the connection was for, as its `Debug` form.
-        key: String,
-        /// Why the manager's `create` failed.
-        error: E,
-    },
-    /// The pool (or the key) was closed.
-    Closed,
-    /// The key was exhausted and [`Config::max_waiters`] checkouts already waited for it: this
-    /// one failed at once instead of queueing. Shed the request (answer "busy"), or raise
-    /// `max_waiters` or `max_size`.
-    Overloaded {
-        /// The limit that was reached.
-        max_waiters: usize,
-    },
-}
-
-impl<E: fmt::Display> fmt::Display for Error<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Timeout { waited } => write!(
-                f,
-                "no connection became available within {waited:?}: every allowed connection \
-                 (max_size) was in use; raise max_size or wait_timeout, or reduce load"
-            ),
-            Error::Create { key, error } => {
-                write!(f, "creating a connection for key {key} failed: {error}")
-            }
-            Error::Closed => write!(f, "the pool or this key was closed"),
-            Error::Overloaded { max_waiters } => write!(
-                f,
-                "overloaded: every allowed connection (max_size) was in use and {max_waiters} \
-                 checkouts already waited (max_waiters); shed this request, or raise max_waiters \
-                 or max_size"
-            ),
-        }
-    }
-}
-
-impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Create { error, .. } => Some(error),
-            Error::Timeout { .. } | Error::Closed | Error::Overloaded { .. } => None,
-        }
-    }
-}
-
 /// What the pool remembers about the calling thread.
 struct ThreadSlot {
     /// The shard it is bound to (`usize::MAX`: none yet).
@@ -323,13 +252,20 @@ pub fn current_shard() -> Option<usize> {
 /// The calling thread's shard in a pool of `shards` shards.
 #[inline]
 pub(crate) fn shard_of_current_thread(shards: usize) -> usize {
+    wrap_shard(thread_shard(), shards)
+}
+
+/// The shard the calling thread is bound to (any value: each pool takes it modulo its shard
+/// count); an unbound thread is bound round-robin first.
+#[inline]
+pub(crate) fn thread_shard() -> usize {
     THREAD.with(|t| {
         let mut shard = t.shard.get();
         if shard == usize::MAX {
             shard = NEXT_UNBOUND_SHARD.fetch_incr() as usize % MAX_SHARDS;
             t.shard.set(shard);
         }
-        wrap_shard(shard, shards)
+        shard
     })
 }
 

@@ -31,7 +31,7 @@
 //! A return's successful push is the last thing it touches: from that instant another thread may
 //! pop the entry, close the key and free the key pool.
 
-use super::config::{Config, ConfigError, Validated};
+use super::config::{Config, ConfigError, GiveBack, MAX_SHARDS, Validated};
 use super::keys::KeyTable;
 use super::leak::LeakTracker;
 use super::metrics::{ShardCounters, ShardMetrics, Stats};
@@ -43,7 +43,7 @@ use super::stack::{Lease, Refused};
 use super::stack_model::IdleStacks;
 use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
-use super::{ConnectionPool, Error, Manage, PooledConn, shard_of_current_thread, wrap_shard};
+use super::{ConnectionPool, Error, KeyName, Manage, PooledConn, thread_shard, wrap_shard};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -125,7 +125,21 @@ struct Shared<M: Manage> {
     creations: Counter,
     /// With `leak_detection`: the checked-out connections, by key pool address and node index.
     leaks: Option<LeakTracker<(usize, u16), M::Key>>,
+    /// The shard count without leak detection, 0 with it: the one comparison of
+    /// `ShardedPool::site` both wraps the shard and sends leak detection to its cold path.
+    site_limit: usize,
 }
+
+/// A checkout's shard and, with leak detection, its call site, in the one word the checkout future
+/// carries (as it carried the shard alone before leak detection): the shard in the bits below
+/// `SITE_SHIFT`, and above them the call site's number (`LeakTracker::site`; 0 without leak
+/// detection). So the caller's `Location` stays out of the future and out of the fast path.
+const SITE_SHIFT: u32 = 16;
+const SHARD_MASK: usize = (1 << SITE_SHIFT) - 1;
+const _: () = assert!(
+    MAX_SHARDS <= SHARD_MASK + 1,
+    "a shard fits below SITE_SHIFT"
+);
 
 /// One key's pool: an idle stack per shard, its permits and its waiters.
 pub(crate) struct KeyPool<M: Manage> {
@@ -264,6 +278,11 @@ impl<M: Manage> ShardedPool<M> {
             metrics: (0..shards).map(|_| ShardMetrics::default()).collect(),
             idle_budget,
             creations: Counter::new(),
+            site_limit: if config.leak_detection.is_some() {
+                0
+            } else {
+                shards
+            },
             leaks: config
                 .leak_detection
                 .as_ref()
@@ -311,25 +330,52 @@ impl<M: Manage> ShardedPool<M> {
     /// The checkout path (module docs). The future is small: the hit path runs inline at the first
     /// poll, and only a miss (create or wait, which allocate anyway) boxes the rest, so moving the
     /// future costs a few words, not the whole wait machinery.
-    async fn checkout(
-        &self,
-        shard: usize,
-        key: &M::Key,
-        location: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error<M::Error>> {
-        let shard = wrap_shard(shard, self.inner.shared.config.shards);
-        // Fast path: a known key with an idle connection; no lock, no reference count.
-        if let Some(kp) = self.inner.keys.lookup(key)
-            && let Some((lease, source)) = kp.take_idle(shard)
-        {
-            // Without validation or leak detection, one test of a config flag; no clock read.
-            if kp.shared.config.plain_reuse {
-                return kp.finish(shard, lease, source);
+    ///
+    /// `site` is from [`ShardedPool::site`]: a shard below the shard count, and the call site.
+    async fn checkout(&self, site: usize, key: &M::Key) -> Result<Pooled<M>, Error<M::Error>> {
+        let shard = site & SHARD_MASK;
+        // Fast path: a known key with an idle connection; no lock, no reference count. One config
+        // field, read once, says which checks the popped connection needs (`Reuse`).
+        if let Some(kp) = self.inner.keys.lookup(key) {
+            let reuse = kp.shared.config.reuse;
+            if let Some((lease, source)) = kp.take_idle_checked(shard, reuse.expiry()) {
+                if !reuse.slow() {
+                    return kp.finish(shard, lease, source);
+                }
+                // Validation or leak detection: the connection goes on to the slow future.
+                let found = Some((lease, source));
+                return Box::pin(self.checkout_slow(shard, key, found, site)).await;
             }
-            let found = Some((lease, source));
-            return Box::pin(self.checkout_slow(shard, key, found, location)).await;
         }
-        Box::pin(self.checkout_slow(shard, key, None, location)).await
+        Box::pin(self.checkout_slow(shard, key, None, site)).await
+    }
+
+    /// The checkout's `site` word (`SITE_SHIFT`) for `shard` (any value: taken modulo the shard
+    /// count). Without leak detection and with the shard in range, as it is after
+    /// `bind_thread_to_shard(s)` with `s` below the shard count: one comparison.
+    #[inline(always)]
+    #[track_caller]
+    fn site(&self, shard: usize) -> usize {
+        if shard < self.inner.shared.site_limit {
+            shard
+        } else {
+            self.site_slow(shard)
+        }
+    }
+
+    /// `site` for a shard out of range, or with leak detection: numbers the caller's location.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn site_slow(&self, shard: usize) -> usize {
+        let shared = &self.inner.shared;
+        let shard = wrap_shard(shard, shared.config.shards);
+        match &shared.leaks {
+            None => shard,
+            Some(leaks) => {
+                shard | (leaks.site(Location::caller(), usize::MAX >> SITE_SHIFT) << SITE_SHIFT)
+            }
+        }
     }
 
     /// `find_or_wait`, and with leak detection the record of the checkout.
@@ -338,10 +384,11 @@ impl<M: Manage> ShardedPool<M> {
         shard: usize,
         key: &M::Key,
         found: Option<(Leased<M>, Source)>,
-        location: &'static Location<'static>,
+        site: usize,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         let result = self.find_or_wait(shard, key, found).await;
         if let (Some(leaks), Ok(guard)) = (&self.inner.shared.leaks, &result) {
+            let location = leaks.location(site >> SITE_SHIFT);
             leaks.checked_out(guard.leak_id(), guard.key().clone(), location);
         }
         result
@@ -378,11 +425,7 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
 
     #[track_caller]
     fn get(&self, key: &M::Key) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> {
-        self.checkout(
-            shard_of_current_thread(self.inner.shared.config.shards),
-            key,
-            Location::caller(),
-        )
+        self.checkout(self.site(thread_shard()), key)
     }
 
     #[track_caller]
@@ -391,7 +434,7 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
         shard: usize,
         key: &M::Key,
     ) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> {
-        self.checkout(shard, key, Location::caller())
+        self.checkout(self.site(shard), key)
     }
 
     async fn maintain(&self, shard: usize) {
@@ -564,43 +607,60 @@ impl<M: Manage> KeyPool<M> {
     /// Expired and invalid entries met on the way are closed.
     #[inline]
     fn take_idle(&self, shard: usize) -> Option<(Leased<M>, Source)> {
-        let mut now = None;
-        if let Some(lease) = self.pop_acceptable(shard, shard, &mut now) {
-            return Some((lease, Source::Local));
-        }
-        self.steal(shard, &mut now)
+        self.take_idle_checked(shard, self.shared.config.reuse.expiry())
     }
 
-    /// `take_idle` after the own shard's stack had nothing acceptable.
+    /// `take_idle`, with the expiry test (`expiry`: `Reuse::expiry`) or without it, which is the
+    /// same when neither `idle_timeout` nor `max_lifetime` is set: then nothing expires.
+    #[inline]
+    fn take_idle_checked(&self, shard: usize, expiry: bool) -> Option<(Leased<M>, Source)> {
+        let mut now = None;
+        if let Some(lease) = self.pop_acceptable(shard, shard, expiry, &mut now) {
+            return Some((lease, Source::Local));
+        }
+        self.steal(shard, expiry, &mut now)
+    }
+
+    /// `take_idle_checked` after the own shard's stack had nothing acceptable.
     #[inline(never)]
-    fn steal(&self, shard: usize, now: &mut Option<u64>) -> Option<(Leased<M>, Source)> {
+    fn steal(
+        &self,
+        shard: usize,
+        expiry: bool,
+        now: &mut Option<u64>,
+    ) -> Option<(Leased<M>, Source)> {
         self.shared.config.steal_order[shard]
             .iter()
-            .find_map(|&victim| self.pop_acceptable(shard, victim, now))
+            .find_map(|&victim| self.pop_acceptable(shard, victim, expiry, now))
             .map(|lease| (lease, Source::Stolen))
     }
 
     /// Pops shard `victim`'s stack for a checkout on shard `shard` until an entry passes the expiry
-    /// and validity checks (invariant 6), closing those that fail. `now` is read once, when needed.
+    /// (with `expiry`) and validity checks (invariant 6), closing those that fail. `now` is read
+    /// once, when needed.
     #[inline]
     fn pop_acceptable(
         &self,
         shard: usize,
         victim: usize,
+        expiry: bool,
         now: &mut Option<u64>,
     ) -> Option<Leased<M>> {
         let config = &self.shared.config;
         while let Some(lease) = self.idle.pop(victim) {
             self.shared.release_idle(victim);
-            let now = *now.get_or_insert_with(|| self.shared.now());
             // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
             // check, so a steal can hand out an expired connection.
             let check_expiry =
                 victim == shard || !cfg!(shardpool_seeded_bug = "steal_skips_expiry");
-            let entry = lease.entry();
-            if check_expiry && config.is_expired(entry.created, entry.idle_since, entry.cut, now) {
-                self.reject(shard, lease, |c| &c.expirations);
-                continue;
+            if expiry && check_expiry {
+                // An expiry rule is set, so `reads_clock` is: `Shared::now` without its test.
+                let now = *now.get_or_insert_with(|| config.clock.now());
+                let entry = lease.entry();
+                if config.is_expired(entry.created, entry.idle_since, entry.cut, now) {
+                    self.reject(shard, lease, |c| &c.expirations);
+                    continue;
+                }
             }
             match lease.check(shard, |conn| self.shared.manager.is_valid(conn)) {
                 (lease, true) => return Some(lease),
@@ -757,7 +817,7 @@ impl<M: Manage> KeyPool<M> {
             Err(err) => {
                 this.shared.counters(shard).create_errors.incr();
                 Err(Error::Create {
-                    key: format!("{:?}", this.key),
+                    key: KeyName::of(&this.key),
                     error: err,
                 })
             }
@@ -1276,26 +1336,47 @@ impl<M: Manage> Pooled<M> {
 
 impl<M: Manage> Drop for Pooled<M> {
     fn drop(&mut self) {
-        if self.lease.key_pool().shared.leaks.is_some() {
-            let (shared, report) = self.untrack();
-            // SAFETY: drop runs once and nothing touches `lease` after it; `discard` and `detach`
-            // never reach here.
-            let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
-            Pooled::give_back(lease, self.shard);
-            report_leak(&shared, report);
-            return;
+        // One test of a config field picks the return's work (`GiveBack`).
+        match self.lease.key_pool().shared.config.give_back {
+            GiveBack::Plain => {
+                // SAFETY: drop runs once and nothing touches `lease` after it; `discard` and
+                // `detach` never reach here.
+                let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
+                Pooled::give_back::<false>(lease, self.shard);
+            }
+            GiveBack::Clock => {
+                // SAFETY: as above.
+                let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
+                Pooled::give_back::<true>(lease, self.shard);
+            }
+            GiveBack::Tracked => self.drop_tracked(),
         }
-        // SAFETY: as above.
-        let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
-        Pooled::give_back(lease, self.shard);
     }
 }
 
 impl<M: Manage> Pooled<M> {
+    /// `Drop` with leak detection: ends the checkout's record, returns the connection, then
+    /// reports it if it had been reported overdue.
+    #[cold]
+    fn drop_tracked(&mut self) {
+        let (shared, report) = self.untrack();
+        // SAFETY: called only from `drop`, which runs once; nothing touches `lease` after it.
+        let lease = unsafe { ManuallyDrop::take(&mut self.lease) };
+        if shared.config.reads_clock {
+            Pooled::give_back::<true>(lease, self.shard);
+        } else {
+            Pooled::give_back::<false>(lease, self.shard);
+        }
+        report_leak(&shared, report);
+    }
+
     /// The return: the connection goes back to shard `shard`, or closes (too old, or refused by
-    /// `recycle`).
+    /// `recycle`). `CLOCK`: some rule reads the clock (`Validated::reads_clock`), so it is read
+    /// without `Shared::now`'s test. Without `CLOCK` it reads no clock and skips the lifetime
+    /// test, which is the same when no rule reads the clock: then `now()` is 0 and nothing is too
+    /// old.
     #[inline(always)]
-    fn give_back(lease: Leased<M>, shard: usize) {
+    fn give_back<const CLOCK: bool>(lease: Leased<M>, shard: usize) {
         let shared: *const Shared<M> = &*lease.key_pool().shared;
         // SAFETY: the entry's key pool owns an `Arc` to `Shared`, and this function holds the lease
         // (so the entry and its key pool) until `close` or `put_idle` consumes it, after which
@@ -1305,9 +1386,9 @@ impl<M: Manage> Pooled<M> {
         counters
             .returns
             .incr(counters.owned_here(shard, shared.config.shards));
-        let now = shared.now();
+        let now = if CLOCK { shared.config.clock.now() } else { 0 };
         let entry = lease.entry();
-        if shared.config.is_too_old(entry.created, entry.cut, now) {
+        if CLOCK && shared.config.is_too_old(entry.created, entry.cut, now) {
             counters.expirations.incr();
             lease.close(shard);
             return;
