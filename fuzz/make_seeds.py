@@ -86,7 +86,7 @@ SEEDS = {
         "not-toml": b'backends = [\n',
     },
     "cli_values": {
-        # byte 0 picks the parser (see src/cli/fuzzing.rs), the rest is the value
+        # byte 0 picks the parser (see cli/src/cli/fuzzing.rs), the rest is the value
         "duration": b"\x0030s", "duration-frac": b"\x001.5ms", "positive-zero": b"\x010s",
         "opt-off": b"\x02off", "size": b"\x0364KiB", "size-overflow": b"\x0399999999999GiB",
         "window": b"\x042GiB", "num": b"\x05256", "bool": b"\x06yes", "addr": b"\x07127.0.0.1:1",

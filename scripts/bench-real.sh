@@ -23,7 +23,7 @@ if [[ $was_running == 0 ]]; then
 fi
 eval "$(scripts/services.sh env)"
 
-cargo bench --no-default-features --features real-bench --bench real_workloads -- \
+cargo bench -p shardpool --features real-bench --bench real_workloads -- \
     --seconds "$seconds" --rounds "$rounds" --json "$out/real_workloads.json" | tee "$out/real_workloads.md"
 python3 benches/plot_real.py "$out/real_workloads.json" "$out/real_workloads.svg"
 echo "bench-real: $out/real_workloads.json, $out/real_workloads.md and $out/real_workloads.svg"

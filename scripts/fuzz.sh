@@ -19,7 +19,8 @@ shift || true
 
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     echo "fuzz: no nightly toolchain; replaying the committed corpus on stable instead"
-    exec cargo test --quiet --lib fuzzing
+    cargo test --quiet -p shardpool --features full --lib fuzzing
+    exec cargo test --quiet -p shardpool-cli --bin shardpool fuzzing
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --quiet --locked cargo-fuzz

@@ -8,7 +8,7 @@
 //! A measurement, not a test of speed (the machine is shared): it is `#[ignore]`d and run with
 //!
 //! ```sh
-//! cargo test --release --features cli --test gateway_bench -- --ignored --nocapture
+//! cargo test --release -p shardpool --features full --test gateway_bench -- --ignored --nocapture
 //! ```
 //!
 //! It still checks every answer, and that the pooled hot path made one connection and no re-wrap.

@@ -1,12 +1,12 @@
-//! Fuzz target `config_toml`: see `cli::fuzzing::config_toml` (src/cli/fuzzing.rs) for the contract it checks.
+//! Fuzz target `config_toml`: see `cli::fuzzing::config_toml` (cli/src/cli/fuzzing.rs) for the contract it checks.
 #![no_main]
 
-// The binary's CLI is not a library: include its source, as src/main.rs does.
-#[path = "../../src/cli/mod.rs"]
+// The binary's CLI is not a library: include its source, as cli/src/main.rs does.
+#[path = "../../cli/src/cli/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod cli;
 
-/// The binary's allocator hook (src/main.rs); fuzzing never starts a server.
+/// The binary's allocator hook (cli/src/main.rs); fuzzing never starts a server.
 fn release_free_memory() {}
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| cli::fuzzing::config_toml(data));

@@ -4,14 +4,13 @@
 //! during it are both served (through the origin, whose descriptors are reserved), Health stays
 //! SERVING, and accept errors are not logged more than a few times a second. Bounded: a few
 //! seconds; loopback only; the child is killed on drop.
-#![cfg(feature = "cli")]
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-#[path = "common/grpc.rs"]
+#[path = "../../tests/common/grpc.rs"]
 mod grpc;
 #[path = "common/process.rs"]
 mod process;

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-#[path = "common/grpc.rs"]
+#[path = "../../tests/common/grpc.rs"]
 mod grpc;
 #[path = "common/process.rs"]
 mod process;
-#[path = "common/raw.rs"]
+#[path = "../../tests/common/raw.rs"]
 mod raw;
 
 use grpc::say_hello_blocking;
@@ -51,7 +51,7 @@ impl ServeProcess {
 }
 
 fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop")
 }
 
 /// GET /metrics over HTTP/1.1; the body.

@@ -2,7 +2,6 @@
 //! exits with an error naming `--reuse-port-shared` instead of silently joining the kernel's
 //! SO_REUSEPORT group; with the flag it joins on purpose. Children are killed in Drop; everything
 //! binds port 0 on loopback first.
-#![cfg(feature = "cli")]
 
 use std::fs::File;
 use std::net::SocketAddr;

@@ -1,7 +1,6 @@
 //! `shardpool compare` end to end: it starts the servers itself (here `shardpool serve` given as
 //! the external command, plus the built-in `sharded` variant), alternates rounds, writes the
 //! report files and leaves no server running. Bad flags fail with a message naming the fix.
-#![cfg(feature = "cli")]
 
 use std::net::TcpStream;
 

@@ -2,7 +2,6 @@
 //! these tests do not depend on the server layer): a healthy target, a target that fails calls
 //! with several statuses, a target that stalls (coordinated-omission correction), a target that
 //! is down, and bad flags. Every run is a fraction of a second to about a second of load.
-#![cfg(feature = "cli")]
 
 use bytes::Bytes;
 use shardpool::bench::{self, BenchConfig, Load, Stop};
@@ -13,7 +12,7 @@ use std::time::Duration;
 
 #[path = "common/process.rs"]
 mod process;
-#[path = "common/raw.rs"]
+#[path = "../../tests/common/raw.rs"]
 mod raw;
 
 use process::{fails_with, scratch_path, shardpool};

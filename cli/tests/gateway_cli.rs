@@ -1,17 +1,16 @@
 //! `shardpool origin` and `shardpool serve` in gateway mode as processes: external backends, the
 //! backends file re-read on SIGHUP, the upstream admin endpoint, bad flags. Children are killed
 //! in Drop; everything binds port 0 on loopback.
-#![cfg(feature = "cli")]
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-#[path = "common/grpc.rs"]
+#[path = "../../tests/common/grpc.rs"]
 mod grpc;
 #[path = "common/process.rs"]
 mod process;
-#[path = "common/raw.rs"]
+#[path = "../../tests/common/raw.rs"]
 mod raw;
 
 use grpc::say_hello_blocking;
