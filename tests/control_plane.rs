@@ -51,12 +51,28 @@ struct TestGateway {
 
 impl TestGateway {
     fn start(config: ServerConfig, backends: &[SocketAddr], allow: Option<BackendAllow>) -> Self {
+        Self::start_with_max(
+            config,
+            backends,
+            allow,
+            GatewayConfig::default().max_backends,
+        )
+    }
+
+    /// [`TestGateway::start`] with `GatewayConfig::max_backends` set to `max_backends`.
+    fn start_with_max(
+        config: ServerConfig,
+        backends: &[SocketAddr],
+        allow: Option<BackendAllow>,
+        max_backends: usize,
+    ) -> Self {
         let (map, opts) = shards(1);
         let gconfig = GatewayConfig {
             health: HealthConfig {
                 interval: None,
                 ..HealthConfig::default()
             },
+            max_backends,
             ..GatewayConfig::default()
         };
         let manager = UpstreamManager::new(gconfig.connector.clone(), 1);
@@ -64,7 +80,7 @@ impl TestGateway {
             ShardedPool::new(manager.clone(), Config::default().shards(1).max_size(8)).unwrap();
         let gateway = Gateway::new(gconfig, Some(pool), manager, 1);
         for b in backends {
-            assert!(gateway.add_backend(*b));
+            assert_eq!(gateway.add_backend(*b), Ok(true));
         }
         let server = gateway.install(Server::new(config));
         let server = match allow {
@@ -199,6 +215,50 @@ fn backend_rpcs_on_the_serving_port_are_refused_and_change_nothing() {
     });
     assert!(a.served() >= 10, "the original origin answers");
     assert_eq!(b.served(), 0, "the client's origin saw nothing");
+}
+
+#[test]
+fn add_backend_beyond_max_backends_is_resource_exhausted_and_changes_nothing() {
+    let (a, b) = (origin("a"), origin("b"));
+    let gw = TestGateway::start_with_max(with_admin(with_token()), &[a.local_addr()], None, 1);
+    let admin = gw.admin();
+    run(async {
+        let ch = channel(admin).await;
+        let e = backend_rpc(
+            ch.clone(),
+            "/shardpool.v1.Admin/AddBackend",
+            add(b.local_addr()),
+            Some(TOKEN),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("--max-backends"), "{e:?}");
+    });
+    assert_eq!(
+        gw.gateway.backends(),
+        vec![a.local_addr()],
+        "nothing changed"
+    );
+    // The upstream admin endpoint answers 429 the same way.
+    let ep = AdminEndpoint::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        gw.gateway.clone(),
+        with_token(),
+        None,
+    )
+    .unwrap();
+    let auth = format!("authorization: Bearer {TOKEN}\r\n");
+    let r = http_with(
+        ep.local_addr(),
+        &format!("POST /backends/add?addr={}", b.local_addr()),
+        &auth,
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 429") && r.contains("--max-backends"),
+        "{r}"
+    );
+    assert_eq!(gw.gateway.backends(), vec![a.local_addr()]);
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn start<P: ConnectionPool<UpstreamManager>>(
     let manager = UpstreamManager::new(config.connector.clone(), n);
     let gateway = Gateway::new(config, pool(manager.clone()), manager, n);
     for b in backends {
-        assert!(gateway.add_backend(*b));
+        assert_eq!(gateway.add_backend(*b), Ok(true));
     }
     let server = gateway.install(Server::new(ServerConfig {
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -424,7 +424,7 @@ fn backends_added_and_removed_while_serving() {
         assert!(a.served() <= a_after_removal + 3);
         assert!(load(&ch, 2, 10).await.is_empty());
         assert_eq!(gw.gateway.backends(), vec![b.local_addr()]);
-        gw.gateway.set_backends(&[]);
+        gw.gateway.set_backends(&[]).unwrap();
         let err = say_hello(ch.clone(), "nobody").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
         assert!(
@@ -438,7 +438,7 @@ fn backends_added_and_removed_while_serving() {
         bad.starts_with("HTTP/1.1 400") && bad.contains("?addr=IP:PORT"),
         "{bad}"
     );
-    gw.gateway.add_backend(b.local_addr());
+    gw.gateway.add_backend(b.local_addr()).unwrap();
     let metrics = http("GET /metrics");
     assert!(
         metrics.contains("shardpool_upstream_requests_total{backend="),

@@ -524,9 +524,12 @@ pub(super) fn render(
 /// #[derive(Default)]
 /// struct Fixed(Mutex<Vec<SocketAddr>>);
 /// impl BackendAdmin for Fixed {
-///     fn add_backend(&self, addr: SocketAddr) -> bool {
+///     fn add_backend(&self, addr: SocketAddr) -> Result<bool, String> {
 ///         let mut list = self.0.lock().unwrap();
-///         !list.contains(&addr) && { list.push(addr); true }
+///         if list.len() >= 2 && !list.contains(&addr) {
+///             return Err("two backends at most".into());
+///         }
+///         Ok(!list.contains(&addr) && { list.push(addr); true })
 ///     }
 ///     fn remove_backend(&self, addr: SocketAddr) -> bool {
 ///         let mut list = self.0.lock().unwrap();
@@ -540,13 +543,16 @@ pub(super) fn render(
 ///     }
 /// }
 /// let admin = Fixed::default();
-/// assert!(admin.add_backend("127.0.0.1:7001".parse().unwrap()));
-/// assert!(!admin.add_backend("127.0.0.1:7001".parse().unwrap()));
-/// assert_eq!(admin.list_backends().len(), 1);
+/// assert_eq!(admin.add_backend("127.0.0.1:7001".parse().unwrap()), Ok(true));
+/// assert_eq!(admin.add_backend("127.0.0.1:7001".parse().unwrap()), Ok(false));
+/// assert_eq!(admin.add_backend("127.0.0.1:7002".parse().unwrap()), Ok(true));
+/// assert!(admin.add_backend("127.0.0.1:7003".parse().unwrap()).is_err());
+/// assert_eq!(admin.list_backends().len(), 2);
 /// ```
 pub trait BackendAdmin: Send + Sync + 'static {
-    /// Adds `addr`; `false` if it is a backend already.
-    fn add_backend(&self, addr: SocketAddr) -> bool;
+    /// Adds `addr`; `Ok(false)` if it is a backend already; `Err` (and no change) when no more
+    /// backends may be added, saying which limit (the RPC answers RESOURCE_EXHAUSTED with it).
+    fn add_backend(&self, addr: SocketAddr) -> Result<bool, String>;
     /// Removes `addr` (calls using it finish); `false` if it is not a backend.
     fn remove_backend(&self, addr: SocketAddr) -> bool;
     /// The backends now, with their counters.
@@ -597,7 +603,10 @@ pub(super) fn backend_rpc(
             let addr = backend_address(&req.address)?;
             hook.admit(addr)
                 .map_err(|why| Status::new(Code::PermissionDenied, why))?;
-            if !hook.add_backend(addr) {
+            let added = hook
+                .add_backend(addr)
+                .map_err(|why| Status::new(Code::ResourceExhausted, why))?;
+            if !added {
                 return Err(Status::new(
                     Code::AlreadyExists,
                     format!("{addr} is a backend already"),

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /metrics` | per-backend metrics, Prometheus text |
 //! | `GET /backends` | one line per backend: `addr healthy requests errors new reused steals` |
-//! | `POST /backends/add?addr=HOST:PORT` | `added` / `already present` |
+//! | `POST /backends/add?addr=HOST:PORT` | `added` / `already present`; 429 at `--max-backends` |
 //! | `POST /backends/remove?addr=HOST:PORT` | `removed` / `not present` |
 //!
 //! ```text
@@ -241,10 +241,16 @@ fn handle<P: ConnectionPool<UpstreamManager>>(mut conn: TcpStream, ctx: &Ctx<P>)
             let why = why.and_then(Result::err).unwrap_or_default();
             ("403 Forbidden", format!("{why}; nothing was changed\n"))
         }
-        ("POST", "/backends/add" | "/backends/remove", Some(Ok(a))) => {
-            let done = if path.ends_with("add") {
-                if gateway.add_backend(a) { "added" } else { "already present" }
-            } else if gateway.remove_backend(a) {
+        ("POST", "/backends/add", Some(Ok(a))) => match gateway.add_backend(a) {
+            Ok(true) => ("200 OK", format!("added {a}\n")),
+            Ok(false) => ("200 OK", format!("already present {a}\n")),
+            Err(full) => (
+                "429 Too Many Requests",
+                format!("{full}; nothing was changed\n"),
+            ),
+        },
+        ("POST", "/backends/remove", Some(Ok(a))) => {
+            let done = if gateway.remove_backend(a) {
                 "removed"
             } else {
                 "not present"

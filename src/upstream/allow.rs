@@ -174,8 +174,11 @@ impl<B: BackendAdmin> AllowListed<B> {
 }
 
 impl<B: BackendAdmin> BackendAdmin for AllowListed<B> {
-    fn add_backend(&self, addr: SocketAddr) -> bool {
-        self.allow.admits(addr) && self.inner.add_backend(addr)
+    fn add_backend(&self, addr: SocketAddr) -> Result<bool, String> {
+        if !self.allow.admits(addr) {
+            return Ok(false);
+        }
+        self.inner.add_backend(addr)
     }
 
     fn remove_backend(&self, addr: SocketAddr) -> bool {

@@ -74,7 +74,15 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// How connections are made.
     pub connector: ConnectorConfig,
+    /// The most backends the gateway may have at once ([`DEFAULT_MAX_BACKENDS`]). Each backend
+    /// may hold up to the pool's `max_size` upstream connections and runs its own health
+    /// checks, so this bounds what anyone who may add backends at run time (the admin RPCs,
+    /// SIGHUP) can make the gateway open; the binary reserves descriptors for this many.
+    pub max_backends: usize,
 }
+
+/// [`GatewayConfig::max_backends`] by default.
+pub const DEFAULT_MAX_BACKENDS: usize = 64;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -83,9 +91,37 @@ impl Default for GatewayConfig {
             health: HealthConfig::default(),
             request_timeout: Duration::from_secs(2),
             connector: ConnectorConfig::default(),
+            max_backends: DEFAULT_MAX_BACKENDS,
         }
     }
 }
+
+/// A backend could not be added: the gateway has [`GatewayConfig::max_backends`] already.
+///
+/// ```
+/// use shardpool::upstream::BackendsFull;
+/// let e = BackendsFull { max: 2 };
+/// assert!(e.to_string().contains("--max-backends"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendsFull {
+    /// The limit that was reached.
+    pub max: usize,
+}
+
+impl std::fmt::Display for BackendsFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the gateway has {} backends, the most it may have (--max-backends, \
+             SHARDPOOL_MAX_BACKENDS, upstream.max_backends); remove one first, or restart with a \
+             higher limit",
+            self.max
+        )
+    }
+}
+
+impl std::error::Error for BackendsFull {}
 
 /// Counters of one backend on one shard; only that shard writes them.
 #[derive(Debug, Default)]
@@ -369,8 +405,8 @@ impl BackendStats {
 /// The server's `AddBackend` / `RemoveBackend` / `ListBackends` RPCs act on the gateway
 /// ([`Gateway::install`] attaches it).
 impl<P: ConnectionPool<UpstreamManager>> BackendAdmin for Gateway<P> {
-    fn add_backend(&self, addr: SocketAddr) -> bool {
-        Gateway::add_backend(self, addr)
+    fn add_backend(&self, addr: SocketAddr) -> Result<bool, String> {
+        Gateway::add_backend(self, addr).map_err(|full| full.to_string())
     }
 
     fn remove_backend(&self, addr: SocketAddr) -> bool {
@@ -450,7 +486,7 @@ impl<P> Shared<P> {
 /// let manager = UpstreamManager::new(config.connector.clone(), map.len());
 /// let pool = ShardedPool::new(manager.clone(), Config::default().shards(map.len())).unwrap();
 /// let gateway = Gateway::new(config, Some(pool), manager, map.len());
-/// gateway.add_backend("127.0.0.1:7001".parse().unwrap());
+/// gateway.add_backend("127.0.0.1:7001".parse().unwrap()).unwrap();
 /// let server = gateway.install(Server::new(ServerConfig::default()));
 /// let _checks = gateway.start_health_checks();
 /// let running = server.start(&map, &RuntimeOptions::default()).unwrap();
@@ -515,16 +551,26 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
         changed
     }
 
-    /// Adds a backend; `false` if it was already there.
-    pub fn add_backend(&self, addr: SocketAddr) -> bool {
-        let shards = self.shared.shards;
-        self.replace(|list| {
+    /// Adds a backend; `Ok(false)` if it was already there, `Err` (and no change) if the
+    /// gateway has [`GatewayConfig::max_backends`] backends already.
+    pub fn add_backend(&self, addr: SocketAddr) -> Result<bool, BackendsFull> {
+        let (shards, max) = (self.shared.shards, self.shared.config.max_backends);
+        let mut full = false;
+        let added = self.replace(|list| {
             if list.iter().any(|b| b.addr == addr) {
+                return false;
+            }
+            if list.len() >= max {
+                full = true;
                 return false;
             }
             list.push(Arc::new(Backend::new(addr, shards)));
             true
-        })
+        });
+        if full {
+            return Err(BackendsFull { max });
+        }
+        Ok(added)
     }
 
     /// Removes a backend and closes its idle pooled connections; `false` if it was not there.
@@ -542,20 +588,45 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
         removed
     }
 
-    /// Makes the backend set exactly `addrs` (adds and removes the difference; kept backends
-    /// keep their counters and health). Returns (added, removed).
-    pub fn set_backends(&self, addrs: &[SocketAddr]) -> (usize, usize) {
-        let current: Vec<SocketAddr> = self.backends();
-        let removed: Vec<SocketAddr> = current
-            .iter()
-            .copied()
-            .filter(|a| !addrs.contains(a))
-            .collect();
-        let added = addrs.iter().filter(|a| self.add_backend(**a)).count();
-        for a in &removed {
-            self.remove_backend(*a);
+    /// Makes the backend set exactly `addrs` (duplicates count once), in one step: calls see
+    /// the old set or the new one, never a mix. Kept backends keep their counters and health;
+    /// removed ones lose their idle pooled connections (calls using them finish). Returns
+    /// (added, removed), or `Err` and no change if `addrs` holds more than
+    /// [`GatewayConfig::max_backends`] backends.
+    pub fn set_backends(&self, addrs: &[SocketAddr]) -> Result<(usize, usize), BackendsFull> {
+        let mut wanted: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            if !wanted.contains(a) {
+                wanted.push(*a);
+            }
         }
-        (added, removed.len())
+        let max = self.shared.config.max_backends;
+        if wanted.len() > max {
+            return Err(BackendsFull { max });
+        }
+        let shards = self.shared.shards;
+        let (mut added, mut removed) = (0, Vec::new());
+        self.replace(|list| {
+            removed = list
+                .iter()
+                .filter(|b| !wanted.contains(&b.addr))
+                .map(|b| b.addr)
+                .collect();
+            list.retain(|b| wanted.contains(&b.addr));
+            for a in &wanted {
+                if !list.iter().any(|b| b.addr == *a) {
+                    list.push(Arc::new(Backend::new(*a, shards)));
+                    added += 1;
+                }
+            }
+            added > 0 || !removed.is_empty()
+        });
+        if let Some(pool) = &self.shared.pool {
+            for a in &removed {
+                pool.remove_key(a);
+            }
+        }
+        Ok((added, removed.len()))
     }
 
     /// The configured backend addresses.
@@ -1156,6 +1227,7 @@ impl<P> Drop for GatewayGreeter<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::ShardedPool;
 
     fn cfg() -> HealthConfig {
         HealthConfig {
@@ -1327,5 +1399,56 @@ mod tests {
             "never ejected comes first"
         );
         assert_eq!(panic_pick(&[]), None);
+    }
+
+    fn gateway(max_backends: usize) -> Gateway<ShardedPool<UpstreamManager>> {
+        let config = GatewayConfig {
+            max_backends,
+            ..GatewayConfig::default()
+        };
+        let manager = UpstreamManager::new(config.connector.clone(), 1);
+        Gateway::new(config, None, manager, 1)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn no_backend_is_added_beyond_max_backends() {
+        let g = gateway(2);
+        assert_eq!(g.add_backend(addr(7001)), Ok(true));
+        assert_eq!(g.add_backend(addr(7001)), Ok(false), "present already");
+        assert_eq!(g.add_backend(addr(7002)), Ok(true));
+        assert_eq!(g.add_backend(addr(7003)), Err(BackendsFull { max: 2 }));
+        assert_eq!(g.backends(), [addr(7001), addr(7002)]);
+        // Through the admin hook, the refusal is a message naming the knob.
+        let why = BackendAdmin::add_backend(&g, addr(7003)).unwrap_err();
+        assert!(why.contains("--max-backends"), "{why}");
+        assert!(g.remove_backend(addr(7001)));
+        assert_eq!(
+            g.add_backend(addr(7003)),
+            Ok(true),
+            "room again after a removal"
+        );
+    }
+
+    #[test]
+    fn set_backends_swaps_the_whole_set_within_max_backends() {
+        let g = gateway(2);
+        assert_eq!(g.set_backends(&[addr(1), addr(2), addr(1)]), Ok((2, 0)));
+        // Replacing both at once fits the limit: the set is swapped in one step.
+        assert_eq!(g.set_backends(&[addr(3), addr(4)]), Ok((2, 2)));
+        assert_eq!(g.backends(), [addr(3), addr(4)]);
+        assert_eq!(
+            g.set_backends(&[addr(3), addr(4), addr(5)]),
+            Err(BackendsFull { max: 2 })
+        );
+        assert_eq!(
+            g.backends(),
+            [addr(3), addr(4)],
+            "a refused set changes nothing"
+        );
+        assert_eq!(g.set_backends(&[]), Ok((0, 2)));
     }
 }

@@ -14,5 +14,6 @@ pub mod origin;
 pub use balance::Balance;
 pub use conn::{ConnectorConfig, UpstreamConn, UpstreamManager};
 pub use gateway::{
-    BackendStats, Gateway, GatewayConfig, GatewayGreeter, HealthChecker, HealthConfig,
+    BackendStats, BackendsFull, DEFAULT_MAX_BACKENDS, Gateway, GatewayConfig, GatewayGreeter,
+    HealthChecker, HealthConfig,
 };

@@ -25,7 +25,7 @@ use super::serve::{
 use shardpool::baseline::MutexPool;
 use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, ShardContext};
-use shardpool::server::limits::FdReserve;
+use shardpool::server::limits::{AutoCount, FdReserve};
 use shardpool::server::{AdminConfig, GreetHandler, RunningServer, Server};
 use shardpool::topology::ShardMap;
 use shardpool::upstream::admin::AdminEndpoint;
@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,10 +140,18 @@ pub struct UpstreamArgs {
     /// checked at start, on SIGHUP and for backends added at run time [default: any address].
     #[arg(long, env = "SHARDPOOL_BACKEND_ALLOW")]
     backend_allow: Option<String>,
+    /// The most backends at once, or `auto` (the backends at start, embedded origins included,
+    /// plus 4). The admin RPCs and SIGHUP cannot add beyond it, and `--fd-reserve auto`
+    /// reserves descriptors for this many backends [default: auto].
+    #[arg(long, env = "SHARDPOOL_MAX_BACKENDS")]
+    max_backends: Option<String>,
 }
 
+/// Backends `--max-backends auto` leaves room for beyond those at start.
+pub const BACKEND_ROOM: usize = 4;
+
 /// Keys of the `[upstream]` table (`backends` is the list; the rest are scalars).
-const UPSTREAM_KEYS: [&str; 20] = [
+const UPSTREAM_KEYS: [&str; 21] = [
     "mode",
     "backends",
     "backends_file",
@@ -163,6 +172,7 @@ const UPSTREAM_KEYS: [&str; 20] = [
     "eject_backoff_max",
     "upstream_admin_listen",
     "backend_allow",
+    "max_backends",
 ];
 
 /// The gateway settings after merging flags, environment, the config file and defaults.
@@ -178,6 +188,7 @@ pub struct UpstreamSettings {
     gateway: GatewayConfig,
     admin_listen: Option<SocketAddr>,
     backend_allow: Option<BackendAllow>,
+    max_backends: AutoCount,
 }
 
 /// Where the backend list comes from, at start and on SIGHUP.
@@ -334,6 +345,8 @@ impl UpstreamArgs {
                 .get("upstream_timeout", &a.upstream_timeout, parse_duration)?
                 .unwrap_or(dg.request_timeout),
             connector,
+            // Resolved at start against the backends then (`UpstreamSettings::max_backends`).
+            max_backends: dg.max_backends,
         };
         let flag_backends = a
             .backends
@@ -397,27 +410,52 @@ impl UpstreamArgs {
                 )?
                 .flatten(),
             backend_allow: l.get("backend_allow", &a.backend_allow, |s| s.parse())?,
+            max_backends: l
+                .get("max_backends", &a.max_backends, AutoCount::from_str)?
+                .unwrap_or_default(),
         })
     }
 }
 
 impl UpstreamSettings {
-    /// Adds what the gateway needs to `reserve` (nothing with `--upstream none`): per backend
-    /// at start, `pool_max_size` upstream connections and one health check at a time; per
-    /// embedded origin, also the accepted end of each of those (both ends are in this
-    /// process), its listener and its executor's own descriptors. Backends added later (admin
-    /// RPC, SIGHUP) are not counted: set `--fd-reserve` when you plan to add some.
-    pub fn fd_reserve(&self, reserve: &mut FdReserve, admin: &AdminConfig) -> Result<(), String> {
-        if self.mode == UpstreamMode::None {
-            return Ok(());
-        }
+    /// The backends at start, as (external, embedded origins).
+    fn backends_at_start(&self) -> Result<(usize, usize), String> {
         let external = self.backends.reload(&[])?.len();
         let embedded = if self.mode == UpstreamMode::Embedded || external == 0 {
             self.embedded_origins
         } else {
             0
         };
-        let backends = external + embedded;
+        Ok((external, embedded))
+    }
+
+    /// `--max-backends` resolved against the backends at start: `auto` is those plus
+    /// [`BACKEND_ROOM`]; a number below them is an error naming both.
+    fn max_backends(&self) -> Result<usize, String> {
+        let (external, embedded) = self.backends_at_start()?;
+        let at_start = external + embedded;
+        match self.max_backends {
+            AutoCount::Auto => Ok(at_start + BACKEND_ROOM),
+            AutoCount::Fixed(n) if n >= at_start.max(1) => Ok(n),
+            AutoCount::Fixed(n) => Err(format!(
+                "--max-backends {n} (SHARDPOOL_MAX_BACKENDS, config key upstream.max_backends) \
+                 is less than the {at_start} backends at start ({external} given, {embedded} \
+                 embedded origins); raise it to at least {} or use `auto`",
+                at_start.max(1)
+            )),
+        }
+    }
+
+    /// Adds what the gateway needs to `reserve` (nothing with `--upstream none`): per backend
+    /// it may have (`--max-backends`), `pool_max_size` upstream connections and one health
+    /// check at a time; per embedded origin, also the accepted end of each of those (both ends
+    /// are in this process), its listener and its executor's own descriptors.
+    pub fn fd_reserve(&self, reserve: &mut FdReserve, admin: &AdminConfig) -> Result<(), String> {
+        if self.mode == UpstreamMode::None {
+            return Ok(());
+        }
+        let (_, embedded) = self.backends_at_start()?;
+        let backends = self.max_backends()?;
         reserve.upstream = backends.saturating_mul(self.pool_max_size);
         reserve.health_checks = backends + embedded;
         reserve.origins = embedded
@@ -467,7 +505,10 @@ where
     if args.mode == UpstreamMode::None {
         return Ok((server.start(map, runtime)?, None));
     }
-    let config = args.gateway.clone();
+    let config = GatewayConfig {
+        max_backends: args.max_backends()?,
+        ..args.gateway.clone()
+    };
     let manager = UpstreamManager::new(config.connector.clone(), map.len());
     let pool_config = Config::default()
         .shards(map.len())
@@ -548,7 +589,7 @@ where
         backends.extend(embedded.iter().copied());
     }
     for b in &backends {
-        gateway.add_backend(*b);
+        gateway.add_backend(*b)?;
     }
     let server = gateway.install(server);
     // With an allow-list, the backend RPCs go through it (this replaces the hook `install` set).
@@ -683,10 +724,15 @@ fn watch_sighup<P: ConnectionPool<UpstreamManager>>(
                     Ok(list)
                 });
                 match checked {
-                    Ok(list) => {
-                        let (added, removed) = gateway.set_backends(&list);
-                        tracing::info!(added, removed, "SIGHUP: backends reloaded");
-                    }
+                    Ok(list) => match gateway.set_backends(&list) {
+                        Ok((added, removed)) => {
+                            tracing::info!(added, removed, "SIGHUP: backends reloaded")
+                        }
+                        Err(full) => tracing::error!(
+                            listed = list.len(),
+                            "SIGHUP: keeping the current backends: {full}"
+                        ),
+                    },
                     Err(e) => tracing::error!("SIGHUP: keeping the current backends: {e}"),
                 }
             }
@@ -847,5 +893,35 @@ mod tests {
         let e = read_config(Some(&f)).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(e.contains("[upstream]"), "{e}");
+    }
+
+    #[test]
+    fn max_backends_bounds_run_time_additions_and_the_reserve_counts_it() {
+        let args = |max: Option<&str>| UpstreamArgs {
+            backends: vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
+            pool_max_size: Some("10".into()),
+            max_backends: max.map(Into::into),
+            ..UpstreamArgs::default()
+        };
+        let resolve = |max| args(max).resolve(&ConfigFile::default()).unwrap();
+        assert_eq!(resolve(None).max_backends(), Ok(2 + BACKEND_ROOM), "auto");
+        assert_eq!(resolve(Some("8")).max_backends(), Ok(8));
+        let e = resolve(Some("1")).max_backends().unwrap_err();
+        assert!(
+            e.contains("--max-backends 1")
+                && e.contains("SHARDPOOL_MAX_BACKENDS")
+                && e.contains("2"),
+            "{e}"
+        );
+        let e = args(Some("many"))
+            .resolve(&ConfigFile::default())
+            .unwrap_err();
+        assert!(e.contains("max_backends") && e.contains("auto"), "{e}");
+        // The reserve holds pool_max_size connections and a health check per backend allowed.
+        let mut r = FdReserve::default();
+        resolve(Some("8"))
+            .fd_reserve(&mut r, &AdminConfig::default())
+            .unwrap();
+        assert_eq!((r.upstream, r.health_checks), (80, 8));
     }
 }
