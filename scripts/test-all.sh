@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit + integration + interop tests, doctests, examples,
 # the pool core built alone, the loom models, a short fuzzing run and the attack suite. Installs
-# what the tests need (h2load, grpcio, h2, cargo-fuzz).
+# what the tests need (h2load, promtool, grpcio, h2, cargo-fuzz).
 # Usage: ./scripts/test-all.sh        (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,15 @@ if ! command -v h2load >/dev/null 2>&1; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client
     else
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client
+    fi
+fi
+# promtool (Debian's `prometheus`, ~19 MB download, ~96 MB installed, ~20 s): cli/tests/exposition.rs
+# checks both /metrics endpoints with `promtool check metrics` and fails under CI without it.
+if ! command -v promtool >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
     fi
 fi
 if ! python3 -c 'import grpc, grpc_tools, h2' >/dev/null 2>&1; then
