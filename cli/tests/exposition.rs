@@ -226,7 +226,7 @@ fn metrics_pass_promtool_and_the_exposition_rules() {
 }
 
 /// Starts `serve` with `SHARDPOOL_LOG=info`, stderr on `stderr`, `env` added; waits until it
-/// serves and stops it with SIGTERM (which logs the drain at info level).
+/// serves and stops it with SIGTERM.
 fn serve_and_stop(env: &[(&str, &str)], stderr: Stdio) {
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -258,8 +258,9 @@ fn serve_and_stop(env: &[(&str, &str)], stderr: Stdio) {
     }
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    // The signal may come before the handler is installed (right after that line) and end the
+    // process at once: the start-up lines (descriptor limit and reserve) are logged either way.
+    child.wait().unwrap();
 }
 
 /// The log written to a pipe.
