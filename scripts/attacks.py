@@ -153,9 +153,10 @@ class Server:
             text = r.read().decode()
         values = {}
         for line in text.splitlines():
-            m = re.match(r'^(shardpool_pool_(?:live|idle|checked_out))\{shard="total"\} (\d+)$', line)
+            # Per-shard series only (no shard="total" series): the pool's total is their sum.
+            m = re.match(r'^(shardpool_pool_(?:live|idle|checked_out))\{shard="\d+"\} (\d+)$', line)
             if m:
-                values[m.group(1)] = int(m.group(2))
+                values[m.group(1)] = values.get(m.group(1), 0) + int(m.group(2))
         return values
 
     def serving(self):
