@@ -201,6 +201,7 @@ fn serve_and_check(what: &str, extra: &[&str], gateway: bool) {
     assert!(text.contains("shardpool_server_calls_total{"), "{text}");
     if gateway {
         assert!(text.contains("shardpool_pool_checkouts_total{"), "{text}");
+        assert!(text.contains("\nshardpool_pool_connections "), "{text}");
     }
     check(&format!("{what}: admin /metrics"), &text);
     if let Some(upstream_admin) = upstream_admin {

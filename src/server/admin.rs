@@ -477,7 +477,8 @@ const SERVER_METRICS: [ServerMetric; 9] = [
 ];
 
 /// Renders the Prometheus text: pool metrics per shard (`shard` label) when a pool is attached,
-/// and server metrics per shard. Each family has one HELP and one TYPE line, and its per-shard
+/// with the pool-wide live count (`shardpool_pool_connections`), and server metrics per shard.
+/// Each family has one HELP and one TYPE line, and its per-shard
 /// series are its only series: the process total is their sum (no `shard="total"` series, which
 /// a `sum()` would count twice).
 pub(super) fn render(
@@ -495,6 +496,15 @@ pub(super) fn render(
                 let _ = writeln!(out, "shardpool_{name}{{shard=\"{i}\"}} {}", get(s));
             }
         }
+        // The pool's exact live count, a family of its own (no shard label, so a sum over the
+        // per-shard families never includes it).
+        let _ = writeln!(
+            out,
+            "# HELP shardpool_pool_connections Live connections of the whole pool, counted \
+             pool-wide (the per-shard shardpool_pool_live series come from each shard's own \
+             counters).\n# TYPE shardpool_pool_connections gauge\nshardpool_pool_connections {}",
+            stats.total.live
+        );
     }
     for (name, help, kind, get) in SERVER_METRICS {
         let _ = writeln!(
@@ -696,7 +706,8 @@ mod tests {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<f64>().unwrap();
         }
-        let families = POOL_METRICS.len() + SERVER_METRICS.len() + 1;
+        assert!(text.contains("\nshardpool_pool_connections 7\n"), "{text}");
+        let families = POOL_METRICS.len() + SERVER_METRICS.len() + 2;
         assert_eq!(text.matches("# HELP ").count(), families, "{text}");
         assert_eq!(text.matches("# TYPE ").count(), families, "{text}");
         let without_pool = render(None, &counters);
