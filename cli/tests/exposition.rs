@@ -51,7 +51,7 @@ fn promtool() -> Option<&'static str> {
     );
     eprintln!(
         "SKIPPED the promtool part: promtool is not installed (Debian: apt-get install \
-         prometheus); the exposition rules below still run"
+         prometheus); the other checks still run"
     );
     None
 }
