@@ -153,9 +153,17 @@ class Server:
             text = r.read().decode()
         values = {}
         for line in text.splitlines():
-            m = re.match(r'^(shardpool_pool_(?:live|idle|checked_out))\{shard="total"\} (\d+)$', line)
+            # The pool-wide live count, and the idle connections summed over the shard series.
+            m = re.match(r'^shardpool_pool_connections (\d+)$', line)
             if m:
-                values[m.group(1)] = int(m.group(2))
+                values["shardpool_pool_live"] = int(m.group(1))
+            m = re.match(r'^shardpool_pool_idle\{shard="\d+"\} (\d+)$', line)
+            if m:
+                values["shardpool_pool_idle"] = values.get("shardpool_pool_idle", 0) + int(m.group(1))
+        if values:
+            # As the pool's own total did: checked out = live - idle.
+            values["shardpool_pool_checked_out"] = max(
+                values.get("shardpool_pool_live", 0) - values.get("shardpool_pool_idle", 0), 0)
         return values
 
     def serving(self):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit + integration + interop tests, doctests, examples,
 # the pool core built alone, the loom models, a short fuzzing run and the attack suite. Installs
-# what the tests need (h2load, grpcio, h2, cargo-fuzz).
+# what the tests need (h2load, promtool, grpcio, h2, cargo-fuzz).
 # Usage: ./scripts/test-all.sh        (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,25 @@ if ! command -v h2load >/dev/null 2>&1; then
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client
     fi
 fi
+# promtool, for cli/tests/exposition.rs (`promtool check metrics` on both /metrics endpoints): taken
+# out of Debian's `prometheus` package (~19 MB download, ~12 s) into target/tools without installing
+# the package, whose postinst would start a Prometheus daemon on :9090.
+promtool=$(command -v promtool || true)
+if [ -z "$promtool" ]; then
+    promtool="$PWD/target/tools/promtool"
+    if [ ! -x "$promtool" ]; then
+        tmp=$(mktemp -d)
+        if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+            if [ "$(id -u)" -eq 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
+            (cd "$tmp" && apt-get download prometheus >/dev/null)
+        fi
+        dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+        mkdir -p target/tools
+        cp "$tmp/x/usr/bin/promtool" "$promtool"
+        rm -rf "$tmp"
+    fi
+fi
+export SHARDPOOL_PROMTOOL="$promtool"
 if ! python3 -c 'import grpc, grpc_tools, h2' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf h2
 fi

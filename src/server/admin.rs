@@ -295,97 +295,119 @@ type PoolMetric = (
     &'static str,
     &'static str,
     &'static str,
-    fn(&ShardStats) -> u64,
+    fn(&ShardStats) -> Sample,
 );
+
+/// A sample value as written in the exposition: a count as an integer, a duration (kept in
+/// whole microseconds by the pool) in seconds, the Prometheus base unit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sample {
+    /// A count or a gauge of things.
+    Count(u64),
+    /// A duration in microseconds, written in seconds.
+    Micros(u64),
+}
+
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Sample::Count(n) => write!(f, "{n}"),
+            // Exact: a whole number of microseconds has at most six decimals.
+            Sample::Micros(us) => write!(f, "{}.{:06}", us / 1_000_000, us % 1_000_000),
+        }
+    }
+}
 
 const POOL_METRICS: [PoolMetric; 16] = [
     (
         "pool_checkouts_total",
         "Successful checkouts.",
         "counter",
-        |s| s.checkouts,
+        |s| Sample::Count(s.checkouts),
     ),
     (
         "pool_local_hits_total",
         "Checkouts served from the shard's own idle queue.",
         "counter",
-        |s| s.local_hits,
+        |s| Sample::Count(s.local_hits),
     ),
     (
         "pool_steals_total",
         "Checkouts served by stealing from another shard.",
         "counter",
-        |s| s.steals,
+        |s| Sample::Count(s.steals),
     ),
     (
         "pool_creates_total",
         "Connections created.",
         "counter",
-        |s| s.creates,
+        |s| Sample::Count(s.creates),
     ),
     (
         "pool_handoffs_total",
         "Waiting checkouts handed a returned connection.",
         "counter",
-        |s| s.handoffs,
+        |s| Sample::Count(s.handoffs),
     ),
     (
         "pool_create_errors_total",
         "Failed connection creations.",
         "counter",
-        |s| s.create_errors,
+        |s| Sample::Count(s.create_errors),
     ),
     (
         "pool_timeouts_total",
         "Checkouts that gave up waiting.",
         "counter",
-        |s| s.timeouts,
+        |s| Sample::Count(s.timeouts),
     ),
     (
         "pool_waits_total",
         "Checkouts that had to wait.",
         "counter",
-        |s| s.waits,
+        |s| Sample::Count(s.waits),
     ),
     ("pool_closes_total", "Connections closed.", "counter", |s| {
-        s.closes
+        Sample::Count(s.closes)
     }),
     (
         "pool_live",
         "Live connections (idle + checked out).",
         "gauge",
-        |s| s.live,
+        |s| Sample::Count(s.live),
     ),
-    ("pool_idle", "Idle connections.", "gauge", |s| s.idle),
+    ("pool_idle", "Idle connections.", "gauge", |s| {
+        Sample::Count(s.idle)
+    }),
     (
         "pool_checked_out",
         "Connections checked out.",
         "gauge",
-        |s| s.checked_out,
+        |s| Sample::Count(s.checked_out),
     ),
     (
-        "pool_wait_p50_microseconds",
+        "pool_wait_p50_seconds",
         "Median checkout wait.",
         "gauge",
-        |s| s.wait_p50_us,
+        |s| Sample::Micros(s.wait_p50_us),
     ),
     (
-        "pool_wait_p90_microseconds",
+        "pool_wait_p90_seconds",
         "90th percentile checkout wait.",
         "gauge",
-        |s| s.wait_p90_us,
+        |s| Sample::Micros(s.wait_p90_us),
     ),
     (
-        "pool_wait_p99_microseconds",
+        "pool_wait_p99_seconds",
         "99th percentile checkout wait.",
         "gauge",
-        |s| s.wait_p99_us,
+        |s| Sample::Micros(s.wait_p99_us),
     ),
     (
-        "pool_wait_max_microseconds",
+        "pool_wait_max_seconds",
         "Longest checkout wait.",
         "gauge",
-        |s| s.wait_max_us,
+        |s| Sample::Micros(s.wait_max_us),
     ),
 ];
 
@@ -454,8 +476,11 @@ const SERVER_METRICS: [ServerMetric; 9] = [
     ),
 ];
 
-/// Renders the Prometheus text: pool metrics per shard (`shard` label; the pool total has
-/// `shard="total"`) when a pool is attached, and server metrics per shard.
+/// Renders the Prometheus text: pool metrics per shard (`shard` label) when a pool is attached,
+/// with the pool-wide live count (`shardpool_pool_connections`), and server metrics per shard.
+/// Each family has one HELP and one TYPE line, and its per-shard
+/// series are its only series: the process total is their sum (no `shard="total"` series, which
+/// a `sum()` would count twice).
 pub(super) fn render(
     stats: Option<&Stats>,
     counters: &[crossbeam_utils::CachePadded<ServerCounters>],
@@ -470,12 +495,16 @@ pub(super) fn render(
             for (i, s) in stats.shards.iter().enumerate() {
                 let _ = writeln!(out, "shardpool_{name}{{shard=\"{i}\"}} {}", get(s));
             }
-            let _ = writeln!(
-                out,
-                "shardpool_{name}{{shard=\"total\"}} {}",
-                get(&stats.total)
-            );
         }
+        // The pool's exact live count, a family of its own (no shard label, so a sum over the
+        // per-shard families never includes it).
+        let _ = writeln!(
+            out,
+            "# HELP shardpool_pool_connections Live connections of the whole pool, counted \
+             pool-wide (the per-shard shardpool_pool_live series come from each shard's own \
+             counters).\n# TYPE shardpool_pool_connections gauge\nshardpool_pool_connections {}",
+            stats.total.live
+        );
     }
     for (name, help, kind, get) in SERVER_METRICS {
         let _ = writeln!(
@@ -648,9 +677,13 @@ mod tests {
             shards: vec![
                 ShardStats {
                     steals: 3,
+                    wait_p99_us: 1_500_042,
                     ..ShardStats::default()
                 },
-                ShardStats::default(),
+                ShardStats {
+                    wait_p50_us: 7,
+                    ..ShardStats::default()
+                },
             ],
             total: ShardStats {
                 steals: 3,
@@ -664,18 +697,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("shardpool_pool_steals_total{shard=\"0\"} 3\n"));
-        assert!(text.contains("shardpool_pool_live{shard=\"total\"} 7\n"));
+        assert!(text.contains("shardpool_pool_live{shard=\"1\"} 0\n"));
+        // The shards' series only: a sum over them is the total.
+        assert!(!text.contains("total\""), "{text}");
+        // Durations in seconds, exactly.
+        assert!(text.contains("shardpool_pool_wait_p99_seconds{shard=\"0\"} 1.500042\n"));
+        assert!(text.contains("shardpool_pool_wait_p50_seconds{shard=\"1\"} 0.000007\n"));
+        assert!(!text.contains("microseconds"));
         assert!(text.contains("shardpool_server_connections_accepted_total{shard=\"1\"} 1\n"));
         assert!(
             text.contains(
                 "shardpool_server_calls_total{shard=\"1\",code=\"DEADLINE_EXCEEDED\"} 1\n"
             )
         );
-        // Every sample line is `name{labels} value`.
+        // Every sample line is `name{labels} value`, and every family has one HELP and one TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
-            value.parse::<u64>().unwrap();
+            value.parse::<f64>().unwrap();
         }
+        assert!(text.contains("\nshardpool_pool_connections 7\n"), "{text}");
+        let families = POOL_METRICS.len() + SERVER_METRICS.len() + 2;
+        assert_eq!(text.matches("# HELP ").count(), families, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), families, "{text}");
         let without_pool = render(None, &counters);
         assert!(!without_pool.contains("shardpool_pool_"));
     }

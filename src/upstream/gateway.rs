@@ -422,7 +422,12 @@ impl<P: ConnectionPool<UpstreamManager>> BackendAdmin for Gateway<P> {
 }
 
 /// A Prometheus metric of [`Gateway::prometheus`]: name, type, value of one backend.
-type Metric = (&'static str, &'static str, fn(&BackendStats) -> f64);
+type Metric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BackendStats) -> f64,
+);
 
 /// The backend list, swapped whole on change; shards cache it and re-read on a version bump.
 #[derive(Debug)]
@@ -670,28 +675,78 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
             .collect()
     }
 
-    /// Per-backend metrics in the Prometheus text format.
+    /// Per-backend metrics in the Prometheus text format: a HELP and a TYPE line per family,
+    /// one series per backend (`backend` label), and the process-wide re-wrap counter.
     pub fn prometheus(&self) -> String {
         let stats = self.backend_stats();
         let mut out = String::new();
         let metrics: [Metric; 10] = [
-            ("requests_total", "counter", |s| s.requests as f64),
-            ("errors_total", "counter", |s| s.errors as f64),
-            ("healthy", "gauge", |s| f64::from(u8::from(s.healthy))),
-            ("connections_new_total", "counter", |s| {
-                s.connections_new as f64
-            }),
-            ("connections_reused_total", "counter", |s| {
-                s.connections_reused as f64
-            }),
-            ("steals_total", "counter", |s| s.steals as f64),
-            ("stale_retries_total", "counter", |s| s.stale_retries as f64),
-            ("in_flight", "gauge", |s| s.in_flight as f64),
-            ("reuse_rate", "gauge", BackendStats::reuse_rate),
-            ("ejections_total", "counter", |s| s.ejections as f64),
+            (
+                "requests_total",
+                "Requests sent to the backend (attempts, including failed ones).",
+                "counter",
+                |s| s.requests as f64,
+            ),
+            (
+                "errors_total",
+                "Attempts at the backend that failed.",
+                "counter",
+                |s| s.errors as f64,
+            ),
+            (
+                "healthy",
+                "1 if the backend is healthy now (not ejected, passing active checks), else 0.",
+                "gauge",
+                |s| f64::from(u8::from(s.healthy)),
+            ),
+            (
+                "connections_new_total",
+                "Connections to the backend created (pooled or per request).",
+                "counter",
+                |s| s.connections_new as f64,
+            ),
+            (
+                "connections_reused_total",
+                "Checkouts that reused a pooled connection to the backend.",
+                "counter",
+                |s| s.connections_reused as f64,
+            ),
+            (
+                "steals_total",
+                "Reused connections that last ran on another shard (re-wrapped here).",
+                "counter",
+                |s| s.steals as f64,
+            ),
+            (
+                "stale_retries_total",
+                "Requests retried on a fresh connection after a stale pooled one failed.",
+                "counter",
+                |s| s.stale_retries as f64,
+            ),
+            (
+                "in_flight",
+                "Requests to the backend in flight now.",
+                "gauge",
+                |s| s.in_flight as f64,
+            ),
+            (
+                "reuse_ratio",
+                "Reused / (reused + new) checkouts, 0 to 1 (1 when nothing was checked out).",
+                "gauge",
+                BackendStats::reuse_rate,
+            ),
+            (
+                "ejections_total",
+                "Times the backend was ejected (one per failure episode).",
+                "counter",
+                |s| s.ejections as f64,
+            ),
         ];
-        for (name, kind, get) in metrics {
-            let _ = writeln!(out, "# TYPE shardpool_upstream_{name} {kind}");
+        for (name, help, kind, get) in metrics {
+            let _ = writeln!(
+                out,
+                "# HELP shardpool_upstream_{name} {help}\n# TYPE shardpool_upstream_{name} {kind}"
+            );
             for s in &stats {
                 let _ = writeln!(
                     out,
@@ -701,7 +756,12 @@ impl<P: ConnectionPool<UpstreamManager>> Gateway<P> {
                 );
             }
         }
-        let _ = writeln!(out, "# TYPE shardpool_upstream_rewraps_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP shardpool_upstream_rewraps_total Connections dup'ed and re-wrapped (a steal by \
+             another shard, or a wrapper lost with a failed request).\n\
+             # TYPE shardpool_upstream_rewraps_total counter"
+        );
         let _ = writeln!(
             out,
             "shardpool_upstream_rewraps_total {}",

@@ -614,6 +614,13 @@ impl Knobs {
     }
 }
 
+/// Whether the log on stderr gets ANSI colours: only on a terminal, and not when `NO_COLOR` is
+/// set to a non-empty value (<https://no-color.org>). A pipe or a file (journald, a log
+/// collector, `2> log`) gets plain text.
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Runs `shardpool serve` until SIGINT/SIGTERM (a second signal skips the grace period).
 pub fn run(args: ServeArgs) -> CliResult {
     let _ = tracing_subscriber::fmt()
@@ -622,6 +629,10 @@ pub fn run(args: ServeArgs) -> CliResult {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
     let file = read_config(args.knobs.config.as_deref())?;
     let r = args.knobs.resolve(&file)?;
@@ -768,6 +779,17 @@ fn watch_signals(server: &RunningServer, grace: Duration) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(true, Some(OsStr::new("false"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new(""))));
+    }
 
     #[test]
     fn defaults_then_file_then_flags() {
