@@ -66,7 +66,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::{Config, ConfigError, MAX_EXPIRY_JITTER, MAX_SHARDS, MAX_SIZE, Validated};
 pub use error::{Error, KeyName};
 pub use leak::Leak;
-pub use manage::Manage;
+pub use manage::{Manage, SendManage};
 pub use metrics::{ShardStats, Stats};
 pub use sharded::{Pooled, ShardedPool};
 
