@@ -44,8 +44,8 @@ use super::stack_model::IdleStacks;
 use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
 use super::{
-    ConnectionPool, Error, KeyName, Manage, PooledConn, SendConnectionPool, SendManage, thread_shard,
-    wrap_shard,
+    ConnectionPool, Error, KeyName, Manage, PooledConn, SendConnectionPool, SendManage,
+    thread_shard, wrap_shard,
 };
 use crossbeam_utils::CachePadded;
 use std::fmt;
