@@ -13,7 +13,8 @@ use crate::pool::metrics::ShardMetrics;
 use crate::pool::sync::{Arc, Counter, Mutex, lock};
 use crate::pool::waiters::{Leftover, WaitQueue, Waiter, Wake};
 use crate::pool::{
-    Config, ConfigError, ConnectionPool, Error, KeyName, Manage, PooledConn, Stats, Validated,
+    Config, ConfigError, ConnectionPool, Error, KeyName, Manage, PooledConn, SendConnectionPool,
+    SendManage, Stats, Validated,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -475,6 +476,34 @@ impl<M: Manage> MutexInner<M> {
                 drop(idle);
             }
         });
+    }
+}
+
+// The same futures as `ConnectionPool`'s, so the same checkout code: with `M: SendManage` the
+// compiler proves them `Send` through the blanket `Manage` implementation's `Send` futures.
+impl<M: SendManage> SendConnectionPool<M> for MutexPool<M> {
+    #[track_caller]
+    #[inline]
+    fn get_send(
+        &self,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<MutexPooled<M>, Error<M::Error>>> + Send {
+        ConnectionPool::get(self, key)
+    }
+
+    #[track_caller]
+    #[inline]
+    fn get_on_send(
+        &self,
+        shard: usize,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<MutexPooled<M>, Error<M::Error>>> + Send {
+        ConnectionPool::get_on(self, shard, key)
+    }
+
+    #[inline]
+    fn maintain_send(&self, shard: usize) -> impl Future<Output = ()> + Send {
+        ConnectionPool::maintain(self, shard)
     }
 }
 

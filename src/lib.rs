@@ -34,5 +34,5 @@ pub mod fuzzing;
 
 pub use pool::{
     Clock, Config, ConfigError, ConnectionPool, Error, KeyName, MAX_SIZE, Manage, ManualClock,
-    Pooled, PooledConn, ShardStats, ShardedPool, Stats,
+    Pooled, PooledConn, SendConnectionPool, SendManage, ShardStats, ShardedPool, Stats,
 };

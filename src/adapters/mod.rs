@@ -7,7 +7,9 @@
 //!
 //! Both clients drive their sockets from a task on tokio's reactor, so both managers need a tokio
 //! runtime (multi-thread or current-thread); neither runs on glommio executors (docs/adapters.md
-//! says why and what to do instead).
+//! says why and what to do instead). Their futures are `Send`, so both implement
+//! [`SendManage`](crate::SendManage) (and so [`Manage`](crate::Manage)): code generic over a
+//! [`SendConnectionPool`](crate::SendConnectionPool) of either can `tokio::spawn` its checkouts.
 
 #[cfg(feature = "postgres")]
 pub mod postgres;

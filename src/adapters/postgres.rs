@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::Manage;
+use crate::SendManage;
 
 /// Which PostgreSQL server, database and user a pool key stands for: a parsed connection string.
 /// Equal keys share connections; the password takes part in equality but is never printed.
@@ -116,6 +116,8 @@ impl fmt::Display for PgServer {
 /// use shardpool::adapters::postgres::Reset;
 /// assert_eq!(Reset::default(), Reset::DiscardAll);
 /// ```
+///
+/// [`Manage::recycle`]: crate::Manage::recycle
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Reset {
     /// `ROLLBACK`, then `DISCARD ALL`: no session state survives (settings, temporary tables,
@@ -176,6 +178,8 @@ impl Reset {
 /// assert_eq!(row.get::<_, i32>(0), 42);
 /// # Ok(()) }
 /// ```
+///
+/// [`Manage::is_valid`]: crate::Manage::is_valid
 #[derive(Clone, Debug)]
 pub struct PgManager {
     connect_timeout: Duration,
@@ -364,7 +368,7 @@ impl std::error::Error for PgError {
     }
 }
 
-impl Manage for PgManager {
+impl SendManage for PgManager {
     type Key = PgServer;
     type Conn = PgConn;
     type Error = PgError;
@@ -420,7 +424,7 @@ impl Manage for PgManager {
         true
     }
 
-    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(duration)
     }
 }

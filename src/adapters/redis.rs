@@ -18,7 +18,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-use crate::Manage;
+use crate::SendManage;
 
 /// Which Redis server (and database, user) a pool key stands for: a parsed `redis://` URL. Equal
 /// keys share connections; the password takes part in equality but is never printed.
@@ -131,6 +131,8 @@ impl fmt::Display for RedisServer {
 /// assert_eq!(value, "hello");
 /// # Ok(()) }
 /// ```
+///
+/// [`Manage::is_valid`]: crate::Manage::is_valid
 #[derive(Clone, Debug)]
 pub struct RedisManager {
     connect_timeout: Duration,
@@ -378,7 +380,7 @@ async fn refusal(host: &str, port: u16) -> Option<String> {
         .flatten()
 }
 
-impl Manage for RedisManager {
+impl SendManage for RedisManager {
     type Key = RedisServer;
     type Conn = RedisConn;
     type Error = RedisError;
@@ -405,7 +407,7 @@ impl Manage for RedisManager {
         !conn.is_closed()
     }
 
-    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(duration)
     }
 }

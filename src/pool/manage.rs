@@ -106,3 +106,126 @@ pub trait Manage: Send + Sync + 'static {
         super::timer::sleep(duration)
     }
 }
+
+/// [`Manage`] for managers whose futures are all `Send` (a tokio manager, say), so that code
+/// generic over a pool can spawn its checkouts on a multi-threaded runtime (see
+/// [`SendConnectionPool`](crate::SendConnectionPool)).
+///
+/// It has the same associated types and methods as [`Manage`], with every future `+ Send`. Every
+/// `SendManage` is a [`Manage`] (a blanket implementation forwards each method), so every pool
+/// accepts it unchanged. Implement one or the other, not both: a manager whose futures are
+/// `!Send` (glommio I/O) implements [`Manage`].
+///
+/// This is the `trait-variant` crate's pattern written out by hand: a plain `Manage` bound cannot
+/// say "and its futures are `Send`" on stable Rust (return-type notation is unstable), a
+/// `SendManage` bound can.
+///
+/// # Examples
+///
+/// ```
+/// use shardpool::{Config, Manage, SendManage, ShardedPool};
+/// use std::convert::Infallible;
+///
+/// /// A "connection" that is just a number, for illustration.
+/// struct Numbers;
+///
+/// impl SendManage for Numbers {
+///     type Key = &'static str;
+///     type Conn = u64;
+///     type Error = Infallible;
+///
+///     async fn create(&self, _key: &&'static str) -> Result<u64, Infallible> {
+///         Ok(42)
+///     }
+/// }
+///
+/// // The blanket implementation makes it a `Manage`: any pool takes it.
+/// fn is_manage<M: Manage>(_: &M) {}
+/// is_manage(&Numbers);
+/// let pool = ShardedPool::new(Numbers, Config::default()).unwrap();
+/// # drop(pool);
+/// ```
+pub trait SendManage: Send + Sync + 'static {
+    /// As [`Manage::Key`].
+    type Key: Clone + Eq + Hash + Debug + Send + Sync + 'static;
+    /// As [`Manage::Conn`].
+    type Conn: Send + 'static;
+    /// As [`Manage::Error`].
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// As [`Manage::create`], with a `Send` future.
+    fn create(
+        &self,
+        key: &Self::Key,
+    ) -> impl Future<Output = Result<Self::Conn, Self::Error>> + Send;
+
+    /// As [`Manage::is_valid`]. Default: `true`.
+    fn is_valid(&self, conn: &mut Self::Conn) -> bool {
+        let _ = conn;
+        true
+    }
+
+    /// As [`Manage::validate`], with a `Send` future. Default: `true` at once.
+    fn validate(
+        &self,
+        conn: &mut Self::Conn,
+        idle_for: Duration,
+    ) -> impl Future<Output = bool> + Send {
+        let _ = (conn, idle_for);
+        std::future::ready(true)
+    }
+
+    /// As [`Manage::recycle`]. Default: `true`.
+    fn recycle(&self, conn: &mut Self::Conn) -> bool {
+        let _ = conn;
+        true
+    }
+
+    /// As [`Manage::sleep`], with a `Send` future. Default: the same shared timer thread as
+    /// [`Manage::sleep`]'s.
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        super::timer::sleep(duration)
+    }
+}
+
+/// Every [`SendManage`] is a [`Manage`]: each method forwards, and each future stays `Send`.
+// The `+ Send` on the futures refines `Manage`'s signatures on purpose: it is the point of the
+// trait, and part of the public API (a caller naming a concrete `SendManage` sees `Send` futures).
+#[allow(refining_impl_trait)]
+impl<T: SendManage> Manage for T {
+    type Key = <T as SendManage>::Key;
+    type Conn = <T as SendManage>::Conn;
+    type Error = <T as SendManage>::Error;
+
+    #[inline]
+    fn create(
+        &self,
+        key: &Self::Key,
+    ) -> impl Future<Output = Result<Self::Conn, Self::Error>> + Send {
+        <T as SendManage>::create(self, key)
+    }
+
+    #[inline]
+    fn is_valid(&self, conn: &mut Self::Conn) -> bool {
+        <T as SendManage>::is_valid(self, conn)
+    }
+
+    #[inline]
+    fn validate(
+        &self,
+        conn: &mut Self::Conn,
+        idle_for: Duration,
+    ) -> impl Future<Output = bool> + Send {
+        <T as SendManage>::validate(self, conn, idle_for)
+    }
+
+    #[inline]
+    fn recycle(&self, conn: &mut Self::Conn) -> bool {
+        <T as SendManage>::recycle(self, conn)
+    }
+
+    #[inline]
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        <T as SendManage>::sleep(self, duration)
+    }
+}

@@ -66,7 +66,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::{Config, ConfigError, MAX_EXPIRY_JITTER, MAX_SHARDS, MAX_SIZE, Validated};
 pub use error::{Error, KeyName};
 pub use leak::Leak;
-pub use manage::Manage;
+pub use manage::{Manage, SendManage};
 pub use metrics::{ShardStats, Stats};
 pub use sharded::{Pooled, ShardedPool};
 
@@ -154,6 +154,132 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
 
     /// The number of shards.
     fn shard_count(&self) -> usize;
+}
+
+/// A [`ConnectionPool`] whose futures are `Send`, for a [`SendManage`] manager: code generic over
+/// the pool can spawn its checkouts on a multi-threaded runtime (`tokio::spawn`) without naming the
+/// concrete pool type.
+///
+/// For a concrete pool and a manager with `Send` futures, [`ConnectionPool::get`]'s future is
+/// already `Send`; but code generic over `P: ConnectionPool<M>` cannot know it, and bounding the
+/// method's return type (`P::get(..): Send`) needs return-type notation, unstable on Rust 1.95.
+/// This trait says it instead: its methods return the same futures as [`ConnectionPool`]'s (the
+/// same checkout code), declared `Send`. [`ShardedPool`] and
+/// [`MutexPool`](crate::baseline::MutexPool) implement it for every [`SendManage`] manager.
+///
+/// The methods have names of their own (`get_send`, not `get`): with the same names, a call
+/// such as `pool.get(&key)` on a `P: SendConnectionPool<M>` would be ambiguous between the two
+/// traits (E0034; shadowing a supertrait's method is unstable), and every caller would have to
+/// write `SendConnectionPool::get(&pool, &key)`.
+///
+/// # Examples
+///
+/// ```
+/// use shardpool::baseline::MutexPool;
+/// use shardpool::{Config, SendConnectionPool, SendManage, ShardedPool};
+/// use std::convert::Infallible;
+///
+/// struct Numbers;
+///
+/// impl SendManage for Numbers {
+///     type Key = u8;
+///     type Conn = u64;
+///     type Error = Infallible;
+///
+///     async fn create(&self, key: &u8) -> Result<u64, Infallible> {
+///         Ok(u64::from(*key) * 10)
+///     }
+/// }
+///
+/// /// Checks out on whichever worker thread is free; no concrete pool is named.
+/// fn spawn_get<P: SendConnectionPool<Numbers>>(pool: P, key: u8) -> tokio::task::JoinHandle<u64> {
+///     tokio::spawn(async move { *pool.get_send(&key).await.expect("a connection") })
+/// }
+///
+/// let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+/// let config = Config::default().shards(2);
+/// let sharded = ShardedPool::new(Numbers, config.clone()).unwrap();
+/// let mutex = MutexPool::new(Numbers, config).unwrap();
+/// runtime.block_on(async {
+///     assert_eq!(spawn_get(sharded, 4).await.unwrap(), 40);
+///     assert_eq!(spawn_get(mutex, 5).await.unwrap(), 50);
+/// });
+/// ```
+///
+/// The same function over a plain [`ConnectionPool`] does not compile, even with this `Send`
+/// manager: the generic code cannot know that `get`'s future is `Send`.
+///
+/// ```compile_fail
+/// # use shardpool::{ConnectionPool, SendManage};
+/// # use std::convert::Infallible;
+/// # struct Numbers;
+/// # impl SendManage for Numbers {
+/// #     type Key = u8; type Conn = u64; type Error = Infallible;
+/// #     async fn create(&self, key: &u8) -> Result<u64, Infallible> { Ok(u64::from(*key)) }
+/// # }
+/// fn spawn_get<P: ConnectionPool<Numbers>>(pool: P, key: u8) -> tokio::task::JoinHandle<u64> {
+///     // error: future cannot be sent between threads safely
+///     tokio::spawn(async move { *pool.get(&key).await.expect("a connection") })
+/// }
+/// ```
+pub trait SendConnectionPool<M: SendManage>: ConnectionPool<M> {
+    /// [`ConnectionPool::get`], with a `Send` future: the same checkout, on the current thread's
+    /// shard. Cancel safety: as [`ConnectionPool::get`].
+    ///
+    /// ```
+    /// use shardpool::{Config, SendConnectionPool, SendManage, ShardedPool};
+    /// # use std::convert::Infallible;
+    /// # struct M;
+    /// # impl SendManage for M { type Key = u8; type Conn = u64; type Error = Infallible;
+    /// #     async fn create(&self, _: &u8) -> Result<u64, Infallible> { Ok(3) } }
+    /// let pool = ShardedPool::new(M, Config::default()).unwrap();
+    /// let checkout = pool.get_send(&1);
+    /// let _: &dyn Send = &checkout; // `Send`, whatever the pool type
+    /// assert_eq!(*shardpool::pool::block_on(checkout).unwrap(), 3);
+    /// ```
+    fn get_send(
+        &self,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<Self::Guard, Error<M::Error>>> + Send;
+
+    /// [`ConnectionPool::get_on`], with a `Send` future: the same checkout, on shard `shard`
+    /// (taken modulo the shard count). Cancel safety: as [`ConnectionPool::get`].
+    ///
+    /// ```
+    /// use shardpool::{Config, PooledConn, SendConnectionPool, SendManage, ShardedPool};
+    /// # use std::convert::Infallible;
+    /// # struct M;
+    /// # impl SendManage for M { type Key = u8; type Conn = u64; type Error = Infallible;
+    /// #     async fn create(&self, _: &u8) -> Result<u64, Infallible> { Ok(3) } }
+    /// let pool = ShardedPool::new(M, Config::default().shards(2)).unwrap();
+    /// let conn = shardpool::pool::block_on(pool.get_on_send(1, &1)).unwrap();
+    /// assert_eq!(conn.shard(), 1);
+    /// ```
+    fn get_on_send(
+        &self,
+        shard: usize,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<Self::Guard, Error<M::Error>>> + Send;
+
+    /// [`ConnectionPool::maintain`], with a `Send` future: the same maintenance pass over shard
+    /// `shard`, which a multi-threaded runtime may run on any worker. Cancel safety: as
+    /// [`ConnectionPool::maintain`].
+    ///
+    /// ```
+    /// use shardpool::{Config, ConnectionPool, SendConnectionPool, SendManage, ShardedPool};
+    /// # use std::convert::Infallible;
+    /// # struct M;
+    /// # impl SendManage for M { type Key = u8; type Conn = u64; type Error = Infallible;
+    /// #     async fn create(&self, _: &u8) -> Result<u64, Infallible> { Ok(3) } }
+    /// let pool = ShardedPool::new(M, Config::default().shards(1).min_idle(2)).unwrap();
+    /// drop(shardpool::pool::block_on(pool.get_send(&1)).unwrap()); // the key exists
+    /// let runtime = tokio::runtime::Builder::new_multi_thread().build().unwrap();
+    /// let maintained = pool.clone();
+    /// let task = runtime.spawn(async move { maintained.maintain_send(0).await });
+    /// runtime.block_on(task).unwrap();
+    /// assert_eq!(pool.stats().total.live, 2, "pre-warmed to min_idle");
+    /// ```
+    fn maintain_send(&self, shard: usize) -> impl Future<Output = ()> + Send;
 }
 
 /// A checked-out connection. Dereferences to the connection; dropping it gives the connection back

@@ -43,7 +43,10 @@ use super::stack::{Lease, Refused};
 use super::stack_model::IdleStacks;
 use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Ordering};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
-use super::{ConnectionPool, Error, KeyName, Manage, PooledConn, thread_shard, wrap_shard};
+use super::{
+    ConnectionPool, Error, KeyName, Manage, PooledConn, SendConnectionPool, SendManage,
+    thread_shard, wrap_shard,
+};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -417,6 +420,34 @@ impl<M: Manage> ShardedPool<M> {
             return KeyPool::create(kp, shard).await;
         }
         KeyPool::wait(kp, shard).await
+    }
+}
+
+// The same futures as `ConnectionPool`'s, so the same checkout code: with `M: SendManage` the
+// compiler proves them `Send` through the blanket `Manage` implementation's `Send` futures.
+impl<M: SendManage> SendConnectionPool<M> for ShardedPool<M> {
+    #[track_caller]
+    #[inline]
+    fn get_send(
+        &self,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + Send {
+        ConnectionPool::get(self, key)
+    }
+
+    #[track_caller]
+    #[inline]
+    fn get_on_send(
+        &self,
+        shard: usize,
+        key: &M::Key,
+    ) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + Send {
+        ConnectionPool::get_on(self, shard, key)
+    }
+
+    #[inline]
+    fn maintain_send(&self, shard: usize) -> impl Future<Output = ()> + Send {
+        ConnectionPool::maintain(self, shard)
     }
 }
 
