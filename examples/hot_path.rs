@@ -15,13 +15,10 @@
 //! A third argument, `expiry`, keeps the default `idle_timeout` (90 s), as `benches/pool.rs`
 //! does: then each checkout and return also reads the clock and tests expiry.
 //! docs/benchmarks.md ("The hot-path rework", "The hot path after issue 14") quotes these counts.
-//!
-//! `sharded-send` and `mutex-send` run the same loop with a `SendManage` manager through
-//! `SendConnectionPool::get_send`: the checkout is the same code, so the count is the same.
 
 use shardpool::baseline::MutexPool;
 use shardpool::pool::bind_thread_to_shard;
-use shardpool::{Config, ConnectionPool, Manage, SendConnectionPool, SendManage, ShardedPool};
+use shardpool::{Config, ConnectionPool, Manage, ShardedPool};
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
@@ -35,19 +32,6 @@ use std::time::Instant;
 struct Numbers;
 
 impl Manage for Numbers {
-    type Key = u64;
-    type Conn = u64;
-    type Error = Infallible;
-
-    async fn create(&self, key: &u64) -> Result<u64, Infallible> {
-        Ok(*key)
-    }
-}
-
-/// [`Numbers`] as a [`SendManage`] manager, for the `-send` pools.
-struct SendNumbers;
-
-impl SendManage for SendNumbers {
     type Key = u64;
     type Conn = u64;
     type Error = Infallible;
@@ -79,22 +63,10 @@ fn pairs_per_ns<P: ConnectionPool<Numbers>>(pool: &P, pairs: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / pairs as f64
 }
 
-/// [`pairs_per_ns`] through [`SendConnectionPool::get_send`].
-fn send_pairs_per_ns<P: SendConnectionPool<SendNumbers>>(pool: &P, pairs: u64) -> f64 {
-    let key = 7;
-    drop(first_poll(pool.get_send(&key)));
-    let start = Instant::now();
-    for _ in 0..pairs {
-        let conn = first_poll(pool.get_send(black_box(&key))).expect("numbers are always created");
-        black_box(&*conn);
-    }
-    start.elapsed().as_nanos() as f64 / pairs as f64
-}
-
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let pool = args.next().unwrap_or_else(|| "sharded".into());
-    let usage = "usage: hot_path [sharded|mutex|sharded-send|mutex-send] [PAIRS > 0] [expiry]";
+    let usage = "usage: hot_path [sharded|mutex] [PAIRS > 0] [expiry]";
     let pairs = match args.next().map(|n| n.parse::<u64>()) {
         None => 10_000_000,
         Some(Ok(n)) if n > 0 => n,
@@ -124,16 +96,8 @@ fn main() -> ExitCode {
             &MutexPool::new(Numbers, config).expect("valid config"),
             pairs,
         ),
-        "sharded-send" => send_pairs_per_ns(
-            &ShardedPool::new(SendNumbers, config).expect("valid config"),
-            pairs,
-        ),
-        "mutex-send" => send_pairs_per_ns(
-            &MutexPool::new(SendNumbers, config).expect("valid config"),
-            pairs,
-        ),
         other => {
-            eprintln!("unknown pool {other:?}: use sharded, mutex, sharded-send or mutex-send");
+            eprintln!("unknown pool {other:?}: use sharded or mutex");
             return ExitCode::FAILURE;
         }
     };
