@@ -19,29 +19,37 @@
 //! pointer with `Acquire` and then the hash. A new table is filled, then published through
 //! `current` with `Release`; readers load `current` with `Acquire`.
 
-use super::Manage;
-use super::sharded::KeyPool;
 use super::sync::{Arc, AtomicPtr, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 
 type Hasher = foldhash::fast::RandomState;
 
+/// What the table maps a key to: a value that knows its own key, so a lookup compares keys
+/// without the slot storing one. The pool's key pools implement it (`sharded`); the table knows
+/// nothing else about them.
+pub(crate) trait Keyed {
+    /// The key.
+    type Key: Clone + Eq + Hash;
+    /// The key this value serves.
+    fn key(&self) -> &Self::Key;
+}
+
 /// Marks a removed slot: probing continues past it.
-fn tombstone<M: Manage>() -> *mut KeyPool<M> {
+fn tombstone<V>() -> *mut V {
     std::ptr::dangling_mut()
 }
 
-struct Slot<M: Manage> {
+struct Slot<V: Keyed> {
     hash: AtomicU64,
-    pool: AtomicPtr<KeyPool<M>>,
+    pool: AtomicPtr<V>,
 }
 
-struct Table<M: Manage> {
-    slots: Box<[Slot<M>]>,
+struct Table<V: Keyed> {
+    slots: Box<[Slot<V>]>,
 }
 
-impl<M: Manage> Table<M> {
+impl<V: Keyed> Table<V> {
     fn with_capacity(capacity: usize) -> Box<Self> {
         debug_assert!(capacity.is_power_of_two());
         Box::new(Table {
@@ -60,30 +68,30 @@ impl<M: Manage> Table<M> {
 }
 
 /// Everything writers change, under one lock.
-pub(crate) struct Keys<M: Manage> {
-    live: HashMap<M::Key, Arc<KeyPool<M>>, Hasher>,
+pub(crate) struct Keys<V: Keyed> {
+    live: HashMap<V::Key, Arc<V>, Hasher>,
     /// Removed key pools, kept so that lock-free readers never see freed memory (module docs).
-    retired: Vec<Arc<KeyPool<M>>>,
+    retired: Vec<Arc<V>>,
     /// Every table ever published, the current one last (module docs). Boxed because `current`
     /// points at a table, and a `Vec<Table>` would move its tables when it grows.
     #[allow(clippy::vec_box)]
-    tables: Vec<Box<Table<M>>>,
+    tables: Vec<Box<Table<V>>>,
     /// Slots of the current table in use, tombstones included.
     used: usize,
     closed: bool,
 }
 
 /// The key table of one pool.
-pub(crate) struct KeyTable<M: Manage> {
+pub(crate) struct KeyTable<V: Keyed> {
     hasher: Hasher,
-    current: AtomicPtr<Table<M>>,
-    keys: Mutex<Keys<M>>,
+    current: AtomicPtr<Table<V>>,
+    keys: Mutex<Keys<V>>,
 }
 
-impl<M: Manage> KeyTable<M> {
+impl<V: Keyed> KeyTable<V> {
     pub(crate) fn new() -> Self {
         let mut first = Table::with_capacity(8);
-        let current = AtomicPtr::new(&mut *first as *mut Table<M>);
+        let current = AtomicPtr::new(&mut *first as *mut Table<V>);
         let hasher = Hasher::default();
         KeyTable {
             keys: Mutex::new(Keys {
@@ -100,7 +108,7 @@ impl<M: Manage> KeyTable<M> {
 
     /// The key pool serving `key`, if the key is known. Lock-free; writes nothing.
     #[inline]
-    pub(crate) fn lookup(&self, key: &M::Key) -> Option<&KeyPool<M>> {
+    pub(crate) fn lookup(&self, key: &V::Key) -> Option<&V> {
         let hash = self.hasher.hash_one(key);
         // Ordering: Acquire pairs with the Release store that published this table, so its
         // slots' initial contents are visible.
@@ -119,7 +127,7 @@ impl<M: Manage> KeyTable<M> {
                 return None;
             }
             // Ordering: Relaxed; made visible by the Acquire load of `pool` above.
-            if pool != tombstone::<M>() && slot.hash.load(Ordering::Relaxed) == hash {
+            if pool != tombstone::<V>() && slot.hash.load(Ordering::Relaxed) == hash {
                 // SAFETY: a non-null, non-tombstone slot points at a key pool owned by
                 // `keys.live` or `keys.retired`, neither freed before `self` is dropped.
                 let pool = unsafe { &*pool };
@@ -133,7 +141,7 @@ impl<M: Manage> KeyTable<M> {
     }
 
     /// Locks the writers' side.
-    pub(crate) fn write(&self) -> Writer<'_, M> {
+    pub(crate) fn write(&self) -> Writer<'_, V> {
         Writer {
             table: self,
             keys: lock(&self.keys),
@@ -142,18 +150,18 @@ impl<M: Manage> KeyTable<M> {
 }
 
 /// The writers' side of a [`KeyTable`], locked.
-pub(crate) struct Writer<'a, M: Manage> {
-    table: &'a KeyTable<M>,
-    keys: MutexGuard<'a, Keys<M>>,
+pub(crate) struct Writer<'a, V: Keyed> {
+    table: &'a KeyTable<V>,
+    keys: MutexGuard<'a, Keys<V>>,
 }
 
-impl<M: Manage> Writer<'_, M> {
+impl<V: Keyed> Writer<'_, V> {
     /// The key pool of `key`, created by `make` if the key is new; `None` once closed.
     pub(crate) fn get_or_insert(
         &mut self,
-        key: &M::Key,
-        make: impl FnOnce() -> KeyPool<M>,
-    ) -> Option<Arc<KeyPool<M>>> {
+        key: &V::Key,
+        make: impl FnOnce() -> V,
+    ) -> Option<Arc<V>> {
         if self.keys.closed {
             return None;
         }
@@ -173,7 +181,7 @@ impl<M: Manage> Writer<'_, M> {
 
     /// Removes `key`, returning its key pool (for the caller to close). The pool is retired, not
     /// freed (module docs).
-    pub(crate) fn remove(&mut self, key: &M::Key) -> Option<Arc<KeyPool<M>>> {
+    pub(crate) fn remove(&mut self, key: &V::Key) -> Option<Arc<V>> {
         let pool = self.keys.live.remove(key)?;
         let target = Arc::as_ptr(&pool).cast_mut();
         let table = self.current();
@@ -186,7 +194,7 @@ impl<M: Manage> Writer<'_, M> {
             if slot.pool.load(Ordering::Relaxed) == target {
                 // Ordering: Release, as in `publish` (a tombstone publishes nothing, but keeps one
                 // rule for every slot store).
-                slot.pool.store(tombstone::<M>(), Ordering::Release);
+                slot.pool.store(tombstone::<V>(), Ordering::Release);
                 break;
             }
             index = (index + 1) & mask;
@@ -196,17 +204,17 @@ impl<M: Manage> Writer<'_, M> {
     }
 
     /// Marks the table closed (no key is added from now on) and returns every live key pool.
-    pub(crate) fn close(&mut self) -> Vec<Arc<KeyPool<M>>> {
+    pub(crate) fn close(&mut self) -> Vec<Arc<V>> {
         self.keys.closed = true;
         self.keys.live.values().cloned().collect()
     }
 
     /// Every live key pool.
-    pub(crate) fn pools(&self) -> impl Iterator<Item = &Arc<KeyPool<M>>> {
+    pub(crate) fn pools(&self) -> impl Iterator<Item = &Arc<V>> {
         self.keys.live.values()
     }
 
-    fn current(&self) -> &Table<M> {
+    fn current(&self) -> &Table<V> {
         self.keys
             .tables
             .last()
@@ -214,7 +222,7 @@ impl<M: Manage> Writer<'_, M> {
     }
 
     /// Writes `pool` into the first free slot for `hash` in `table`.
-    fn publish(&self, table: &Table<M>, hash: u64, pool: *mut KeyPool<M>) {
+    fn publish(&self, table: &Table<V>, hash: u64, pool: *mut V) {
         let mask = table.mask();
         let mut index = hash as usize & mask;
         loop {
@@ -240,7 +248,7 @@ impl<M: Manage> Writer<'_, M> {
             self.publish(&table, hash, Arc::as_ptr(pool).cast_mut());
         }
         self.keys.used = self.keys.live.len();
-        let new = &mut *table as *mut Table<M>;
+        let new = &mut *table as *mut Table<V>;
         self.keys.tables.push(table);
         // Ordering: Release pairs with the Acquire load of `current` in `lookup`: the new table's
         // slots, filled above, are visible to every reader that sees it.

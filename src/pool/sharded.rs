@@ -32,7 +32,7 @@
 //! pop the entry, close the key and free the key pool.
 
 use super::config::{Config, ConfigError, GiveBack, MAX_SHARDS, Validated};
-use super::keys::KeyTable;
+use super::keys::{KeyTable, Keyed};
 use super::leak::LeakTracker;
 use super::metrics::{ShardCounters, ShardMetrics, Stats};
 #[cfg(not(shardpool_loom_model_stack))]
@@ -112,7 +112,7 @@ impl<M: Manage> fmt::Debug for ShardedPool<M> {
 struct Inner<M: Manage> {
     shared: Arc<Shared<M>>,
     /// Which key pool serves which key; lock-free lookups.
-    keys: KeyTable<M>,
+    keys: KeyTable<KeyPool<M>>,
 }
 
 /// What every key pool of one pool shares.
@@ -587,6 +587,16 @@ impl<M: Manage> Shared<M> {
             // Ordering: Relaxed, as in `reserve_idle`.
             budget[shard].fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The key table finds a key pool by its key (`keys`).
+impl<M: Manage> Keyed for KeyPool<M> {
+    type Key = M::Key;
+
+    #[inline]
+    fn key(&self) -> &M::Key {
+        KeyPool::key(self)
     }
 }
 
