@@ -1,10 +1,13 @@
 //! Code generic over the pool spawns checkouts on tokio's multi-threaded runtime when the manager's
 //! futures are `Send` (issue #14): a [`SendManage`] manager and a [`SendConnectionPool`] bound.
 //!
-//! That this file compiles is half the test: `spawn_checkouts` and `spawn_maintenance` name no
-//! concrete pool, yet `tokio::spawn` accepts their futures. The other half is the `compile_fail`
-//! doctest on `SendConnectionPool`: the same code over a plain `ConnectionPool` bound does not
-//! compile. The tests below then run both pools through the generic code and check the results.
+//! `spawn_checkouts` and `spawn_maintenance` name no concrete pool, yet `tokio::spawn` accepts
+//! their futures because `get_send` & co. are declared `Send`. What proves those declarations
+//! true is the library itself: `ShardedPool`'s and `MutexPool`'s impls return the ordinary
+//! checkout futures, and would not compile if those were not `Send` for a `SendManage` manager.
+//! The `compile_fail` doctest on `SendConnectionPool` shows the same code over a plain
+//! `ConnectionPool` bound does not compile. The tests below run both pools through the generic
+//! code and check the results.
 
 use shardpool::baseline::MutexPool;
 use shardpool::{Config, Manage, PooledConn, SendConnectionPool, SendManage, ShardedPool};

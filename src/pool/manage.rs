@@ -9,8 +9,10 @@ use std::time::Duration;
 /// pool knows nothing else about them.
 ///
 /// The futures need not be `Send`: a manager for a thread-per-core runtime (glommio) creates
-/// connections with that runtime's `!Send` I/O. The pool's own futures are `Send` exactly when the
-/// manager's are, so a tokio manager with `Send` futures gives `Send` checkouts.
+/// connections with that runtime's `!Send` I/O. A concrete pool's futures are `Send` exactly when
+/// the manager's are, so a tokio manager with `Send` futures gives `Send` checkouts; for code
+/// generic over the pool type to know that, implement [`SendManage`](crate::SendManage) instead
+/// (see [`SendConnectionPool`](crate::SendConnectionPool)).
 ///
 /// # Examples
 ///
@@ -119,6 +121,12 @@ pub trait Manage: Send + Sync + 'static {
 /// This is the `trait-variant` crate's pattern written out by hand: a plain `Manage` bound cannot
 /// say "and its futures are `Send`" on stable Rust (return-type notation is unstable), a
 /// `SendManage` bound can.
+///
+/// Wrapping managers: a generic wrapper (`Logged<M>`, say) cannot implement `Manage` for every
+/// `M: Manage` and `SendManage` for every `M: SendManage`, because the blanket implementation
+/// already makes the second a `Manage` (E0119). Write the wrapper for one of the two, or two
+/// wrappers. With both traits in scope, call a method as `Manage::create(&m, key)` or
+/// `SendManage::create(&m, key)` where a plain `m.create(key)` would be ambiguous.
 ///
 /// # Examples
 ///

@@ -234,7 +234,7 @@ pub trait SendConnectionPool<M: SendManage>: ConnectionPool<M> {
     /// #     async fn create(&self, _: &u8) -> Result<u64, Infallible> { Ok(3) } }
     /// let pool = ShardedPool::new(M, Config::default()).unwrap();
     /// let checkout = pool.get_send(&1);
-    /// let _: &dyn Send = &checkout; // `Send`, whatever the pool type
+    /// let _: &dyn Send = &checkout; // `Send`, and declared so for any `SendConnectionPool`
     /// assert_eq!(*shardpool::pool::block_on(checkout).unwrap(), 3);
     /// ```
     fn get_send(

@@ -203,7 +203,7 @@ pub fn connection_cap(nofile: u64, shards: usize, reserve: usize) -> Result<usiz
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AutoCount {
-    /// Derived at start from the descriptor limit.
+    /// Derived at start (each knob's docs say from what: the descriptor limit, the backends).
     #[default]
     Auto,
     /// As given.

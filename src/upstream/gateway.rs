@@ -113,9 +113,9 @@ impl std::fmt::Display for BackendsFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the gateway has {} backends, the most it may have (--max-backends, \
-             SHARDPOOL_MAX_BACKENDS, upstream.max_backends); remove one first, or restart with a \
-             higher limit",
+            "at most {} backends are allowed (--max-backends, SHARDPOOL_MAX_BACKENDS, \
+             upstream.max_backends): remove one before adding another, list no more in a reload, \
+             or restart with a higher limit",
             self.max
         )
     }
