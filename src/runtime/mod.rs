@@ -445,11 +445,30 @@ impl Drop for EventWait {
 /// assert!(coarse_now() >= a);
 /// ```
 pub fn coarse_now() -> Instant {
-    // `Instant::now()` minus the coarse clock, both read once: Instant is CLOCK_MONOTONIC on
-    // Linux, the same clock the coarse one samples at each tick, so the difference stays put.
+    thread_local! {
+        /// The last reading of the coarse clock on this thread and the `Instant` it gave: the
+        /// clock moves once per tick, so most calls find the same reading and skip the
+        /// conversion.
+        static LAST: Cell<(Duration, Option<Instant>)> = const { Cell::new((Duration::ZERO, None)) };
+    }
+    let raw = coarse_clock();
+    LAST.with(|last| match last.get() {
+        (seen, Some(at)) if seen == raw => at,
+        _ => {
+            let at = coarse_instant(raw);
+            last.set((raw, Some(at)));
+            at
+        }
+    })
+}
+
+/// The `Instant` of a reading of the coarse clock: `Instant::now()` minus the coarse clock, both
+/// read once, plus the reading. Instant is CLOCK_MONOTONIC on Linux, the same clock the coarse
+/// one samples at each tick, so the difference stays put.
+fn coarse_instant(raw: Duration) -> Instant {
     static OFFSET: std::sync::OnceLock<(Instant, Duration)> = std::sync::OnceLock::new();
     let (base, coarse_base) = *OFFSET.get_or_init(|| (Instant::now(), coarse_clock()));
-    base + coarse_clock().saturating_sub(coarse_base)
+    base + raw.saturating_sub(coarse_base)
 }
 
 /// `CLOCK_MONOTONIC_COARSE` as a duration since boot.
