@@ -29,7 +29,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -445,11 +445,30 @@ impl Drop for EventWait {
 /// assert!(coarse_now() >= a);
 /// ```
 pub fn coarse_now() -> Instant {
-    // `Instant::now()` minus the coarse clock, both read once: Instant is CLOCK_MONOTONIC on
-    // Linux, the same clock the coarse one samples at each tick, so the difference stays put.
+    thread_local! {
+        /// The last reading of the coarse clock on this thread and the `Instant` it gave: the
+        /// clock moves once per tick, so most calls find the same reading and skip the
+        /// conversion.
+        static LAST: Cell<(Duration, Option<Instant>)> = const { Cell::new((Duration::ZERO, None)) };
+    }
+    let raw = coarse_clock();
+    LAST.with(|last| match last.get() {
+        (seen, Some(at)) if seen == raw => at,
+        _ => {
+            let at = coarse_instant(raw);
+            last.set((raw, Some(at)));
+            at
+        }
+    })
+}
+
+/// The `Instant` of a reading of the coarse clock: `Instant::now()` minus the coarse clock, both
+/// read once, plus the reading. Instant is CLOCK_MONOTONIC on Linux, the same clock the coarse
+/// one samples at each tick, so the difference stays put.
+fn coarse_instant(raw: Duration) -> Instant {
     static OFFSET: std::sync::OnceLock<(Instant, Duration)> = std::sync::OnceLock::new();
     let (base, coarse_base) = *OFFSET.get_or_init(|| (Instant::now(), coarse_clock()));
-    base + coarse_clock().saturating_sub(coarse_base)
+    base + raw.saturating_sub(coarse_base)
 }
 
 /// `CLOCK_MONOTONIC_COARSE` as a duration since boot.
@@ -469,7 +488,9 @@ fn coarse_clock() -> Duration {
 /// `Send + Sync` sleeps while glommio's timers are `!Send`.
 ///
 /// Cost: one task spawn and one small `Arc<Mutex<_>>` per sleep (per reset that moves the
-/// deadline earlier); hyper uses timers per connection (keep-alive), not per request.
+/// deadline earlier); hyper uses timers per connection (keep-alive), not per request. hyper
+/// polls its keep-alive sleep on every poll of a connection, from the same task: such a poll
+/// reads one atomic flag and compares wakers, without the mutex.
 ///
 /// ```no_run
 /// # use shardpool::runtime::SendSleep;
@@ -481,7 +502,17 @@ fn coarse_clock() -> Duration {
 /// # }
 /// ```
 pub struct SendSleep {
-    state: Arc<Mutex<SleepState>>,
+    state: Arc<SleepShared>,
+    /// The waker the running driver of the current deadline will wake, as of the last poll
+    /// that found one running; `None` after a reset or a poll that returned `Ready`. While it
+    /// is `Some`, only that driver can end the wait, and it sets [`SleepShared::fired`] first.
+    armed: Option<Waker>,
+}
+
+struct SleepShared {
+    /// Set by a driver when it fires (before it wakes the task), cleared by a reset.
+    fired: AtomicBool,
+    state: Mutex<SleepState>,
 }
 
 struct SleepState {
@@ -500,20 +531,25 @@ impl SendSleep {
     /// A sleep that completes at `deadline`.
     pub fn until(deadline: Instant) -> SendSleep {
         SendSleep {
-            state: Arc::new(Mutex::new(SleepState {
-                deadline,
-                generation: 0,
-                driving: false,
-                fired: false,
-                dropped: false,
-                waker: None,
-            })),
+            state: Arc::new(SleepShared {
+                fired: AtomicBool::new(false),
+                state: Mutex::new(SleepState {
+                    deadline,
+                    generation: 0,
+                    driving: false,
+                    fired: false,
+                    dropped: false,
+                    waker: None,
+                }),
+            }),
+            armed: None,
         }
     }
 
     /// Moves the deadline (earlier or later); a fired sleep becomes pending again.
-    pub fn reset(self: Pin<&mut Self>, deadline: Instant) {
-        let mut st = lock(&self.state);
+    pub fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
+        self.armed = None;
+        let mut st = lock(&self.state.state);
         // A running driver can follow a later deadline (it re-checks when it wakes); an earlier
         // one needs a new driver, so retire the current one.
         if !(st.driving && deadline >= st.deadline) {
@@ -522,9 +558,12 @@ impl SendSleep {
         }
         st.deadline = deadline;
         st.fired = false;
+        // Ordering: Relaxed; written under the mutex, which orders it with the driver's store
+        // (also under the mutex).
+        self.state.fired.store(false, Ordering::Relaxed);
     }
 
-    fn start_driver(state: Arc<Mutex<SleepState>>, generation: u64, deadline: Instant) {
+    fn start_driver(state: Arc<SleepShared>, generation: u64, deadline: Instant) {
         if current_shard().is_some() {
             glommio::spawn_local(Self::drive(
                 state,
@@ -548,7 +587,7 @@ impl SendSleep {
 
     /// Sleeps until the deadline, following resets that move it later, then fires.
     async fn drive<S: Future<Output = ()>>(
-        state: Arc<Mutex<SleepState>>,
+        state: Arc<SleepShared>,
         generation: u64,
         mut deadline: Instant,
         sleep: impl Fn(Duration) -> S,
@@ -563,14 +602,17 @@ impl SendSleep {
     }
 
     /// A driver woke: fire if due, or return the deadline to sleep until next.
-    fn on_wake(state: &Mutex<SleepState>, generation: u64) -> Option<Instant> {
-        let mut st = lock(state);
+    fn on_wake(state: &SleepShared, generation: u64) -> Option<Instant> {
+        let mut st = lock(&state.state);
         if st.dropped || st.generation != generation {
             return None;
         }
         if Instant::now() >= st.deadline {
             st.fired = true;
             st.driving = false;
+            // Ordering: Release, before the wake below: the task it wakes sees the flag (pairs
+            // with the Acquire load in `poll`).
+            state.fired.store(true, Ordering::Release);
             if let Some(w) = st.waker.take() {
                 drop(st);
                 w.wake();
@@ -588,8 +630,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Future for SendSleep {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut st = lock(&self.state);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Ordering: Acquire, pairs with the driver's Release store before its wake: a poll that
+        // the wake caused sees the flag.
+        if let Some(w) = &self.armed
+            && w.will_wake(cx.waker())
+            && !self.state.fired.load(Ordering::Acquire)
+        {
+            return Poll::Pending;
+        }
+        self.armed = None;
+        let state = Arc::clone(&self.state);
+        let mut st = lock(&state.state);
         // While a driver of the current deadline runs, it fires the sleep when the deadline
         // passes, so a poll need not read the clock (hyper polls its keep-alive sleep on every
         // poll of a connection).
@@ -601,11 +653,12 @@ impl Future for SendSleep {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
+        self.armed.clone_from(&st.waker);
         if !st.driving {
             st.driving = true;
             let (generation, deadline) = (st.generation, st.deadline);
             drop(st);
-            SendSleep::start_driver(Arc::clone(&self.state), generation, deadline);
+            SendSleep::start_driver(state, generation, deadline);
         }
         Poll::Pending
     }
@@ -613,7 +666,7 @@ impl Future for SendSleep {
 
 impl Drop for SendSleep {
     fn drop(&mut self) {
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.state.state);
         st.dropped = true;
         st.waker = None;
     }

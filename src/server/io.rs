@@ -5,6 +5,7 @@ use super::conn::Activity;
 use crate::runtime::{SendSleep, coarse_now};
 use futures_lite::{AsyncRead, AsyncWrite};
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -17,24 +18,28 @@ use std::time::{Duration, Instant};
 /// A glommio TCP stream seen through hyper's I/O traits.
 pub struct GlommioIo {
     stream: glommio::net::TcpStream,
-    /// How much of hyper's spare read buffer the next read offers to the socket (and so must
-    /// zero first): it doubles after a read that filled it and halves after one that used an
-    /// eighth or less, within [`MIN_READ`] and the spare buffer's size.
-    read_window: usize,
     /// What the connection's watchdog samples (handshake bytes, write progress), if watched.
     activity: Option<Rc<Activity>>,
 }
 
-/// The smallest read window. Well above a batch of small gRPC calls, so that a capped read
-/// does not leave bytes behind for an extra `recv`, which would cost more than the zeroing saved.
-const MIN_READ: usize = 4096;
+/// The most one read takes from the socket: the size of the thread's [`SCRATCH`] buffer.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    /// The read buffer of every connection served on this thread (one shard), zeroed once when
+    /// the thread first reads. hyper offers reads an uninitialised buffer, which glommio's
+    /// `&mut [u8]` reads cannot take without zeroing it first, on every read (also one that
+    /// finds the socket empty); the socket fills this buffer instead and only the bytes it
+    /// returned are copied into hyper's. Reads on a thread never overlap: a read returns
+    /// before the next one starts.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
 
 impl GlommioIo {
     /// Wraps a stream.
     pub fn new(stream: glommio::net::TcpStream) -> GlommioIo {
         GlommioIo {
             stream,
-            read_window: MIN_READ,
             activity: None,
         }
     }
@@ -65,36 +70,23 @@ impl hyper::rt::Read for GlommioIo {
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        // SAFETY: we only write into the slice (zeroing a prefix, then letting the socket fill
-        // part of it) and report via `advance` just the bytes the read returned, which are
-        // initialised.
-        let spare = unsafe { buf.as_mut() };
-        let len = spare.len().min(self.read_window);
-        let uninit = &mut spare[..len];
-        for b in uninit.iter_mut() {
-            b.write(0);
-        }
-        // SAFETY: every byte of `uninit` was initialised just above; MaybeUninit<u8> and u8 have
-        // the same layout.
-        let init: &mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(uninit.as_mut_ptr().cast(), uninit.len()) };
-        match Pin::new(&mut self.stream).poll_read(cx, init) {
-            Poll::Ready(Ok(n)) => {
-                if n == self.read_window {
-                    self.read_window = n.saturating_mul(2);
-                } else if n <= self.read_window / 8 {
-                    self.read_window = (self.read_window / 2).max(MIN_READ);
+        let want = buf.remaining().min(SCRATCH_LEN);
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let into = &mut scratch[..want];
+            match Pin::new(&mut self.stream).poll_read(cx, into) {
+                Poll::Ready(Ok(n)) => {
+                    let got = &into[..n];
+                    if let Some(a) = &self.activity {
+                        a.on_read(got);
+                    }
+                    buf.put_slice(got);
+                    Poll::Ready(Ok(()))
                 }
-                if let Some(a) = &self.activity {
-                    a.on_read(&init[..n]);
-                }
-                // SAFETY: the read initialised (and filled) the first `n` bytes.
-                unsafe { buf.advance(n) };
-                Poll::Ready(Ok(()))
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        })
     }
 }
 
@@ -390,8 +382,9 @@ mod tests {
     }
 
     /// Reads `total` bytes, all queued at the socket before the first read, through
-    /// `GlommioIo` into a 64 KiB spare buffer; returns the bytes and the size of each read.
-    fn read_burst(total: usize) -> (Vec<u8>, Vec<usize>) {
+    /// `GlommioIo` into a spare buffer of `spare` bytes; returns the bytes and the size of each
+    /// read.
+    fn read_burst(total: usize, spare: usize) -> (Vec<u8>, Vec<usize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let sent: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
@@ -422,7 +415,7 @@ mod tests {
             let mut io = GlommioIo::new(stream);
             let mut got = Vec::new();
             let mut reads = Vec::new();
-            let mut storage = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 << 10];
+            let mut storage = vec![std::mem::MaybeUninit::<u8>::uninit(); spare];
             while got.len() < total {
                 let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
                 std::future::poll_fn(|cx| {
@@ -503,11 +496,12 @@ mod tests {
     }
 
     #[test]
-    fn the_read_window_starts_small_and_grows_for_a_burst() {
-        // The first read offers the minimum window; each read that fills it doubles it.
-        let (_, reads) = read_burst(32 << 10);
-        assert_eq!(reads, [MIN_READ, 2 * MIN_READ, 4 * MIN_READ, MIN_READ]);
-        let (_, reads) = read_burst(100);
+    fn a_read_takes_what_is_queued_up_to_the_spare_buffer() {
+        let (_, reads) = read_burst(32 << 10, 64 << 10);
+        assert_eq!(reads, [32 << 10]);
+        let (_, reads) = read_burst(32 << 10, 8 << 10);
+        assert_eq!(reads, [8 << 10; 4]);
+        let (_, reads) = read_burst(100, 64 << 10);
         assert_eq!(reads, [100]);
     }
 
