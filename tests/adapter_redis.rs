@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, MutexGuard};
 
+#[path = "support/stall_proxy.rs"]
+mod stall_proxy;
+
 static SERVER: Mutex<()> = Mutex::const_new(());
 
 /// The server lock and URL, or `None` (with a message) when no server is configured.
@@ -414,4 +417,65 @@ async fn stopped_server_times_out_then_serves_again() {
     let total = pool.stats().total;
     assert_eq!(total.live, total.idle, "{total:?}");
     assert!(total.live <= 4);
+}
+
+/// A connection that stopped answering while idle (its bytes silently dropped, its socket still
+/// open, so the closed flag stays false) is not handed out when `validate_idle_after` is set: the
+/// `PING` before reuse gets no `PONG` within the validate timeout, the connection is closed, and
+/// the checkout creates a fresh one that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_idle_connection_fails_validation_and_is_replaced() {
+    let Some((_lock, url)) =
+        server("silent_idle_connection_fails_validation_and_is_replaced").await
+    else {
+        return;
+    };
+    let proxy = stall_proxy::StallProxy::start(stall_proxy::target(&url)).await;
+    let proxied = stall_proxy::through(&url, proxy.addr);
+    let server = RedisServer::new(&proxied).unwrap();
+    let manager = RedisManager::new().validate_timeout(Duration::from_millis(300));
+    let pool = ShardedPool::new(
+        manager,
+        Config::default()
+            .shards(1)
+            .max_size(1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .validate_idle_after(Some(Duration::ZERO)),
+    )
+    .unwrap();
+    {
+        let mut conn = pool.get(&server).await.unwrap();
+        let echoed: String = redis::cmd("ECHO")
+            .arg("one")
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(echoed, "one");
+    }
+    // Reused once while the proxy still forwards: the check passes.
+    drop(pool.get(&server).await.unwrap());
+    assert_eq!(pool.stats().total.validation_failures, 0);
+    proxy.stall_existing();
+    let started = Instant::now();
+    let mut conn = tokio::time::timeout(Duration::from_secs(3), pool.get(&server))
+        .await
+        .expect("the checkout is bounded by the validate timeout")
+        .unwrap();
+    let echoed: String = tokio::time::timeout(
+        Duration::from_secs(2),
+        redis::cmd("ECHO").arg("two").query_async(&mut *conn),
+    )
+    .await
+    .expect("the connection handed out answers: it is a fresh one, not the silent one")
+    .unwrap();
+    assert_eq!(echoed, "two");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let total = pool.stats().total;
+    assert_eq!(total.validation_failures, 1, "{total:?}");
+    assert_eq!(total.creates, 2, "{total:?}");
+    assert_eq!(total.live, 1, "{total:?}");
 }

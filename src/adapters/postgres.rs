@@ -157,7 +157,11 @@ impl Reset {
 ///   whole connect, TCP and startup/authentication, so a stopped server fails the create instead
 ///   of hanging it.
 /// * **Liveness before reuse**: [`Manage::is_valid`] drops a connection whose client reports
-///   `is_closed()` (the server closed it, or its socket failed).
+///   `is_closed()` (the server closed it, or its socket failed). With
+///   [`Config::validate_idle_after`](crate::Config::validate_idle_after) set, a connection idle
+///   that long is also asked an empty query (one round trip, no parse or plan) before reuse; no
+///   answer within [`validate_timeout`](Self::validate_timeout) (default 1 s) or an error closes
+///   it, and the checkout takes another connection or creates one.
 /// * **Reset on return**: see [`Reset`] (default [`Reset::DiscardAll`]).
 /// * **Errors** ([`PgError`]) name the server, database and user, and the cause.
 ///
@@ -183,6 +187,7 @@ impl Reset {
 #[derive(Clone, Debug)]
 pub struct PgManager {
     connect_timeout: Duration,
+    validate_timeout: Duration,
     reset: Reset,
     max_cached_statements: usize,
 }
@@ -191,6 +196,7 @@ impl Default for PgManager {
     fn default() -> Self {
         PgManager {
             connect_timeout: Duration::from_secs(5),
+            validate_timeout: Duration::from_secs(1),
             reset: Reset::default(),
             max_cached_statements: 256,
         }
@@ -198,8 +204,8 @@ impl Default for PgManager {
 }
 
 impl PgManager {
-    /// A manager with the defaults: connect timeout 5 s, [`Reset::DiscardAll`], at most 256
-    /// cached statements per connection.
+    /// A manager with the defaults: connect timeout 5 s, validate timeout 1 s,
+    /// [`Reset::DiscardAll`], at most 256 cached statements per connection.
     pub fn new() -> Self {
         Self::default()
     }
@@ -207,6 +213,22 @@ impl PgManager {
     /// How long one connect (TCP, startup and authentication) may take. Default 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the check before reuse (an empty query, sent only with
+    /// [`Config::validate_idle_after`](crate::Config::validate_idle_after)) waits for its answer
+    /// before the connection is closed as dead. Default 1 s. The answer also waits behind the
+    /// previous user's pipelined [`Reset`], so keep it above the reset's usual time.
+    ///
+    /// ```
+    /// use shardpool::adapters::postgres::PgManager;
+    /// use std::time::Duration;
+    /// let manager = PgManager::new().validate_timeout(Duration::from_millis(300));
+    /// # let _ = manager;
+    /// ```
+    pub fn validate_timeout(mut self, timeout: Duration) -> Self {
+        self.validate_timeout = timeout;
         self
     }
 
@@ -399,6 +421,16 @@ impl SendManage for PgManager {
 
     fn is_valid(&self, conn: &mut PgConn) -> bool {
         !conn.client.is_closed()
+    }
+
+    /// An empty query: the server answers `EmptyQueryResponse` without parsing or planning, so
+    /// this measures only that the session still answers (behind any pipelined reset).
+    async fn validate(&self, conn: &mut PgConn, _idle_for: Duration) -> bool {
+        let check = conn.client.batch_execute("");
+        matches!(
+            tokio::time::timeout(self.validate_timeout, check).await,
+            Ok(Ok(()))
+        )
     }
 
     fn recycle(&self, conn: &mut PgConn) -> bool {

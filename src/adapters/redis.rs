@@ -109,7 +109,10 @@ impl fmt::Display for RedisServer {
 ///   each command's wait for its answer, so a stopped server cannot hold a caller forever.
 /// * **Liveness before reuse**: the task driving the socket sets a closed flag when it ends
 ///   (the server closed the connection, or its socket failed); [`Manage::is_valid`] drops such a
-///   connection.
+///   connection. With [`Config::validate_idle_after`](crate::Config::validate_idle_after) set, a
+///   connection idle that long is also sent a `PING` before reuse; no `PONG` within
+///   [`validate_timeout`](Self::validate_timeout) (default 1 s) closes it, and the checkout takes
+///   another connection or creates one.
 /// * **Reset on return**: none is sent. The multiplexed connection sends a `MULTI`/`EXEC`
 ///   transaction (`redis::pipe().atomic()`) as one pipeline, so no transaction state outlives a
 ///   call; commands that change the connection itself (`SELECT`, `CLIENT SETNAME`, `WATCH`,
@@ -137,6 +140,7 @@ impl fmt::Display for RedisServer {
 pub struct RedisManager {
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
+    validate_timeout: Duration,
 }
 
 impl Default for RedisManager {
@@ -144,12 +148,14 @@ impl Default for RedisManager {
         RedisManager {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Some(Duration::from_secs(5)),
+            validate_timeout: Duration::from_secs(1),
         }
     }
 }
 
 impl RedisManager {
-    /// A manager with the defaults: connect timeout 5 s, response timeout 5 s.
+    /// A manager with the defaults: connect timeout 5 s, response timeout 5 s, validate timeout
+    /// 1 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -163,6 +169,22 @@ impl RedisManager {
     /// How long one command waits for its answer; `None`: forever. Default 5 s.
     pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// How long the check before reuse (a `PING`, sent only with
+    /// [`Config::validate_idle_after`](crate::Config::validate_idle_after)) waits for its `PONG`
+    /// before the connection is closed as dead. Default 1 s; it applies even when
+    /// [`response_timeout`](Self::response_timeout) is `None`.
+    ///
+    /// ```
+    /// use shardpool::adapters::redis::RedisManager;
+    /// use std::time::Duration;
+    /// let manager = RedisManager::new().validate_timeout(Duration::from_millis(300));
+    /// # let _ = manager;
+    /// ```
+    pub fn validate_timeout(mut self, timeout: Duration) -> Self {
+        self.validate_timeout = timeout;
         self
     }
 }
@@ -401,6 +423,17 @@ impl SendManage for RedisManager {
 
     fn is_valid(&self, conn: &mut RedisConn) -> bool {
         !conn.is_closed()
+    }
+
+    /// `PING`, answered `PONG` by a live server. (No pooled connection is inside `MULTI`, where a
+    /// `PING` would be queued instead: see "Reset on return".)
+    async fn validate(&self, conn: &mut RedisConn, _idle_for: Duration) -> bool {
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(&mut conn.conn);
+        matches!(
+            tokio::time::timeout(self.validate_timeout, ping).await,
+            Ok(Ok(pong)) if pong == "PONG"
+        )
     }
 
     fn recycle(&self, conn: &mut RedisConn) -> bool {
