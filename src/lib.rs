@@ -32,6 +32,8 @@ pub mod adapters;
 #[doc(hidden)]
 pub mod fuzzing;
 
+#[cfg(not(shardpool_loom))]
+pub use pool::WeakPool;
 pub use pool::{
     Clock, Config, ConfigError, ConnectionPool, Error, KeyName, MAX_SIZE, Manage, ManualClock,
     Pooled, PooledConn, SendConnectionPool, SendManage, ShardStats, ShardedPool, Stats,
