@@ -26,6 +26,9 @@ pub mod bench;
 #[cfg(all(any(feature = "postgres", feature = "redis"), not(shardpool_loom)))]
 pub mod adapters;
 
+#[cfg(all(any(feature = "tokio", feature = "runtime"), not(shardpool_loom)))]
+pub mod integrations;
+
 /// Fuzz target bodies and the corpus replay (`fuzz/`, docs/security.md "Fuzzing"); not a
 /// stable API.
 #[cfg(all(feature = "upstream", not(shardpool_loom)))]
