@@ -184,21 +184,23 @@ fn maintenance_refills_each_shard_and_ends_when_the_pool_is_dropped() {
 }
 
 /// A task ends after its next sleep once the pool is closed, though handles remain; a cancelled
-/// one stops at once.
+/// one stops at once. (Two pools, so shard 1's close cannot end shard 0's task first.)
 #[test]
 fn maintenance_ends_when_the_pool_is_closed_or_cancelled() {
     let (map, options) = two_shards();
-    let pool = ShardedPool::new(Numbers::default(), pool_config(&map, Config::default())).unwrap();
-    let p = pool.clone();
+    let config = || pool_config(&map, Config::default());
+    let open = ShardedPool::new(Numbers::default(), config()).unwrap();
+    let closing = ShardedPool::new(Numbers::default(), config()).unwrap();
     let results = spawn_shards(&map, &options, move |ctx| {
-        let pool = p.clone();
+        let (open, closing) = (open.clone(), closing.clone());
         async move {
-            let task = spawn_maintenance(&pool, Duration::from_millis(5)).unwrap();
+            let pool = if ctx.shard == 0 { &open } else { &closing };
+            let task = spawn_maintenance(pool, Duration::from_millis(5)).unwrap();
             glommio::timer::sleep(Duration::from_millis(20)).await;
             if ctx.shard == 0 {
                 task.cancel();
             } else {
-                pool.close();
+                closing.close();
             }
             ended(task).await
         }
