@@ -8,7 +8,7 @@
 //! * [`spawn_maintenance`], called on each executor, spawns a local task that maintains that
 //!   executor's own shard at an interval, and ends when the pool is closed or dropped.
 //!
-//! ```no_run
+//! ```
 //! use shardpool::integrations::glommio::{GlommioTimer, pool_config, spawn_maintenance};
 //! use shardpool::runtime::{RuntimeOptions, spawn_shards};
 //! use shardpool::topology::{Placement, Topology};
@@ -22,7 +22,9 @@
 //! let map = Topology::detect().place(&Placement::AllCores, None)?;
 //! let pool = ShardedPool::new(GlommioTimer(Numbers), pool_config(&map, Config::default()))?;
 //! let p = pool.clone();
-//! let handles = spawn_shards(&map, &RuntimeOptions::default(), move |ctx| {
+//! // `pin: false` for a doctest on a shared machine; a service keeps the default (pinned).
+//! let options = RuntimeOptions { pin: false, ..RuntimeOptions::default() };
+//! let handles = spawn_shards(&map, &options, move |ctx| {
 //!     let pool = p.clone();
 //!     async move {
 //!         let maintenance = spawn_maintenance(&pool, Duration::from_secs(1)).unwrap();
@@ -34,8 +36,6 @@
 //! handles.join()?;
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
-//!
-//! (`no_run`: it pins an executor to every CPU. The items below have examples that run.)
 
 use super::MaintenanceError;
 use crate::pool::{Config, ConnectionPool, Manage, ShardedPool};
