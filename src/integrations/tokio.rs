@@ -44,7 +44,7 @@ use std::future::Future;
 use std::time::Duration;
 
 /// Binds the calling thread to the pool shard of its tokio worker
-/// ([`tokio::runtime::worker_index`](::tokio::runtime::worker_index): shard `i` for worker `i`)
+/// ([`tokio::runtime::worker_index`]: shard `i` for worker `i`)
 /// and returns that shard; on any other thread (a blocking-pool thread, the thread of a
 /// multi-threaded runtime's `block_on`, a thread outside tokio) it binds nothing and returns
 /// `None`.
