@@ -102,8 +102,10 @@ pub trait BindShards: sealed::Sealed {
     /// round-robin. A worker is bound the first time it runs out of work (which an idle runtime's
     /// workers do as soon as they start) and again at every park, so after `block_in_place`
     /// hands a worker to another thread, that thread takes the worker's shard at its first park.
-    /// A task a worker runs before its first park checks out on the round-robin default shard:
-    /// the pool is correct from any shard; only locality is lost.
+    /// Two gaps, both costing locality only (the pool is correct from any shard): a task a
+    /// worker runs before its first park checks out on the round-robin default shard, and a
+    /// thread that gave its worker away in `block_in_place` keeps that worker's shard when it
+    /// goes back to the blocking pool.
     ///
     /// This replaces an `on_thread_park` hook set before it, and a later `on_thread_park`
     /// replaces it: to keep both, call [`bind_worker_thread`] from your hook.
