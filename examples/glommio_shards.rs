@@ -1,15 +1,18 @@
 //! Embedding the pool in a thread-per-core glommio program (no gRPC server).
 //!
 //! One glommio executor per CPU, pinned; one `ShardedPool` shared by all of them, with each
-//! executor thread bound to its own pool shard (`spawn_shards` does that) and the steal order
-//! taken from the machine's topology (same NUMA node first). Each shard runs 64 tasks that check
-//! a "session" out, hold it across a yield, and give it back; the pool's per-shard statistics
-//! are printed at the end.
+//! executor thread bound to its own pool shard (`spawn_shards` does that), the pool sized to the
+//! executors and the steal order taken from the machine's topology, same NUMA node first
+//! (`pool_config`). Waits use each executor's glommio timer (`GlommioTimer`), and each executor
+//! maintains its own shard on that timer (`spawn_maintenance`). Each shard runs 64 tasks that
+//! check a "session" out, hold it across a yield, and give it back; the pool's per-shard
+//! statistics are printed at the end.
 //!
 //! ```text
 //! cargo run --release --example glommio_shards
 //! ```
 
+use shardpool::integrations::glommio::{GlommioTimer, pool_config, spawn_maintenance};
 use shardpool::pool::{Config, ConnectionPool, Manage, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, spawn_shards};
 use shardpool::topology::{Placement, Topology};
@@ -37,30 +40,26 @@ impl Manage for Sessions {
         self.created.fetch_add(1, Ordering::Relaxed);
         Ok(Session { uses: 0 })
     }
-
-    /// Waits use the shard's glommio timer instead of the pool's default timer thread.
-    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
-        shardpool::runtime::sleep(duration)
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let topology = Topology::detect();
     let map = topology.place(&Placement::AllCores, None)?;
     let pool = ShardedPool::new(
-        Sessions {
+        // Waits on the executor's glommio timer instead of the pool's default timer thread.
+        GlommioTimer(Sessions {
             created: AtomicU64::new(0),
-        },
-        Config::default()
-            .shards(map.len())
-            .max_size(256)
-            .steal_order(map.steal_order()),
+        }),
+        pool_config(&map, Config::default().max_size(256)),
     )?;
 
     let p = pool.clone();
     let handles = spawn_shards(&map, &RuntimeOptions::default(), move |ctx| {
         let pool = p.clone();
         async move {
+            // Expiry and min_idle for this executor's shard, every second, on its timer.
+            let maintenance = spawn_maintenance(&pool, Duration::from_secs(1))
+                .expect("on a shard executor, with one pool shard per executor");
             let tasks: Vec<_> = (0..64)
                 .map(|_| {
                     let pool = pool.clone();
@@ -82,8 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     failed += 1;
                 }
             }
-            // One maintenance pass (a long-running program calls this from a timer).
-            pool.maintain(ctx.shard).await;
+            maintenance.cancel();
             (ctx, failed)
         }
     })?;

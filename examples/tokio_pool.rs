@@ -1,17 +1,24 @@
-//! The pool on tokio's multi-threaded runtime: a manager built on tokio's TcpStream and timer, and
-//! checkouts in spawned tasks (the pool's futures are `Send` because this manager's are).
+//! The pool on tokio's multi-threaded runtime, with the tokio integration: worker `i` checks out
+//! on shard `i`, waits use tokio's timer, and a task maintains every shard each second. The
+//! manager is built on tokio's TcpStream; checkouts run in spawned tasks (the pool's futures are
+//! `Send` because this manager's are).
 //!
-//! Run: `cargo run --example tokio_pool`
+//! Run: `cargo run --example tokio_pool --features tokio`
 
-use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+use shardpool::integrations::tokio::{
+    BindShards, MAINTENANCE_INTERVAL, TokioTimer, spawn_maintenance,
+};
+use shardpool::{Config, ConnectionPool, PooledConn, SendManage, ShardedPool};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+const WORKERS: usize = 2;
+
 struct Tcp;
 
-impl Manage for Tcp {
+impl SendManage for Tcp {
     type Key = SocketAddr;
     type Conn = TcpStream;
     type Error = std::io::Error;
@@ -24,11 +31,6 @@ impl Manage for Tcp {
             })??;
         stream.set_nodelay(true)?;
         Ok(stream)
-    }
-
-    /// Bounds waits with tokio's own timer instead of the pool's default timer thread.
-    async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
     }
 }
 
@@ -50,18 +52,26 @@ async fn echo_server() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .bind_pool_shards() // worker i checks out on shard i; blocking threads take no shard
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let server = echo_server().await?;
-    // tokio moves tasks between its workers, so shards are not tied to threads here: each task
-    // uses the shard of the worker thread that polls its checkout (assigned round-robin).
     let pool = ShardedPool::new(
-        Tcp,
+        TokioTimer(Tcp), // waits on tokio's timer, not on a thread of the pool's
         Config::default()
-            .shards(2)
+            .shards(WORKERS)
             .max_size(16)
             .wait_timeout(Some(Duration::from_secs(2))),
     )?;
+    // Expiry and min_idle, every second, until the pool is closed or dropped.
+    let maintenance = spawn_maintenance(&pool, MAINTENANCE_INTERVAL)?;
 
     let tasks: Vec<_> = (0..64u32)
         .map(|task| {
@@ -89,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         task.await?.map_err(|e| e as Box<dyn std::error::Error>)?;
     }
 
+    maintenance.abort();
     let stats = pool.stats();
     println!(
         "{} requests, {} live connections (max 16), {} waits, reuse {:.2} %",
@@ -97,5 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.total.waits,
         100.0 * stats.total.reuse_rate()
     );
+    let per_shard: Vec<u64> = stats.shards.iter().map(|s| s.checkouts).collect();
+    println!("checkouts per shard (one per worker): {per_shard:?}");
     Ok(())
 }

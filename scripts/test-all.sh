@@ -51,21 +51,23 @@ fi
 step "format and lints"
 cargo fmt --all -- --check
 # real-bench: the adapters and benches/real_workloads.rs with its peers, linted too.
-cargo clippy --workspace --all-targets --features shardpool/full,shardpool/real-bench -- -D warnings
+cargo clippy --workspace --all-targets --features shardpool/full,shardpool/tokio,shardpool/real-bench -- -D warnings
+# The tokio integration alone (its own tokio features, without the bench's or adapters').
+cargo clippy -p shardpool --lib --features tokio -- -D warnings
 
 step "the library as a dependency gets: the pool core alone (no glommio, hyper or tokio)"
 cargo build -p shardpool --lib
 ./scripts/check-package.sh
 
 step "unit, integration and interop tests"
-cargo test --workspace --all-targets --features shardpool/full,shardpool/postgres,shardpool/redis
+cargo test --workspace --all-targets --features shardpool/full,shardpool/tokio,shardpool/postgres,shardpool/redis
 
 step "doctests (the README's examples included)"
-cargo test -p shardpool --doc --features full,postgres,redis
+cargo test -p shardpool --doc --features full,tokio,postgres,redis
 
 step "examples"
 cargo run --quiet -p shardpool --example std_threads
-cargo run --quiet -p shardpool --example tokio_pool
+cargo run --quiet -p shardpool --example tokio_pool --features tokio
 
 step "loom models"
 ./scripts/loom.sh

@@ -26,12 +26,17 @@ pub mod bench;
 #[cfg(all(any(feature = "postgres", feature = "redis"), not(shardpool_loom)))]
 pub mod adapters;
 
+#[cfg(all(any(feature = "tokio", feature = "runtime"), not(shardpool_loom)))]
+pub mod integrations;
+
 /// Fuzz target bodies and the corpus replay (`fuzz/`, docs/security.md "Fuzzing"); not a
 /// stable API.
 #[cfg(all(feature = "upstream", not(shardpool_loom)))]
 #[doc(hidden)]
 pub mod fuzzing;
 
+#[cfg(not(shardpool_loom))]
+pub use pool::WeakPool;
 pub use pool::{
     Clock, Config, ConfigError, ConnectionPool, Error, KeyName, MAX_SIZE, Manage, ManualClock,
     Pooled, PooledConn, SendConnectionPool, SendManage, ShardStats, ShardedPool, Stats,

@@ -209,6 +209,11 @@ impl<V: Keyed> Writer<'_, V> {
         self.keys.live.values().cloned().collect()
     }
 
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.keys.closed
+    }
+
     /// Every live key pool.
     pub(crate) fn pools(&self) -> impl Iterator<Item = &Arc<V>> {
         self.keys.live.values()

@@ -102,8 +102,10 @@ pub trait Manage: Send + Sync + 'static {
     }
 
     /// Completes after `duration`; bounds how long a checkout waits. Implement it with your
-    /// runtime's timer (`tokio::time::sleep`, `glommio::timer::sleep`). The default uses one small
-    /// timer thread shared by the process, started the first time a checkout has to wait.
+    /// runtime's timer (`tokio::time::sleep`, `glommio::timer::sleep`), or wrap the manager in
+    /// `integrations::tokio::TokioTimer` or `integrations::glommio::GlommioTimer`, which do. The
+    /// default uses one small timer thread shared by the process, started the first time a
+    /// checkout has to wait.
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
         super::timer::sleep(duration)
     }

@@ -39,6 +39,8 @@
 //!
 //! * [`ShardedPool`]: shards × keys of idle stacks (bounded, lock-free LIFO: `stack`), a permit
 //!   counter and a waiter queue per key, and per-shard metrics.
+//! * `WeakPool`: a [`ShardedPool`] handle that does not keep the pool open, for background
+//!   timers (`crate::integrations`); outside the protocol, so outside the invariants.
 //! * [`crate::baseline::MutexPool`]: the `Mutex<HashMap<Key, VecDeque<Idle>>>` design, behind the
 //!   same [`ConnectionPool`] trait.
 //! * `sync`: the shim through which every atomic, lock, cell and `Arc` above is named, so the
@@ -68,6 +70,8 @@ pub use error::{Error, KeyName};
 pub use leak::Leak;
 pub use manage::{Manage, SendManage};
 pub use metrics::{ShardStats, Stats};
+#[cfg(not(shardpool_loom))]
+pub use sharded::WeakPool;
 pub use sharded::{Pooled, ShardedPool};
 
 use std::fmt;
@@ -129,7 +133,8 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
 
     /// One maintenance pass over shard `shard`: closes expired idle connections and creates
     /// connections up to `min_idle`. Call it from a timer on each shard (every second, say); the
-    /// pool starts no thread of its own for it.
+    /// pool starts no thread of its own for it. On tokio and glommio, the `spawn_maintenance` of
+    /// `shardpool::integrations` runs such a timer.
     ///
     /// While it sorts a shard's idle connections (microseconds), a checkout on that shard may find
     /// none and steal or create instead; nothing is lost, and `max_size` still holds.

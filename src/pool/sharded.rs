@@ -109,6 +109,68 @@ impl<M: Manage> fmt::Debug for ShardedPool<M> {
     }
 }
 
+/// A handle to a [`ShardedPool`] that does not keep it open, from [`ShardedPool::downgrade`]:
+/// once every [`ShardedPool`] handle is dropped the pool closes and [`WeakPool::upgrade`] returns
+/// `None`. Cloning it is cheap.
+///
+/// ```
+/// # use shardpool::{Config, Manage, ShardedPool};
+/// # struct M;
+/// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+/// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+/// let pool = ShardedPool::new(M, Config::default().shards(3)).unwrap();
+/// let weak = pool.downgrade();
+/// // Background work upgrades for one step at a time, so it never keeps the pool alive.
+/// let shards = weak.upgrade().map(|pool| shardpool::ConnectionPool::shard_count(&pool));
+/// assert_eq!(shards, Some(3));
+/// drop(pool);
+/// assert!(weak.upgrade().is_none());
+/// ```
+#[cfg(not(shardpool_loom))]
+pub struct WeakPool<M: Manage> {
+    inner: super::sync::Weak<Inner<M>>,
+}
+
+#[cfg(not(shardpool_loom))]
+impl<M: Manage> WeakPool<M> {
+    /// A [`ShardedPool`] handle, or `None` once the pool has been dropped (every handle gone).
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+    /// let pool = ShardedPool::new(M, Config::default()).unwrap();
+    /// let weak = pool.downgrade();
+    /// let upgraded = weak.upgrade().expect("a handle is alive");
+    /// drop(pool);
+    /// assert!(weak.upgrade().is_some(), "`upgraded` is a handle too");
+    /// drop(upgraded);
+    /// assert!(weak.upgrade().is_none());
+    /// ```
+    pub fn upgrade(&self) -> Option<ShardedPool<M>> {
+        self.inner.upgrade().map(|inner| ShardedPool { inner })
+    }
+}
+
+#[cfg(not(shardpool_loom))]
+impl<M: Manage> Clone for WeakPool<M> {
+    fn clone(&self) -> Self {
+        WeakPool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+#[cfg(not(shardpool_loom))]
+impl<M: Manage> fmt::Debug for WeakPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakPool")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
+    }
+}
+
 struct Inner<M: Manage> {
     shared: Arc<Shared<M>>,
     /// Which key pool serves which key; lock-free lookups.
@@ -308,6 +370,43 @@ impl<M: Manage> ShardedPool<M> {
     /// The manager the pool was built with.
     pub fn manager(&self) -> &M {
         &self.inner.shared.manager
+    }
+
+    /// A handle that does not keep the pool open (see [`WeakPool`]), for background work such as
+    /// a maintenance timer that should end with the pool.
+    ///
+    /// ```
+    /// # use shardpool::{Config, Manage, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+    /// let pool = ShardedPool::new(M, Config::default()).unwrap();
+    /// let weak = pool.downgrade();
+    /// assert!(weak.upgrade().is_some());
+    /// drop(pool); // the last handle: the pool closes and is freed
+    /// assert!(weak.upgrade().is_none());
+    /// ```
+    #[cfg(not(shardpool_loom))]
+    pub fn downgrade(&self) -> WeakPool<M> {
+        WeakPool {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Whether [`ConnectionPool::close`] was called on this pool (by any handle).
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+    /// let pool = ShardedPool::new(M, Config::default()).unwrap();
+    /// assert!(!pool.is_closed());
+    /// pool.clone().close();
+    /// assert!(pool.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.inner.keys.write().is_closed()
     }
 
     /// Checks out a connection from a plain thread, blocking it until done. Uses the thread's shard.

@@ -26,6 +26,9 @@ pub(crate) use loom::sync::{
 
 #[cfg(not(shardpool_loom))]
 pub(crate) use std::sync::Condvar;
+// loom's `Arc` has no weak references; `WeakPool` (outside the protocol) exists only without loom.
+#[cfg(not(shardpool_loom))]
+pub(crate) use std::sync::Weak;
 #[cfg(not(shardpool_loom))]
 pub(crate) use std::thread;
 
