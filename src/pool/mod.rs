@@ -120,11 +120,38 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
     /// connection under [`Manage::validate`] is closed (its permit freed). The caller simply has no
     /// connection; a new checkout starts afresh (at the back of the wait queue). So it may be used
     /// in `select!` against a deadline of the caller's own.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default()).unwrap();
+    /// shardpool::pool::block_on(async {
+    ///     let conn = pool.get(&"orders-db").await.unwrap();
+    ///     assert_eq!(*conn, 7);
+    /// }); // `conn` went back to the pool when it was dropped
+    /// assert_eq!(pool.stats().total.idle, 1);
+    /// ```
     fn get(&self, key: &M::Key) -> impl Future<Output = Result<Self::Guard, Error<M::Error>>>;
 
     /// Checks out a connection to `key` on shard `shard` (taken modulo the shard count).
     ///
     /// Cancel safety: as [`ConnectionPool::get`].
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default().shards(4)).unwrap();
+    /// let conn = shardpool::pool::block_on(pool.get_on(6, &"db")).unwrap();
+    /// assert_eq!(conn.shard(), 2, "6 modulo 4 shards");
+    /// ```
     fn get_on(
         &self,
         shard: usize,
@@ -142,22 +169,95 @@ pub trait ConnectionPool<M: Manage>: Clone + Send + Sync + 'static {
     /// Cancel safety: reaping completes before the first await. Dropping the future while it
     /// pre-warms drops the `create` under way and frees its permit; connections already created
     /// are idle in the pool. The next pass carries on.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// use std::time::Duration;
+    /// let config = Config::default().shards(1).idle_timeout(Some(Duration::from_millis(1)));
+    /// let pool = ShardedPool::new(Numbers, config).unwrap();
+    /// drop(shardpool::pool::block_on(pool.get(&"db")).unwrap()); // one idle connection
+    /// std::thread::sleep(Duration::from_millis(20));
+    /// shardpool::pool::block_on(pool.maintain(0)); // closes it: idle past its timeout
+    /// assert_eq!(pool.stats().total.live, 0);
+    /// ```
     fn maintain(&self, shard: usize) -> impl Future<Output = ()>;
 
     /// A snapshot of the pool's metrics.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default().shards(2)).unwrap();
+    /// let conn = shardpool::pool::block_on(pool.get_on(1, &"db")).unwrap();
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.total.creates, stats.total.checked_out), (1, 1));
+    /// assert_eq!(stats.shards[1].creates, 1, "per shard too");
+    /// drop(conn);
+    /// ```
     fn stats(&self) -> Stats;
 
     /// Closes the pool: idle connections are closed now, checked-out ones when they come back,
     /// waiting and later checkouts fail with [`Error::Closed`].
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// use shardpool::Error;
+    /// let pool = ShardedPool::new(Numbers, Config::default()).unwrap();
+    /// drop(shardpool::pool::block_on(pool.get(&"db")).unwrap());
+    /// pool.close();
+    /// assert_eq!(pool.stats().total.live, 0, "the idle connection was closed");
+    /// assert!(matches!(shardpool::pool::block_on(pool.get(&"db")), Err(Error::Closed)));
+    /// ```
     fn close(&self);
 
     /// Forgets `key`: closes its idle connections; its checked-out ones close when they come back,
     /// and checkouts waiting on it fail with [`Error::Closed`]. A later checkout starts afresh. In
     /// [`ShardedPool`] it starts with a new `max_size` budget: until the old checked-out
     /// connections come back, the key can have up to twice `max_size` connections.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default()).unwrap();
+    /// drop(shardpool::pool::block_on(pool.get(&"old-backend")).unwrap());
+    /// pool.remove_key(&"old-backend");
+    /// assert_eq!(pool.stats().total.idle, 0);
+    /// // A later checkout of the same key starts afresh with a new connection.
+    /// let conn = shardpool::pool::block_on(pool.get(&"old-backend")).unwrap();
+    /// assert!(!conn.is_reused());
+    /// ```
     fn remove_key(&self, key: &M::Key);
 
     /// The number of shards.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default().shards(3)).unwrap();
+    /// assert_eq!(pool.shard_count(), 3);
+    /// ```
     fn shard_count(&self) -> usize;
 }
 
@@ -304,15 +404,66 @@ pub trait SendConnectionPool<M: SendManage>: ConnectionPool<M> {
 /// ```
 pub trait PooledConn<M: Manage>: DerefMut<Target = M::Conn> + Send + fmt::Debug {
     /// Closes the connection instead of returning it (for example after an I/O error).
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default()).unwrap();
+    /// let conn = shardpool::pool::block_on(pool.get(&"db")).unwrap();
+    /// conn.discard(); // closed, not returned: its permit is free
+    /// assert_eq!(pool.stats().total.live, 0);
+    /// ```
     fn discard(self);
 
     /// Whether this connection was used before (came from the pool rather than `create`).
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default()).unwrap();
+    /// let first = shardpool::pool::block_on(pool.get(&"db")).unwrap();
+    /// assert!(!first.is_reused(), "just created");
+    /// drop(first);
+    /// assert!(shardpool::pool::block_on(pool.get(&"db")).unwrap().is_reused());
+    /// ```
     fn is_reused(&self) -> bool;
 
     /// The shard this checkout was made on; the connection goes back to that shard.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default().shards(2)).unwrap();
+    /// let conn = shardpool::pool::block_on(pool.get_on(1, &"db")).unwrap();
+    /// assert_eq!(conn.shard(), 1);
+    /// ```
     fn shard(&self) -> usize;
 
     /// The key the connection belongs to.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConnectionPool, Manage, PooledConn, ShardedPool};
+    /// # struct Numbers;
+    /// # impl Manage for Numbers {
+    /// #     type Key = &'static str; type Conn = u32; type Error = std::convert::Infallible;
+    /// #     async fn create(&self, _: &&'static str) -> Result<u32, Self::Error> { Ok(7) }
+    /// # }
+    /// let pool = ShardedPool::new(Numbers, Config::default()).unwrap();
+    /// let conn = shardpool::pool::block_on(pool.get(&"db")).unwrap();
+    /// assert_eq!(*conn.key(), "db");
+    /// ```
     fn key(&self) -> &M::Key;
 
     /// Takes the connection out of the pool for good (to hand it to code that owns it, or to
@@ -376,6 +527,16 @@ pub fn bind_thread_to_shard(shard: usize) {
 }
 
 /// The shard the calling thread is bound to, if it is.
+///
+/// ```
+/// std::thread::spawn(|| {
+///     assert_eq!(shardpool::pool::current_shard(), None, "a new thread is bound to nothing");
+///     shardpool::pool::bind_thread_to_shard(3);
+///     assert_eq!(shardpool::pool::current_shard(), Some(3));
+/// })
+/// .join()
+/// .unwrap();
+/// ```
 pub fn current_shard() -> Option<usize> {
     THREAD.with(|t| Some(t.shard.get()).filter(|&s| s != usize::MAX))
 }
