@@ -204,10 +204,12 @@ impl<M: Manage> Total<M> {
         }
     }
 
-    /// Whether checkouts wait (a gauge: the flag at the instant of the load).
-    fn has_waiters(&self) -> bool {
+    /// Whether checkouts wait while the total is at its cap, so that some may wait on the total
+    /// rather than on their own key's `max_size` (a gauge: one load).
+    fn blocks_waiters(&self) -> bool {
         // Ordering: Relaxed. Only a hint for maintenance; the handshake is `release`'s RMW.
-        self.live.load(Ordering::Relaxed) & TOTAL_WAITING != 0
+        let word = self.live.load(Ordering::Relaxed);
+        word & TOTAL_WAITING != 0 && word & !TOTAL_WAITING >= self.max
     }
 }
 
@@ -558,11 +560,11 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
             kp.reap(shard);
             KeyPool::refill(kp, shard).await;
         }
-        // Checkouts waiting on `max_total` while idle connections sit in other keys: close up to
-        // one idle connection of this shard per waiter (invariant 7: each close frees a total
+        // Checkouts waiting while the total is at `max_total` and idle connections sit in other
+        // keys: close up to one idle connection of this shard per waiter (invariant 7: each close frees a total
         // permit, which tells the waiters to retry).
         if let Some(total) = &self.inner.shared.total
-            && total.has_waiters()
+            && total.blocks_waiters()
         {
             let mut wanted = total.waiters.len();
             for kp in &key_pools {
@@ -1286,7 +1288,12 @@ impl<M: Manage> KeyPool<M> {
         let config = &this.shared.config;
         let want = config.share(config.min_idle, shard);
         // Not while checkouts wait on `max_total`: they need the permits more than the idle stack.
-        let total_waits = || this.shared.total.as_ref().is_some_and(Total::has_waiters);
+        let total_waits = || {
+            this.shared
+                .total
+                .as_ref()
+                .is_some_and(Total::blocks_waiters)
+        };
         while this.idle.len(shard) < want
             && !this.is_closed()
             && !total_waits()
