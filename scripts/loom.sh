@@ -33,6 +33,8 @@ SEEDED_BUGS=(
     "handoff_unlocked|two_waiters|a queued waiter's slot is Waiting"
     "remove_skips_close|remove_key_vs_return|outlived the removal"
     "leftover_forgotten|dropped_waiter_vs_handoff|invariant 3 broken"
+    "total_unlocked|total_cap_two_keys|invariant 7 broken"
+    "total_release_silent|total_cap_two_keys|deadlock"
 )
 
 passed=0

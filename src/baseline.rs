@@ -181,8 +181,27 @@ impl<M: Manage> Drop for Registration<'_, M> {
 impl<M: Manage> MutexPool<M> {
     /// Builds the pool from the same [`Config`] as the sharded pool (its shard settings are
     /// ignored: this pool has one lock and reports one shard).
+    ///
+    /// `Config::max_total` is refused with [`ConfigError::Unsupported`]: this baseline does not
+    /// implement a cap across keys.
+    ///
+    /// ```
+    /// # use shardpool::{Config, ConfigError, Manage};
+    /// # use shardpool::baseline::MutexPool;
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+    /// let err = MutexPool::new(M, Config::default().max_total(4)).unwrap_err();
+    /// assert!(matches!(err, ConfigError::Unsupported { setting: "max_total", .. }));
+    /// ```
     pub fn new(manager: M, config: Config) -> Result<Self, ConfigError> {
         let config = config.validate()?;
+        if config.max_total.is_some() {
+            return Err(ConfigError::Unsupported {
+                setting: "max_total",
+                pool: "MutexPool",
+            });
+        }
         Ok(MutexPool {
             inner: Arc::new(MutexInner {
                 manager,

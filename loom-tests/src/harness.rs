@@ -23,6 +23,9 @@ const MAX_IDS: usize = 64;
 #[derive(Debug)]
 pub struct Tracker {
     max_size: usize,
+    /// The invariant and setting `max_size` stands for: `("1", "max_size")`, or with
+    /// `max_total` `("7", "max_total")`.
+    cap: (&'static str, &'static str),
     /// Bit `n`: the `n`-th call of `create` fails.
     failing_creates: u64,
     /// Calls of `create` so far; a connection's id is the number of its call.
@@ -41,6 +44,7 @@ impl Tracker {
     fn new(max_size: usize, failing_creates: u64) -> Self {
         Tracker {
             max_size,
+            cap: ("1", "max_size"),
             failing_creates,
             attempts: AtomicUsize::new(0),
             existing: AtomicUsize::new(0),
@@ -60,9 +64,10 @@ impl Tracker {
             return Err(CreateFailed { attempt });
         }
         let existing = self.existing.fetch_add(1, SeqCst) + 1;
+        let (invariant, setting) = self.cap;
         assert!(
             existing <= self.max_size,
-            "invariant 1 broken: {existing} connections exist, max_size is {}",
+            "invariant {invariant} broken: {existing} connections exist, {setting} is {}",
             self.max_size
         );
         Ok(Conn {
@@ -260,13 +265,25 @@ impl Harness {
         Self::build(max_size, 2 * max_size, 0, |c| c)
     }
 
+    /// As [`Harness::new`], with `max_total` across keys: at most `max_total` connections may
+    /// exist at once over every key (invariant 7), which the tracker checks at every create.
+    pub fn with_total(max_size: usize, max_total: usize) -> Self {
+        let mut tracker = Tracker::new(max_total, 0);
+        tracker.cap = ("7", "max_total");
+        Self::build_with(max_size, tracker, |c| c.max_total(max_total))
+    }
+
     fn build(
         max_size: usize,
         max_existing: usize,
         failing: u64,
         tune: impl FnOnce(Config) -> Config,
     ) -> Self {
-        let tracker = Arc::new(Tracker::new(max_existing, failing));
+        Self::build_with(max_size, Tracker::new(max_existing, failing), tune)
+    }
+
+    fn build_with(max_size: usize, tracker: Tracker, tune: impl FnOnce(Config) -> Config) -> Self {
+        let tracker = Arc::new(tracker);
         let config = tune(
             Config::default()
                 .shards(2)
@@ -307,6 +324,32 @@ impl Harness {
         );
     }
 
+    /// [`Harness::assert_quiescent`] over several keys: summed over `keys`, every connection that
+    /// exists is idle or held, and the pool's count agrees.
+    pub fn assert_quiescent_keys(&self, keys: &[u8]) {
+        let (live, idle) = keys.iter().fold((0, 0), |(live, idle), key| {
+            let (l, i) = self.pool.key_gauges(key).unwrap_or((0, 0));
+            (live + l, idle + i)
+        });
+        let held = self.tracker.held();
+        assert_eq!(
+            live,
+            idle + held,
+            "invariant 3 broken: live {live} != idle {idle} + checked out {held}"
+        );
+        assert_eq!(
+            live,
+            self.tracker.existing(),
+            "invariant 3 broken: the pool counts {live} live connections, {} exist",
+            self.tracker.existing()
+        );
+        assert_eq!(
+            live as u64,
+            self.pool.stats().total.live,
+            "the stats' total live count disagrees with the keys'"
+        );
+    }
+
     /// Drops the pool and checks invariant 3's end: every connection ever created was dropped
     /// exactly once (a second drop already panicked; loom's leak check covers the tokens).
     pub fn finish(self) {
@@ -322,7 +365,16 @@ impl Harness {
 
 /// Checks a connection to [`KEY`] out of `pool` on `shard`, blocking (under loom) until done.
 pub fn get(pool: &ShardedPool<Manager>, shard: usize) -> Result<Held, Error<CreateFailed>> {
-    pool::block_on(pool.get_on(shard, &KEY)).map(Held::new)
+    get_key(pool, shard, KEY)
+}
+
+/// Checks a connection to `key` out of `pool` on `shard`, blocking (under loom) until done.
+pub fn get_key(
+    pool: &ShardedPool<Manager>,
+    shard: usize,
+    key: u8,
+) -> Result<Held, Error<CreateFailed>> {
+    pool::block_on(pool.get_on(shard, &key)).map(Held::new)
 }
 
 /// Starts a checkout of [`KEY`] on `shard`, polls it once, and drops it: a caller that gives up

@@ -35,6 +35,7 @@ pub struct Config {
     pub(crate) max_size: usize,
     pub(crate) max_idle_per_key: Option<usize>,
     pub(crate) max_total_idle: Option<usize>,
+    pub(crate) max_total: Option<usize>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) min_idle: usize,
@@ -56,6 +57,7 @@ impl Default for Config {
             max_size: 64,
             max_idle_per_key: None,
             max_total_idle: None,
+            max_total: None,
             idle_timeout: Some(Duration::from_secs(90)),
             max_lifetime: None,
             min_idle: 0,
@@ -105,6 +107,32 @@ impl Config {
     #[must_use]
     pub fn max_total_idle(mut self, max_idle: usize) -> Self {
         self.max_total_idle = Some(max_idle);
+        self
+    }
+
+    /// The most live (idle + checked out + being created) connections across all keys, on top of
+    /// each key's `max_size`. Default: unlimited, and then the pool does no work for it.
+    ///
+    /// A checkout that may not create because the total is reached first closes one idle
+    /// connection of another key, if it finds one, and creates in its place; otherwise it waits
+    /// (bounded by `wait_timeout` and `max_waiters`, as any wait) until a connection of any key is
+    /// closed, discarded, expired or detached. [`maintain`](super::ConnectionPool::maintain)
+    /// closes idle connections of its shard for checkouts that wait on the total, so a
+    /// connection that went idle after such a checkout began to wait frees its place within one
+    /// maintenance pass. Taking a permit takes one pool-wide lock (not the checkout or return of an
+    /// idle connection, only a create). Only [`ShardedPool`](super::ShardedPool) supports it:
+    /// [`MutexPool`](crate::baseline::MutexPool) refuses it with
+    /// [`ConfigError::Unsupported`].
+    ///
+    /// ```
+    /// use shardpool::{Config, ConfigError};
+    /// assert!(Config::default().max_size(8).max_total(100).validate().is_ok());
+    /// let err = Config::default().max_total(0).validate().unwrap_err();
+    /// assert_eq!(err, ConfigError::ZeroMaxTotal);
+    /// ```
+    #[must_use]
+    pub fn max_total(mut self, max_total: usize) -> Self {
+        self.max_total = Some(max_total);
         self
     }
 
@@ -270,6 +298,9 @@ impl Config {
         {
             return Err(ConfigError::ZeroTotalIdle);
         }
+        if self.max_total == Some(0) {
+            return Err(ConfigError::ZeroMaxTotal);
+        }
         if self.min_idle > max_idle_per_key {
             return Err(ConfigError::MinIdleAboveIdle {
                 min_idle: self.min_idle,
@@ -307,6 +338,7 @@ impl Config {
             max_size: self.max_size,
             max_idle_per_key,
             max_total_idle: self.max_total_idle,
+            max_total: self.max_total,
             idle_timeout: self
                 .idle_timeout
                 .map(|t| Expiry::new(duration_nanos(t), jitter)),
@@ -493,6 +525,8 @@ pub struct Validated {
     pub(crate) max_size: usize,
     pub(crate) max_idle_per_key: usize,
     pub(crate) max_total_idle: Option<usize>,
+    /// `Config::max_total`; `None`: unlimited.
+    pub(crate) max_total: Option<usize>,
     pub(crate) idle_timeout: Option<Expiry>,
     pub(crate) max_lifetime: Option<Expiry>,
     /// `Config::expiry_jitter` in 32-bit fixed point; 0 without jitter.
@@ -601,6 +635,15 @@ pub enum ConfigError {
     },
     /// `max_total_idle(0)` while keys may keep idle connections.
     ZeroTotalIdle,
+    /// `max_total(0)`: no connection could ever be created.
+    ZeroMaxTotal,
+    /// A setting this pool does not implement (the other pool does).
+    Unsupported {
+        /// The setting's name.
+        setting: &'static str,
+        /// The pool that refused it.
+        pool: &'static str,
+    },
     /// `min_idle` above `max_idle_per_key`.
     MinIdleAboveIdle {
         /// The requested pre-warm count.
@@ -653,6 +696,15 @@ impl fmt::Display for ConfigError {
                 "max_total_idle is 0: allow at least one idle connection, or set \
                  max_idle_per_key(0) to keep none"
             ),
+            ConfigError::ZeroMaxTotal => write!(
+                f,
+                "max_total is 0: no connection could ever be created; allow at least one, or \
+                 leave it unset for no limit"
+            ),
+            ConfigError::Unsupported { setting, pool } => write!(
+                f,
+                "{setting} is not supported by {pool}: use ShardedPool, or leave it unset"
+            ),
             ConfigError::MinIdleAboveIdle {
                 min_idle,
                 max_idle_per_key,
@@ -698,6 +750,7 @@ mod tests {
                 "could never keep that many idle",
             ),
             (Config::default().max_total_idle(0), "max_total_idle is 0"),
+            (Config::default().max_total(0), "max_total is 0"),
             (
                 Config::default().idle_timeout(Some(Duration::ZERO)),
                 "idle_timeout is zero",

@@ -34,6 +34,20 @@
 //! 6. **Expiry.** A connection past its idle timeout or lifetime is never handed out: every
 //!    checkout checks the connection it popped, and maintenance only drops what it popped itself,
 //!    so expiry racing with checkout or steal can neither hand out nor double-drop a connection.
+//! 7. **Total capacity.** With `Config::max_total`, `live across all keys ≤ max_total` at every
+//!    instant. A connection holds a total permit (`Total::live`) from before `create` until after
+//!    it is dropped, taken with its key's permit and given back just before it. Both are taken
+//!    together under one lock (`Total::takers`), the only place that adds to either word, so a
+//!    check of both counts stays true until the adds: no permit is ever taken and handed back,
+//!    which would let a checkout fail on a permit that is in fact free. No lost wake-up for the
+//!    total: every waiting checkout is also queued on `Total::waiters`, whose first arrival sets
+//!    `TOTAL_WAITING` in the total permit word before its retry; a release's `fetch_sub` on that
+//!    word either comes first (the retry sees the free permit) or sees the flag and tells every
+//!    waiter not yet told to retry (a broadcast, so a notification never lands only on a waiter
+//!    its own key's `max_size` blocks). A checkout blocked by the total first closes one idle
+//!    connection of another key, if any; one that then waits is woken by a freed total permit of
+//!    any key, not by another key's return to idle (that frees no permit): `maintain` closes idle
+//!    connections for it, and `wait_timeout` bounds it.
 //!
 //! # Layout
 //!

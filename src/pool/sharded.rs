@@ -8,7 +8,8 @@
 //!    With `Config::validate_idle_after`, an entry from 2–3 that sat idle that long is then
 //!    checked with the async `Manage::validate` (off the fast path, in the boxed slow future); one
 //!    that fails is closed and 2–3 repeat.
-//! 4. Otherwise take a permit (`live < max_size`) and `create`.
+//! 4. Otherwise take a permit (`live < max_size`, and with `max_total` a total permit too; when only
+//!    the total refuses, close one idle connection of another key and try once more) and `create`.
 //! 5. Otherwise register as a waiter (flagging the key), retry 2–4 once, then sleep until handed a
 //!    connection, told to retry, closed, or timed out.
 //!
@@ -25,6 +26,9 @@
 //!   a return's push CAS either lands first (the retry pops it) or sees the flag and hands off;
 //! * waiter vs freed permit: the same flag on the permit word, which `release_permit`'s `fetch_sub`
 //!   returns (it notifies) and the waiter's retry reads after setting it;
+//! * waiter vs freed total permit (`max_total`): the `TOTAL_WAITING` flag on the total permit
+//!   word, set by the first waiter on `Total::waiters` before its retry, which `Total::release`'s
+//!   `fetch_sub` returns (it tells every waiter to retry);
 //! * close vs return: `close` sets `CLOSED` on every stack, then drains; a push either lands first
 //!   (drained) or is refused (the returner closes its connection).
 //!
@@ -41,7 +45,7 @@ use super::stack::{Lease, Refused};
 // The loom models' linearizable stand-in for the idle stacks (see `stack_model`).
 #[cfg(shardpool_loom_model_stack)]
 use super::stack_model::IdleStacks;
-use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Ordering};
+use super::sync::{Arc, AtomicBool, AtomicUsize, Counter, Mutex, Ordering, lock};
 use super::waiters::{Leftover, WaitQueue, WaitSignal, Waiter, Wake};
 use super::{
     ConnectionPool, Error, KeyName, Manage, PooledConn, SendConnectionPool, SendManage,
@@ -190,6 +194,8 @@ struct Shared<M: Manage> {
     creations: Counter,
     /// With `leak_detection`: the checked-out connections, by key pool address and node index.
     leaks: Option<LeakTracker<(usize, u16), M::Key>>,
+    /// With `max_total`: the permits of all keys together (invariant 7).
+    total: Option<Total<M>>,
     /// The shard count without leak detection, 0 with it: the one comparison of
     /// `ShardedPool::site` both wraps the shard and sends leak detection to its cold path.
     site_limit: usize,
@@ -205,6 +211,81 @@ const _: () = assert!(
     MAX_SHARDS <= SHARD_MASK + 1,
     "a shard fits below SITE_SHIFT"
 );
+
+/// With `Config::max_total`: the permits of all keys together (invariant 7).
+struct Total<M: Manage> {
+    max: usize,
+    /// Total permits in use: connections of every key that exist or are being created, plus the
+    /// [`TOTAL_WAITING`] flag while checkouts wait.
+    live: CachePadded<AtomicUsize>,
+    /// Held while a permit is taken, which takes the key's and the total's together
+    /// (`KeyPool::try_acquire_both`): only its holder adds to either word, so what it checks cannot
+    /// go up before it adds, and neither permit is ever taken and then given back.
+    takers: Mutex<()>,
+    /// Every waiting checkout of every key, queued here as well as on its key's queue: a freed
+    /// total permit tells them all to retry (`WaitQueue::notify_all`).
+    waiters: WaitQueue<Leased<M>>,
+}
+
+/// Set in `Total::live` while checkouts wait, so a freed total permit notifies them.
+const TOTAL_WAITING: usize = 1 << (usize::BITS - 1);
+
+/// Why a permit could not be taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Full {
+    /// The key has `max_size` live connections.
+    Key,
+    /// The pool has `max_total` live connections.
+    Total,
+}
+
+impl<M: Manage> Total<M> {
+    fn new(max: usize) -> Self {
+        Total {
+            max,
+            live: CachePadded::new(AtomicUsize::new(0)),
+            takers: Mutex::new(()),
+            waiters: WaitQueue::default(),
+        }
+    }
+
+    /// Gives a total permit back after its connection was dropped; tells every waiter to retry if
+    /// any waits.
+    fn release(&self) {
+        // Ordering: Release pairs with the Acquire load in `KeyPool::try_acquire_both`: the
+        // connection was dropped before a taker that reads this count creates another. The flag in
+        // the value read settles the race with a registering waiter (invariant 7).
+        let before = self.live.fetch_sub(1, Ordering::Release);
+        // Seeded bug for the loom models (docs/protocol.md): a freed total permit tells nobody,
+        // so a checkout waiting on the total sleeps on.
+        if cfg!(shardpool_seeded_bug = "total_release_silent") {
+            return;
+        }
+        if before & TOTAL_WAITING != 0 {
+            self.waiters.notify_all();
+        }
+    }
+
+    /// Whether checkouts wait while the total is at its cap, so that some may wait on the total
+    /// rather than on their own key's `max_size` (a gauge: one load).
+    fn blocks_waiters(&self) -> bool {
+        // Ordering: Relaxed. Only a hint for maintenance; the handshake is `release`'s RMW.
+        let word = self.live.load(Ordering::Relaxed);
+        word & TOTAL_WAITING != 0 && word & !TOTAL_WAITING >= self.max
+    }
+}
+
+impl<M: Manage> WaitSignal for Total<M> {
+    fn set_waiting(&self, waiting: bool) {
+        // Ordering: Relaxed, as for the key's permit word: a racing `release`'s fetch_sub is
+        // ordered before or after this RMW in the word's modification order.
+        if waiting {
+            self.live.fetch_or(TOTAL_WAITING, Ordering::Relaxed);
+        } else {
+            self.live.fetch_and(!TOTAL_WAITING, Ordering::Relaxed);
+        }
+    }
+}
 
 /// One key's pool: an idle stack per shard, its permits and its waiters.
 pub(crate) struct KeyPool<M: Manage> {
@@ -352,6 +433,7 @@ impl<M: Manage> ShardedPool<M> {
                 .leak_detection
                 .as_ref()
                 .map(|detection| LeakTracker::new(detection, &config.clock)),
+            total: config.max_total.map(Total::new),
             config,
         });
         Ok(ShardedPool {
@@ -515,10 +597,10 @@ impl<M: Manage> ShardedPool<M> {
         if let Some((lease, source)) = KeyPool::validated(&kp, shard, kp.take_idle(shard)).await {
             return kp.finish(shard, lease, source);
         }
-        if kp.try_acquire_permit() {
+        if kp.acquire_or_evict(&self.inner.keys, shard) {
             return KeyPool::create(kp, shard).await;
         }
-        KeyPool::wait(kp, shard).await
+        KeyPool::wait(kp, shard, &self.inner.keys).await
     }
 }
 
@@ -573,9 +655,26 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
         }
         let shard = shard % self.inner.shared.config.shards;
         let key_pools: Vec<_> = self.inner.keys.write().pools().cloned().collect();
-        for kp in key_pools {
+        for kp in &key_pools {
             kp.reap(shard);
-            KeyPool::refill(&kp, shard).await;
+            KeyPool::refill(kp, shard).await;
+        }
+        // Checkouts waiting while the total is at `max_total` and idle connections sit in other
+        // keys: close up to one idle connection of this shard per waiter (invariant 7: each close frees a total
+        // permit, which tells the waiters to retry).
+        if let Some(total) = &self.inner.shared.total
+            && total.blocks_waiters()
+        {
+            let mut wanted = total.waiters.len();
+            for kp in &key_pools {
+                while wanted > 0
+                    && let Some(lease) = kp.idle.pop(shard)
+                {
+                    kp.shared.release_idle(shard);
+                    lease.close(shard);
+                    wanted -= 1;
+                }
+            }
         }
     }
 
@@ -893,8 +992,86 @@ impl<M: Manage> KeyPool<M> {
         })
     }
 
-    /// Takes a permit if fewer than `max_size` are in use (invariant 1).
-    fn try_acquire_permit(&self) -> bool {
+    /// Takes a permit if fewer than `max_size` are in use (invariant 1) and, with `max_total`,
+    /// fewer than `max_total` across keys (invariant 7); says which limit refused it otherwise.
+    fn try_acquire_permit(&self) -> Result<(), Full> {
+        match &self.shared.total {
+            None => {
+                if self.try_acquire_key_permit() {
+                    Ok(())
+                } else {
+                    Err(Full::Key)
+                }
+            }
+            Some(total) => self.try_acquire_both(total),
+        }
+    }
+
+    /// `try_acquire_permit` with `max_total`: the key's permit and a total one, taken together
+    /// under `Total::takers`. Only takers add to either word, and they hold the lock, so a count
+    /// checked here can only have gone down (a release) when it is added to: both limits hold
+    /// without a permit ever being taken and given back (invariant 7).
+    fn try_acquire_both(&self, total: &Total<M>) -> Result<(), Full> {
+        // Seeded bug for the loom models (docs/protocol.md): the checks run without the lock, so
+        // two takers of different keys can both see the last total permit free and both add.
+        #[cfg(not(shardpool_seeded_bug = "total_unlocked"))]
+        let _takers = lock(&total.takers);
+        // Ordering: Acquire pairs with the Release in `release_permit`, as in
+        // `try_acquire_key_permit`.
+        if self.live.load(Ordering::Acquire) & !PERMIT_WAITING >= self.shared.config.max_size {
+            return Err(Full::Key);
+        }
+        // Ordering: Acquire pairs with the Release in `Total::release`: the connection whose total
+        // permit we take over was dropped before we create its successor.
+        if total.live.load(Ordering::Acquire) & !TOTAL_WAITING >= total.max {
+            return Err(Full::Total);
+        }
+        // Ordering: Relaxed. The loads above synchronized with the releases they read; the adds
+        // publish nothing (the connection does not exist yet), and as RMWs they cannot lose a
+        // racing release's fetch_sub or a flag change.
+        self.live.fetch_add(1, Ordering::Relaxed);
+        // Ordering: Relaxed, as above.
+        total.live.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takes a permit; when `max_total` refuses it, closes one idle connection of another key
+    /// (`evict_elsewhere`) and tries once more.
+    fn acquire_or_evict(&self, keys: &KeyTable<KeyPool<M>>, shard: usize) -> bool {
+        match self.try_acquire_permit() {
+            Ok(()) => true,
+            Err(Full::Key) => false,
+            Err(Full::Total) => {
+                self.evict_elsewhere(keys, shard) && self.try_acquire_permit().is_ok()
+            }
+        }
+    }
+
+    /// Closes one idle connection of a key other than this one, to free a total permit: the first
+    /// found, trying each key's stacks from shard `shard` on in its steal order. Costs a lock of
+    /// the key table, a `Vec` of its key pools, and at most one pop per key and shard. Whether one
+    /// was closed.
+    #[cold]
+    fn evict_elsewhere(&self, keys: &KeyTable<KeyPool<M>>, shard: usize) -> bool {
+        let pools: Vec<Arc<KeyPool<M>>> = keys.write().pools().cloned().collect();
+        let order = std::iter::once(&shard).chain(&self.shared.config.steal_order[shard]);
+        for kp in pools
+            .iter()
+            .filter(|kp| !std::ptr::eq(Arc::as_ptr(kp), self))
+        {
+            for &victim in order.clone() {
+                if let Some(lease) = kp.idle.pop(victim) {
+                    kp.shared.release_idle(victim);
+                    lease.close(shard);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Takes a permit of this key alone if fewer than `max_size` are in use (invariant 1).
+    fn try_acquire_key_permit(&self) -> bool {
         let max = self.shared.config.max_size;
         // Ordering: Relaxed for the first look; the CAS below decides.
         let mut word = self.live.load(Ordering::Relaxed);
@@ -915,7 +1092,12 @@ impl<M: Manage> KeyPool<M> {
     }
 
     /// Gives a permit back after its connection was dropped, and notifies a waiter if any waits.
+    /// With `max_total`, the total permit first (invariant 7), so that a waiter of this key
+    /// notified below finds both free.
     fn release_permit(&self) {
+        if let Some(total) = &self.shared.total {
+            total.release();
+        }
         // Ordering: Release pairs with the Acquire in `try_acquire_permit` (the drop happened first).
         // The flag in the value read settles the race with a registering waiter (module docs).
         let before = self.live.fetch_sub(1, Ordering::Release);
@@ -965,7 +1147,11 @@ impl<M: Manage> KeyPool<M> {
     }
 
     /// Waits for a connection: the slow path (module docs, step 5).
-    async fn wait(this: Arc<Self>, shard: usize) -> Result<Pooled<M>, Error<M::Error>> {
+    async fn wait(
+        this: Arc<Self>,
+        shard: usize,
+        keys: &KeyTable<KeyPool<M>>,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = Arc::clone(&this.shared);
         let mut registration = Registration::new(&this, shard)?;
         let started = Instant::now();
@@ -980,7 +1166,7 @@ impl<M: Manage> KeyPool<M> {
                 registration.leave(started);
                 return this.finish(shard, lease, source);
             }
-            if this.try_acquire_permit() {
+            if this.acquire_or_evict(keys, shard) {
                 registration.leave(started);
                 return KeyPool::create(Arc::clone(&this), shard).await;
             }
@@ -1094,7 +1280,9 @@ impl<M: Manage> KeyPool<M> {
                         Ok(()) => {}
                         // With the queue locked and empty no stack is flagged WAITING, and the
                         // permit word's flag is clear too, so closing here cannot try to notify
-                        // (which would take the queue's lock again).
+                        // (which would take the queue's lock again). A freed total permit may
+                        // notify the total's queue here: the lock order is a key's queue, then
+                        // the total's, then a waiter's slot, and nothing takes them the other way.
                         Err(Refused::Full(l) | Refused::Closed(l) | Refused::Waiting(l)) => {
                             l.close(shard)
                         }
@@ -1198,7 +1386,18 @@ impl<M: Manage> KeyPool<M> {
     async fn refill(this: &Arc<Self>, shard: usize) {
         let config = &this.shared.config;
         let want = config.share(config.min_idle, shard);
-        while this.idle.len(shard) < want && !this.is_closed() && this.try_acquire_permit() {
+        // Not while checkouts wait on `max_total`: they need the permits more than the idle stack.
+        let total_waits = || {
+            this.shared
+                .total
+                .as_ref()
+                .is_some_and(Total::blocks_waiters)
+        };
+        while this.idle.len(shard) < want
+            && !this.is_closed()
+            && !total_waits()
+            && this.try_acquire_permit().is_ok()
+        {
             match KeyPool::new_entry(this).await {
                 Ok(lease) => {
                     this.shared.counters(shard).prewarms.incr();
@@ -1296,6 +1495,11 @@ impl<'a, M: Manage> Registration<'a, M> {
         let Some(waiter) = key_pool.waiters.register(key_pool, max_waiters) else {
             return Err(Error::Overloaded { max_waiters });
         };
+        // With `max_total`, also on the queue a freed total permit tells (invariant 7), before the
+        // caller's retry reads the total permit word.
+        if let Some(total) = &key_pool.shared.total {
+            total.waiters.enqueue(&waiter, total);
+        }
         key_pool.shared.counters(shard).waits.incr();
         Ok(Registration {
             key_pool,
@@ -1311,7 +1515,15 @@ impl<'a, M: Manage> Registration<'a, M> {
         self.deregister();
     }
 
+    /// Leaves the `max_total` queue, if on it (idempotent).
+    fn leave_total(&self) {
+        if let Some(total) = &self.key_pool.shared.total {
+            total.waiters.remove(&self.waiter, total);
+        }
+    }
+
     fn deregister(&mut self) {
+        self.leave_total();
         if std::mem::replace(&mut self.left, true) {
             return;
         }
@@ -1333,7 +1545,10 @@ impl<'a, M: Manage> Registration<'a, M> {
 
 impl<M: Manage> Drop for Registration<'_, M> {
     fn drop(&mut self) {
+        // Also when `left` was set by hand (woken with a hand-off or close): the key's queue let
+        // the waiter go, the total's queue has not.
         self.deregister();
+        self.leave_total();
     }
 }
 

@@ -13,6 +13,10 @@
 //!   checkout and stays queued if it still finds nothing.
 //! * [`WaitQueue::close`]: the pool or key closed; every waiter fails with `Closed`.
 //!
+//! With `Config::max_total`, every waiter is also on a second queue, the pool's
+//! ([`WaitQueue::enqueue`]), whose only wake-up is [`WaitQueue::notify_all`]: a total permit was
+//! freed, and every waiter of every key not yet told retries (invariant 7).
+//!
 //! # No lost wake-up (invariant 4)
 //!
 //! A waiter registers (raising the signal), then retries its checkout once before it sleeps. The
@@ -175,6 +179,58 @@ impl<T> WaitQueue<T> {
             }
         }
         false
+    }
+
+    /// Queues `waiter`, already queued on its key's queue, on this second queue too (the sharded
+    /// pool's queue of checkouts that a freed total permit must reach), raising `signal` if it is
+    /// the first. This queue only ever tells its waiters to retry ([`WaitQueue::notify_all`]);
+    /// hand-offs and closing go through the key's queue. The caller must retry its checkout once
+    /// after this, before waiting.
+    pub(crate) fn enqueue(&self, waiter: &Arc<Waiter<T>>, signal: &impl WaitSignal) {
+        let mut queue = lock(&self.queue);
+        queue.push_back(Arc::clone(waiter));
+        if queue.len() == 1 {
+            signal.set_waiting(true);
+        }
+    }
+
+    /// Takes `waiter` off this queue (queued by [`WaitQueue::enqueue`]), lowering `signal` if it
+    /// was the last; its slot is its key queue's business and is left alone.
+    pub(crate) fn remove(&self, waiter: &Arc<Waiter<T>>, signal: &impl WaitSignal) {
+        let mut queue = lock(&self.queue);
+        if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+            queue.remove(at);
+            if queue.is_empty() {
+                signal.set_waiting(false);
+            }
+        }
+    }
+
+    /// Tells every queued waiter that is still waiting and not told yet to retry. A waiter told
+    /// already will retry anyway (or pass its notification on, if it leaves), and one that was
+    /// handed a connection or closed meanwhile needs nothing.
+    pub(crate) fn notify_all(&self) {
+        let mut wakers = Vec::new();
+        {
+            let queue = lock(&self.queue);
+            for waiter in queue.iter() {
+                let mut slot = lock(&waiter.slot);
+                if let Slot::Waiting { waker, notified } = &mut *slot
+                    && !*notified
+                {
+                    *notified = true;
+                    wakers.extend(waker.take());
+                }
+            }
+        }
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// How many waiters are queued now.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.queue).len()
     }
 
     /// Fails every queued waiter with `Closed`.
