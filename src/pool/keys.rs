@@ -185,6 +185,21 @@ impl<V: Keyed> Writer<'_, V> {
         Some(pool)
     }
 
+    /// The `Arc` owning `value`, a key pool that [`KeyTable::lookup`] returned: live, or retired
+    /// since (`None` only for a value this table never held).
+    pub(crate) fn owner(&self, value: &V) -> Option<Arc<V>> {
+        let target: *const V = value;
+        if let Some(pool) = self.keys.live.get(value.key())
+            && std::ptr::eq(Arc::as_ptr(pool), target)
+        {
+            return Some(Arc::clone(pool));
+        }
+        let mut retired = self.keys.retired.iter();
+        retired
+            .find(|pool| std::ptr::eq(Arc::as_ptr(pool), target))
+            .cloned()
+    }
+
     /// Removes `key`, returning its key pool (for the caller to close). The pool is retired, not
     /// freed (module docs).
     pub(crate) fn remove(&mut self, key: &V::Key) -> Option<Arc<V>> {

@@ -400,6 +400,14 @@ enum Source {
     HandedOff,
 }
 
+/// How `KeyPool::wait` ended.
+enum Waited<M: Manage> {
+    /// With a connection: handed off, or found idle on a retry.
+    Got(Pooled<M>),
+    /// With a permit taken on a retry: the caller creates the connection.
+    Permit,
+}
+
 impl<M: Manage> ShardedPool<M> {
     /// Builds a pool, or says which setting is wrong.
     ///
@@ -593,14 +601,41 @@ impl<M: Manage> ShardedPool<M> {
                 return kp.finish(shard, lease, source);
             }
         }
-        let kp = self.key_pool(key)?;
-        if let Some((lease, source)) = KeyPool::validated(&kp, shard, kp.take_idle(shard)).await {
+        // A known key (every checkout but its key's first) is found without the writers' lock or
+        // a reference count: a key pool `lookup` reaches outlives the borrow of `self` (`keys`:
+        // nothing a reader can reach is freed while the pool lives), and every waiting checkout
+        // passes here.
+        let added;
+        let kp = match self.inner.keys.lookup(key) {
+            Some(kp) => kp,
+            None => {
+                added = self.key_pool(key)?;
+                &*added
+            }
+        };
+        if let Some((lease, source)) = KeyPool::validated(kp, shard, kp.take_idle(shard)).await {
             return kp.finish(shard, lease, source);
         }
-        if kp.acquire_or_evict(&self.inner.keys, shard) {
-            return KeyPool::create(kp, shard).await;
+        if !kp.acquire_or_evict(&self.inner.keys, shard) {
+            match KeyPool::wait(kp, shard, &self.inner.keys).await? {
+                Waited::Got(guard) => return Ok(guard),
+                Waited::Permit => {}
+            }
         }
-        KeyPool::wait(kp, shard, &self.inner.keys).await
+        self.create(kp, shard).await
+    }
+
+    /// Creates a connection for `kp`, a permit already taken. The new entry holds its key pool's
+    /// `Arc`, found under the writers' lock: a create costs far more than the lock.
+    async fn create(&self, kp: &KeyPool<M>, shard: usize) -> Result<Pooled<M>, Error<M::Error>> {
+        let Some(owned) = self.inner.keys.write().owner(kp) else {
+            // Unreachable (`owner` knows every key pool `lookup` returns); the permit goes back.
+            kp.release_permit();
+            return Err(Error::Closed);
+        };
+        // Boxed apart, so the manager's `create` future (2 KiB for `tokio-postgres`) is not part of
+        // every slow checkout's future: waiting ones never create, yet would allocate and move it.
+        Box::pin(KeyPool::create(owned, shard)).await
     }
 }
 
@@ -951,10 +986,14 @@ impl<M: Manage> KeyPool<M> {
             lease: ManuallyDrop::new(lease),
             shard,
         };
-        let passed = shared
-            .manager
-            .validate(&mut guard.lease.entry_mut().conn, idle_for)
-            .await;
+        // Boxed for the reason `ShardedPool::create` boxes: the check is rare and does I/O, and
+        // its future would otherwise grow every slow checkout's.
+        let passed = Box::pin(
+            shared
+                .manager
+                .validate(&mut guard.lease.entry_mut().conn, idle_for),
+        )
+        .await;
         (guard.disarm(), passed)
     }
 
@@ -1146,14 +1185,16 @@ impl<M: Manage> KeyPool<M> {
         }
     }
 
-    /// Waits for a connection: the slow path (module docs, step 5).
+    /// Waits for a connection: the slow path (module docs, step 5). Ends with a connection, or
+    /// with a permit taken on a retry (the caller creates: the new entry needs the key pool's
+    /// `Arc`, which the caller finds).
     async fn wait(
-        this: Arc<Self>,
+        this: &KeyPool<M>,
         shard: usize,
         keys: &KeyTable<KeyPool<M>>,
-    ) -> Result<Pooled<M>, Error<M::Error>> {
-        let shared = Arc::clone(&this.shared);
-        let mut registration = Registration::new(&this, shard)?;
+    ) -> Result<Waited<M>, Error<M::Error>> {
+        let shared = &*this.shared;
+        let mut registration = Registration::new(this, shard)?;
         let started = Instant::now();
         let mut sleep = pin!(shared.config.wait_timeout.map(|t| shared.manager.sleep(t)));
         loop {
@@ -1161,14 +1202,14 @@ impl<M: Manage> KeyPool<M> {
                 return Err(Error::Closed);
             }
             if let Some((lease, source)) =
-                KeyPool::validated(&this, shard, this.take_idle(shard)).await
+                KeyPool::validated(this, shard, this.take_idle(shard)).await
             {
                 registration.leave(started);
-                return this.finish(shard, lease, source);
+                return this.finish(shard, lease, source).map(Waited::Got);
             }
             if this.acquire_or_evict(keys, shard) {
                 registration.leave(started);
-                return KeyPool::create(Arc::clone(&this), shard).await;
+                return Ok(Waited::Permit);
             }
             let woken = poll_fn(|cx| {
                 if let Poll::Ready(wake) = pin!(registration.waiter.wait()).poll(cx) {
@@ -1219,7 +1260,7 @@ impl<M: Manage> KeyPool<M> {
                 (handed, false)
             } else {
                 match handed.check(shard, |conn| shared.manager.is_valid(conn)) {
-                    (lease, true) => KeyPool::passes_validation(&this, shard, lease).await,
+                    (lease, true) => KeyPool::passes_validation(this, shard, lease).await,
                     failed => failed,
                 }
             };
@@ -1232,10 +1273,12 @@ impl<M: Manage> KeyPool<M> {
                         waited: started.elapsed(),
                     });
                 }
-                registration = Registration::new(&this, shard)?;
+                registration = Registration::new(this, shard)?;
                 continue;
             }
-            return this.finish(shard, lease, Source::HandedOff);
+            return this
+                .finish(shard, lease, Source::HandedOff)
+                .map(Waited::Got);
         }
     }
 
