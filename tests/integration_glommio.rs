@@ -247,3 +247,40 @@ fn maintenance_rejects_bad_input() {
         );
     }
 }
+
+/// Durations past `Instant`'s range (which glommio's timer would panic on, taking the executor
+/// with it) wait forever instead: a maintenance interval and a checkout's wait timeout of
+/// `Duration::MAX`.
+#[test]
+fn huge_durations_wait_instead_of_panicking_the_executor() {
+    let (map, options) = two_shards();
+    let config = pool_config(&map, Config::default())
+        .max_size(1)
+        .wait_timeout(Some(Duration::MAX));
+    let pool = ShardedPool::new(GlommioTimer(Numbers::default()), config).unwrap();
+    let results = spawn_shards(&map, &options, move |ctx| {
+        let pool = pool.clone();
+        async move {
+            let task = spawn_maintenance(&pool, Duration::MAX).unwrap();
+            let mut waited = false;
+            if ctx.shard == 0 {
+                let held = pool.get(&1).await.unwrap();
+                // A checkout that waits with a wait timeout of Duration::MAX, and is then cancelled.
+                let checkout = async { Some(pool.get(&1).await.map(drop)) };
+                let deadline = async {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    None
+                };
+                waited = futures_lite::future::or(checkout, deadline).await.is_none();
+                drop(held);
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await; // the task sleeps "forever"
+            task.cancel();
+            waited
+        }
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(results, vec![true, false]);
+}

@@ -342,7 +342,15 @@ fn close_drains_and_fails_waiters<P: ConnectionPool<TestManager>>(make: Make<P>)
         0,
         "closed when it came back"
     );
+    // Checkouts of known keys after the close connect nowhere: they fail before `create`.
+    let created = tally.created.load(Ordering::SeqCst);
     assert!(matches!(block_on(pool.get(&1)), Err(Error::Closed)));
+    assert!(matches!(block_on(pool.get(&2)), Err(Error::Closed)));
+    assert_eq!(
+        tally.created.load(Ordering::SeqCst),
+        created,
+        "a closed pool created a connection"
+    );
     assert_eq!(
         tally.created.load(Ordering::SeqCst),
         tally.dropped.load(Ordering::SeqCst)

@@ -176,3 +176,34 @@ fn the_mutex_baseline_refuses_max_total() {
     );
     assert!(err.to_string().contains("use ShardedPool"));
 }
+
+/// Maintenance makes room only for checkouts the total blocks: a checkout waiting on its own key's
+/// `max_size` (the total has room for it) does not cost another key its idle connection, nor stop
+/// its pre-warming.
+#[test]
+fn maintenance_keeps_other_keys_idle_for_a_checkout_its_own_key_blocks() {
+    let (m, _tally) = TestManager::new();
+    let config = Config::default()
+        .shards(1)
+        .max_size(1)
+        .max_total(2)
+        .idle_timeout(None)
+        .wait_timeout(Some(Duration::from_secs(10)));
+    let pool = ShardedPool::new(m, config).expect("valid config");
+    drop(block_on(pool.get(&2)).unwrap()); // key 2: one idle connection
+    let held = block_on(pool.get(&1)).unwrap(); // the total is at its cap (2)
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || block_on(pool.get(&1)).map(|c| c.id))
+    };
+    until_waiting(&pool, 1);
+    block_on(pool.maintain(0));
+    assert_eq!(
+        pool.key_gauges(&2),
+        Some((1, 1)),
+        "key 2's idle connection was closed for a checkout its own key blocks"
+    );
+    let held_id = held.id;
+    drop(held); // handed to the waiter
+    assert_eq!(waiter.join().unwrap().expect("handed off"), held_id);
+}

@@ -130,7 +130,7 @@ impl<M: Manage> Manage for GlommioTimer<M> {
         let on_shard = crate::runtime::current_shard().is_some();
         async move {
             if on_shard {
-                ::glommio::timer::sleep(duration).await;
+                sleep_on_executor(duration).await;
             } else {
                 self.0.sleep(duration).await;
             }
@@ -217,8 +217,22 @@ pub fn spawn_maintenance<M: Manage>(
             }
             pool.maintain(shard).await;
             drop(pool);
-            ::glommio::timer::sleep(every).await;
+            sleep_on_executor(every).await;
         }
     });
     Ok(task.detach())
+}
+
+/// Beyond this a wait never ends in practice (a century), and glommio's timer would panic on a
+/// deadline past `Instant`'s range (`Duration::MAX`, which `Config::wait_timeout` accepts).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `glommio::timer::sleep`, except that a duration of a century or more waits forever instead of
+/// panicking the executor.
+async fn sleep_on_executor(duration: Duration) {
+    if duration < FOREVER {
+        ::glommio::timer::sleep(duration).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
 }

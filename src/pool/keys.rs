@@ -5,11 +5,12 @@
 //! lock, no reference count, no write to a shared cache line. Every core reads the table and none
 //! writes it in steady state, so its lines stay shared in every core's cache.
 //!
-//! Writers (adding, removing, listing keys, closing) take one mutex, which also owns the key pools'
-//! `Arc`s. What makes lock-free readers safe without a reclamation scheme: **nothing a reader can
-//! reach is freed while the pool lives.** A removed key pool is retired (closed, kept in `retired`);
-//! a table replaced by a bigger one is kept too. Both go when the pool is dropped, which needs
-//! `&mut`, so no reader can be left. The price is memory that grows with key churn: each removed
+//! Writers (adding, removing, listing keys, closing, and a create finding its key pool's `Arc`)
+//! take one mutex, which also owns the key pools' `Arc`s. What makes lock-free readers safe
+//! without a reclamation scheme: **nothing a reader can reach is freed while the pool lives.** A
+//! removed key pool is retired (closed, kept in `retired`); a table replaced by a bigger one is
+//! kept too. Both go when the pool is dropped, which needs `&mut`, so no reader can be left. The
+//! price is memory that grows with key churn: each removed
 //! key keeps its (empty, closed) key pool and each table growth keeps the old table until the pool
 //! is dropped. A pool keyed by a stable set of backends pays nothing for this.
 //!
@@ -185,19 +186,14 @@ impl<V: Keyed> Writer<'_, V> {
         Some(pool)
     }
 
-    /// The `Arc` owning `value`, a key pool that [`KeyTable::lookup`] returned: live, or retired
-    /// since (`None` only for a value this table never held).
-    pub(crate) fn owner(&self, value: &V) -> Option<Arc<V>> {
-        let target: *const V = value;
-        if let Some(pool) = self.keys.live.get(value.key())
-            && std::ptr::eq(Arc::as_ptr(pool), target)
-        {
-            return Some(Arc::clone(pool));
+    /// The `Arc` owning `value`, a key pool that [`KeyTable::lookup`] returned, if it still
+    /// serves its key: `None` once the table is closed or the key was removed since.
+    pub(crate) fn live_owner(&self, value: &V) -> Option<Arc<V>> {
+        if self.keys.closed {
+            return None;
         }
-        let mut retired = self.keys.retired.iter();
-        retired
-            .find(|pool| std::ptr::eq(Arc::as_ptr(pool), target))
-            .cloned()
+        let pool = self.keys.live.get(value.key())?;
+        std::ptr::eq(Arc::as_ptr(pool), value).then(|| Arc::clone(pool))
     }
 
     /// Removes `key`, returning its key pool (for the caller to close). The pool is retired, not

@@ -40,14 +40,14 @@
 //!    together under one lock (`Total::takers`), the only place that adds to either word, so a
 //!    check of both counts stays true until the adds: no permit is ever taken and handed back,
 //!    which would let a checkout fail on a permit that is in fact free. No lost wake-up for the
-//!    total: every waiting checkout is also queued on `Total::waiters`, whose first arrival sets
-//!    `TOTAL_WAITING` in the total permit word before its retry; a release's `fetch_sub` on that
-//!    word either comes first (the retry sees the free permit) or sees the flag and tells every
-//!    waiter not yet told to retry (a broadcast, so a notification never lands only on a waiter
-//!    its own key's `max_size` blocks). A checkout blocked by the total first closes one idle
-//!    connection of another key, if any; one that then waits is woken by a freed total permit of
-//!    any key, not by another key's return to idle (that frees no permit): `maintain` closes idle
-//!    connections for it, and `wait_timeout` bounds it.
+//!    total: a waiting checkout that the total refuses also joins `Total::waiters` (once per
+//!    wait), whose first arrival sets `TOTAL_WAITING` in the total permit word, and retries before
+//!    it sleeps; a release's `fetch_sub` on that word either comes first (the retry sees the free
+//!    permit) or sees the flag and tells every waiter not yet told to retry (a broadcast, so a
+//!    notification never lands only on a waiter its own key's `max_size` blocks). A checkout
+//!    blocked by the total first closes one idle connection of another key, if any; one that then
+//!    waits is woken by a freed total permit of any key, not by another key's return to idle (that
+//!    frees no permit): `maintain` closes idle connections for it, and `wait_timeout` bounds it.
 //!
 //! # Layout
 //!

@@ -616,7 +616,7 @@ impl<M: Manage> ShardedPool<M> {
         if let Some((lease, source)) = KeyPool::validated(kp, shard, kp.take_idle(shard)).await {
             return kp.finish(shard, lease, source);
         }
-        if !kp.acquire_or_evict(&self.inner.keys, shard) {
+        if kp.acquire_or_evict(&self.inner.keys, shard).is_err() {
             match KeyPool::wait(kp, shard, &self.inner.keys).await? {
                 Waited::Got(guard) => return Ok(guard),
                 Waited::Permit => {}
@@ -626,10 +626,11 @@ impl<M: Manage> ShardedPool<M> {
     }
 
     /// Creates a connection for `kp`, a permit already taken. The new entry holds its key pool's
-    /// `Arc`, found under the writers' lock: a create costs far more than the lock.
+    /// `Arc`, found under the writers' lock (a create costs far more than the lock). A pool closed,
+    /// or a key removed, since the lookup creates nothing: the permit goes back and the checkout
+    /// fails with `Closed`, as its `finish` would have after an unneeded connect.
     async fn create(&self, kp: &KeyPool<M>, shard: usize) -> Result<Pooled<M>, Error<M::Error>> {
-        let Some(owned) = self.inner.keys.write().owner(kp) else {
-            // Unreachable (`owner` knows every key pool `lookup` returns); the permit goes back.
+        let Some(owned) = self.inner.keys.write().live_owner(kp) else {
             kp.release_permit();
             return Err(Error::Closed);
         };
@@ -1076,13 +1077,10 @@ impl<M: Manage> KeyPool<M> {
 
     /// Takes a permit; when `max_total` refuses it, closes one idle connection of another key
     /// (`evict_elsewhere`) and tries once more.
-    fn acquire_or_evict(&self, keys: &KeyTable<KeyPool<M>>, shard: usize) -> bool {
+    fn acquire_or_evict(&self, keys: &KeyTable<KeyPool<M>>, shard: usize) -> Result<(), Full> {
         match self.try_acquire_permit() {
-            Ok(()) => true,
-            Err(Full::Key) => false,
-            Err(Full::Total) => {
-                self.evict_elsewhere(keys, shard) && self.try_acquire_permit().is_ok()
-            }
+            Err(Full::Total) if self.evict_elsewhere(keys, shard) => self.try_acquire_permit(),
+            taken_or_refused => taken_or_refused,
         }
     }
 
@@ -1207,9 +1205,15 @@ impl<M: Manage> KeyPool<M> {
                 registration.leave(started);
                 return this.finish(shard, lease, source).map(Waited::Got);
             }
-            if this.acquire_or_evict(keys, shard) {
-                registration.leave(started);
-                return Ok(Waited::Permit);
+            match this.acquire_or_evict(keys, shard) {
+                Ok(()) => {
+                    registration.leave(started);
+                    return Ok(Waited::Permit);
+                }
+                // Refused by `max_total` for the first time in this wait: join the total's queue
+                // (flagging its permit word), then retry once before sleeping (invariant 7).
+                Err(Full::Total) if registration.join_total() => continue,
+                Err(_) => {}
             }
             let woken = poll_fn(|cx| {
                 if let Poll::Ready(wake) = pin!(registration.waiter.wait()).poll(cx) {
@@ -1527,6 +1531,8 @@ struct Registration<'a, M: Manage> {
     shard: usize,
     /// Already out of the queue (woken with a hand-off or close, or deregistered).
     left: bool,
+    /// On `Total::waiters` too (joined when `max_total` refused a permit; invariant 7).
+    on_total: bool,
 }
 
 impl<'a, M: Manage> Registration<'a, M> {
@@ -1538,18 +1544,28 @@ impl<'a, M: Manage> Registration<'a, M> {
         let Some(waiter) = key_pool.waiters.register(key_pool, max_waiters) else {
             return Err(Error::Overloaded { max_waiters });
         };
-        // With `max_total`, also on the queue a freed total permit tells (invariant 7), before the
-        // caller's retry reads the total permit word.
-        if let Some(total) = &key_pool.shared.total {
-            total.waiters.enqueue(&waiter, total);
-        }
         key_pool.shared.counters(shard).waits.incr();
         Ok(Registration {
             key_pool,
             waiter,
             shard,
             left: false,
+            on_total: false,
         })
+    }
+
+    /// Joins the queue a freed total permit tells (`max_total`), flagging the total permit word
+    /// before the caller's retry reads it (invariant 7). False if already on it (or no
+    /// `max_total`): the caller sleeps instead of retrying again.
+    fn join_total(&mut self) -> bool {
+        let Some(total) = &self.key_pool.shared.total else {
+            return false;
+        };
+        if std::mem::replace(&mut self.on_total, true) {
+            return false;
+        }
+        total.waiters.enqueue(&self.waiter, total);
+        true
     }
 
     /// Leaves the queue after succeeding on our own; records the wait.
@@ -1559,8 +1575,10 @@ impl<'a, M: Manage> Registration<'a, M> {
     }
 
     /// Leaves the `max_total` queue, if on it (idempotent).
-    fn leave_total(&self) {
-        if let Some(total) = &self.key_pool.shared.total {
+    fn leave_total(&mut self) {
+        if std::mem::replace(&mut self.on_total, false)
+            && let Some(total) = &self.key_pool.shared.total
+        {
             total.waiters.remove(&self.waiter, total);
         }
     }
@@ -1588,10 +1606,9 @@ impl<'a, M: Manage> Registration<'a, M> {
 
 impl<M: Manage> Drop for Registration<'_, M> {
     fn drop(&mut self) {
-        // Also when `left` was set by hand (woken with a hand-off or close): the key's queue let
-        // the waiter go, the total's queue has not.
+        // Leaves the total's queue too, also when `left` was set by hand (woken with a hand-off
+        // or close): the key's queue let the waiter go, the total's queue has not.
         self.deregister();
-        self.leave_total();
     }
 }
 
