@@ -119,9 +119,9 @@ impl Pool {
         match self {
             Pool::Shardpool(pool) => {
                 use shardpool::ConnectionPool;
-                query(&*pool.get(&0).await.expect("a connection")).await
+                query(&pool.get(&0).await.expect("a connection")).await
             }
-            Pool::Deadpool(pool) => query(&*pool.get().await.expect("a connection")).await,
+            Pool::Deadpool(pool) => query(&pool.get().await.expect("a connection")).await,
         }
     }
 }
@@ -163,7 +163,10 @@ fn round(rt: &tokio::runtime::Runtime, pool: &Pool, tasks: usize, seconds: f64) 
             worker.await.expect("a worker");
         }
         // Ordering: Relaxed; every task was joined above.
-        (count.load(Ordering::Relaxed), started.elapsed().as_secs_f64())
+        (
+            count.load(Ordering::Relaxed),
+            started.elapsed().as_secs_f64(),
+        )
     })
 }
 

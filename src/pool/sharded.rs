@@ -1240,7 +1240,7 @@ impl<M: Manage> KeyPool<M> {
                 }
                 None => {
                     registration.left = true;
-                    match this.waiters.deregister(&registration.waiter, &*this) {
+                    match this.waiters.deregister(&registration.waiter, this) {
                         Leftover::Item(lease) => (lease, true),
                         Leftover::Closed => return Err(Error::Closed),
                         Leftover::Nothing => {
