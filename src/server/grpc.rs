@@ -215,21 +215,27 @@ pub fn encode_grpc_message(msg: &str) -> String {
 
 /// A gRPC response body: a unary one (at most one DATA frame, then at most one trailers frame)
 /// or a stream ([`GrpcBody::streaming`], e.g. server reflection's answers).
-#[derive(Default)]
+///
+/// The stream shares its slot with the trailers, so a unary body is no larger than before
+/// streams existed (hyper moves it, and the boxed call future holds it, on every request).
+#[derive(Debug, Default)]
 pub struct GrpcBody {
     data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-    /// A streaming body, polled instead of the two fields above.
-    stream: Option<Pin<Box<dyn Body<Data = Bytes, Error = Infallible>>>>,
+    rest: Option<Rest>,
 }
 
-impl fmt::Debug for GrpcBody {
+/// What follows the data: trailers, or a streaming body polled instead.
+enum Rest {
+    Trailers(HeaderMap),
+    Stream(Pin<Box<dyn Body<Data = Bytes, Error = Infallible>>>),
+}
+
+impl fmt::Debug for Rest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GrpcBody")
-            .field("data", &self.data)
-            .field("trailers", &self.trailers)
-            .field("streaming", &self.stream.is_some())
-            .finish()
+        match self {
+            Rest::Trailers(t) => f.debug_tuple("Trailers").field(t).finish(),
+            Rest::Stream(_) => f.write_str("Stream"),
+        }
     }
 }
 
@@ -243,7 +249,7 @@ impl GrpcBody {
     pub fn bytes(data: impl Into<Bytes>) -> GrpcBody {
         GrpcBody {
             data: Some(data.into()),
-            ..GrpcBody::default()
+            rest: None,
         }
     }
 
@@ -251,8 +257,8 @@ impl GrpcBody {
     /// `grpc-status`), as it yields it.
     pub fn streaming(body: impl Body<Data = Bytes, Error = Infallible> + 'static) -> GrpcBody {
         GrpcBody {
-            stream: Some(Box::pin(body)),
-            ..GrpcBody::default()
+            data: None,
+            rest: Some(Rest::Stream(Box::pin(body))),
         }
     }
 }
@@ -268,34 +274,36 @@ impl Body for GrpcBody {
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
-        if let Some(t) = self.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        if let Some(Rest::Stream(stream)) = &mut self.rest {
+            return stream.as_mut().poll_frame(cx);
         }
-        match &mut self.stream {
-            Some(stream) => stream.as_mut().poll_frame(cx),
-            None => Poll::Ready(None),
-        }
+        Poll::Ready(match self.rest.take() {
+            Some(Rest::Trailers(t)) => Some(Ok(Frame::trailers(t))),
+            _ => None,
+        })
     }
 
     fn is_end_stream(&self) -> bool {
         self.data.is_none()
-            && self.trailers.is_none()
-            && self.stream.as_ref().is_none_or(|s| s.is_end_stream())
+            && match &self.rest {
+                None => true,
+                Some(Rest::Trailers(_)) => false,
+                Some(Rest::Stream(s)) => s.is_end_stream(),
+            }
     }
 
     /// Exact (so hyper sends `content-length`) only for plain bodies: a gRPC response has
     /// trailers, and a `content-length` header there would only cost encoding time.
     fn size_hint(&self) -> SizeHint {
-        if let Some(stream) = &self.stream {
-            return stream.size_hint();
-        }
         let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
-        if self.trailers.is_some() {
-            let mut hint = SizeHint::new();
-            hint.set_lower(len);
-            hint
-        } else {
-            SizeHint::with_exact(len)
+        match &self.rest {
+            Some(Rest::Stream(s)) => s.size_hint(),
+            Some(Rest::Trailers(_)) => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(len);
+                hint
+            }
+            None => SizeHint::with_exact(len),
         }
     }
 }
@@ -317,8 +325,7 @@ pub fn ok_response<M: prost::Message>(msg: &M) -> Response<GrpcBody> {
     trailers.insert(GRPC_STATUS, status_value(Code::Ok));
     let mut resp = Response::new(GrpcBody {
         data: Some(grpc_frame::encode(msg)),
-        trailers: Some(trailers),
-        stream: None,
+        rest: Some(Rest::Trailers(trailers)),
     });
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
