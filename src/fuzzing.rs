@@ -105,6 +105,7 @@ fn decode_all(payload: &[u8]) {
     one::<AddBackendRequest>(payload);
     one::<RemoveBackendRequest>(payload);
     one::<ListBackendsRequest>(payload);
+    one::<crate::proto::grpc::reflection::v1::ServerReflectionRequest>(payload);
 }
 
 /// `grpc_timeout`: accepted exactly when 1–8 ASCII digits precede one unit letter, and then the

@@ -12,6 +12,12 @@ pub mod baseline;
 pub mod runtime;
 
 #[cfg(all(any(feature = "server", feature = "bench"), not(shardpool_loom)))]
+pub mod proto;
+
+#[cfg(all(any(feature = "server", feature = "bench"), not(shardpool_loom)))]
+pub mod grpc_frame;
+
+#[cfg(all(any(feature = "server", feature = "bench"), not(shardpool_loom)))]
 pub mod wire;
 
 #[cfg(all(feature = "server", not(shardpool_loom)))]

@@ -1,12 +1,14 @@
 //! The client side of gRPC unary calls over a raw `h2` connection: framing, status codes and
-//! the outcome of one call. Hand-written (no tonic) so that the load generator costs little CPU.
+//! the outcome of one call. Hand-written (no tonic) so that the load generator costs little CPU;
+//! the message framing is the server's ([`crate::grpc_frame`]).
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+use crate::grpc_frame;
 use crate::wire::{HelloReply, HelloRequest, SAY_HELLO, encode_frame};
 
 pub use crate::wire::Code;
@@ -70,25 +72,9 @@ impl Failure {
 }
 
 /// Decodes exactly one uncompressed gRPC message from a complete response body.
-pub fn decode_frame<M: prost::Message + Default>(mut body: &[u8]) -> Result<M, String> {
-    if body.len() < 5 {
-        return Err(format!(
-            "response body has {} bytes, less than a gRPC frame header",
-            body.len()
-        ));
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err("response is compressed, which this client did not ask for".into());
-    }
-    if body.len() != len {
-        return Err(format!(
-            "gRPC frame says {len} bytes but the body has {}",
-            body.len()
-        ));
-    }
-    M::decode(body).map_err(|e| format!("cannot decode the response message: {e}"))
+pub fn decode_frame<M: prost::Message + Default>(body: &[u8]) -> Result<M, String> {
+    let message = grpc_frame::message_of(body, usize::MAX).map_err(|e| format!("response {e}"))?;
+    M::decode(message).map_err(|e| format!("cannot decode the response message: {e}"))
 }
 
 /// Percent-decodes `grpc-message` (the spec percent-encodes non-ASCII and `%`).
@@ -260,14 +246,15 @@ fn finish(code: Code, message: String, data: Bytes) -> Result<Bytes, Failure> {
             connection_broken: false,
         });
     }
-    if data.len() < 5 {
-        return Err(Failure::client(
-            Code::Internal,
-            "OK status but no response message",
+    // One whole, uncompressed message; this client sets no size limit of its own.
+    match grpc_frame::message_of(&data, usize::MAX) {
+        Ok(message) => Ok(data.slice_ref(message)),
+        Err(e) => Err(Failure::client(
+            e.code(),
+            format!("OK status but the response {e}"),
             false,
-        ));
+        )),
     }
-    Ok(data.slice(5..))
 }
 
 /// Makes one unary call with a deadline; a call without an answer in time fails with

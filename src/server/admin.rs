@@ -270,6 +270,10 @@ async fn admin_call<H: GreetHandler>(
             Code::Unimplemented,
             "helloworld.Greeter is served on the serving port (--listen), not on the admin listener",
         )),
+        Method::Reflection => Err(Status::new(
+            Code::Unimplemented,
+            "server reflection is served on the serving port (--listen), not on the admin listener",
+        )),
         Method::HealthCheck | Method::PoolMetrics => super::call(shard, method, body).await,
     }
 }

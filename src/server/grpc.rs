@@ -1,11 +1,12 @@
-//! gRPC over HTTP/2, unary calls only: status codes, the 5-byte message framing, `grpc-timeout`,
-//! `grpc-message` escaping and a two-frame response body (message, then trailers).
+//! gRPC over HTTP/2 on the server side: status codes, reading a unary request (with the one
+//! copy of the 5-byte message framing, [`crate::grpc_frame`]), `grpc-timeout`, `grpc-message`
+//! escaping, and the response body: a unary one (message, then trailers) or a stream.
 //!
 //! Written against the protocol description
 //! (<https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md>), with no dependency on a
 //! gRPC library.
 
-use crate::wire::{PREFIX_LEN, encode_frame};
+use crate::grpc_frame::{self, FrameError, PREFIX_LEN};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -115,14 +116,11 @@ where
         let have = acc.as_ref().map_or(buf.len(), |a| a.len());
         if declared.is_none() && have >= PREFIX_LEN {
             let head = acc.as_deref().unwrap_or(&buf);
-            declared = Some(check_prefix(&head[..PREFIX_LEN], max_len)?);
+            declared = Some(grpc_frame::parse_prefix(head, max_len).map_err(request_error)?);
         }
         if let Some(len) = declared {
             if have > PREFIX_LEN + len {
-                return Err(Status::new(
-                    Code::Internal,
-                    "more than one request message for a unary method",
-                ));
+                return Err(request_error(FrameError::Extra));
             }
             // The message is whole: if the body says it has ended (the DATA frame carried
             // END_STREAM), stop here instead of polling again only to be told so.
@@ -136,21 +134,12 @@ where
         None => buf,
     };
     match declared {
-        None if whole.is_empty() => Err(Status::new(Code::Internal, "missing request message")),
-        None => Err(Status::new(
-            Code::Internal,
-            format!(
-                "request body ended inside the {PREFIX_LEN}-byte message prefix ({} bytes)",
-                whole.len()
-            ),
-        )),
-        Some(len) if whole.len() < PREFIX_LEN + len => Err(Status::new(
-            Code::Internal,
-            format!(
-                "request body ended inside a message: got {} of {len} bytes",
-                whole.len() - PREFIX_LEN
-            ),
-        )),
+        None if whole.is_empty() => Err(request_error(FrameError::Missing)),
+        None => Err(request_error(FrameError::CutPrefix { got: whole.len() })),
+        Some(len) if whole.len() < PREFIX_LEN + len => Err(request_error(FrameError::CutMessage {
+            got: whole.len() - PREFIX_LEN,
+            len,
+        })),
         Some(_) => {
             whole.advance(PREFIX_LEN);
             Ok(whole)
@@ -158,32 +147,10 @@ where
     }
 }
 
-/// Checks a message prefix; returns the declared length.
-fn check_prefix(prefix: &[u8], max_len: usize) -> Result<usize, Status> {
-    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-    match prefix[0] {
-        0 => {}
-        1 => {
-            return Err(Status::new(
-                Code::Unimplemented,
-                "compressed request messages are not supported; this server accepts \
-                 grpc-encoding identity only",
-            ));
-        }
-        flag => {
-            return Err(Status::new(
-                Code::Internal,
-                format!("invalid compressed-flag byte {flag} in message prefix"),
-            ));
-        }
-    }
-    if len > max_len {
-        return Err(Status::new(
-            Code::ResourceExhausted,
-            format!("request message of {len} bytes is larger than the maximum of {max_len} bytes"),
-        ));
-    }
-    Ok(len)
+/// The status for a request body that breaks the framing: the error's code, and its text after
+/// "request".
+pub fn request_error(e: FrameError) -> Status {
+    Status::new(e.code(), format!("request {e}"))
 }
 
 /// Parses a `grpc-timeout` header value: 1–8 ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`,
@@ -246,11 +213,30 @@ pub fn encode_grpc_message(msg: &str) -> String {
     out
 }
 
-/// A unary gRPC response body: at most one DATA frame, then at most one trailers frame.
+/// A gRPC response body: a unary one (at most one DATA frame, then at most one trailers frame)
+/// or a stream ([`GrpcBody::streaming`], e.g. server reflection's answers).
+///
+/// The stream shares its slot with the trailers, so a unary body is no larger than before
+/// streams existed (hyper moves it, and the boxed call future holds it, on every request).
 #[derive(Debug, Default)]
 pub struct GrpcBody {
     data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
+    rest: Option<Rest>,
+}
+
+/// What follows the data: trailers, or a streaming body polled instead.
+enum Rest {
+    Trailers(HeaderMap),
+    Stream(Pin<Box<dyn Body<Data = Bytes, Error = Infallible>>>),
+}
+
+impl fmt::Debug for Rest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rest::Trailers(t) => f.debug_tuple("Trailers").field(t).finish(),
+            Rest::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl GrpcBody {
@@ -263,7 +249,16 @@ impl GrpcBody {
     pub fn bytes(data: impl Into<Bytes>) -> GrpcBody {
         GrpcBody {
             data: Some(data.into()),
-            trailers: None,
+            rest: None,
+        }
+    }
+
+    /// A body that sends what `body` yields (framed messages, then trailers with
+    /// `grpc-status`), as it yields it.
+    pub fn streaming(body: impl Body<Data = Bytes, Error = Infallible> + 'static) -> GrpcBody {
+        GrpcBody {
+            data: None,
+            rest: Some(Rest::Stream(Box::pin(body))),
         }
     }
 }
@@ -274,28 +269,41 @@ impl Body for GrpcBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        if let Some(Rest::Stream(stream)) = &mut self.rest {
+            return stream.as_mut().poll_frame(cx);
+        }
+        Poll::Ready(match self.rest.take() {
+            Some(Rest::Trailers(t)) => Some(Ok(Frame::trailers(t))),
+            _ => None,
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
+        self.data.is_none()
+            && match &self.rest {
+                None => true,
+                Some(Rest::Trailers(_)) => false,
+                Some(Rest::Stream(s)) => s.is_end_stream(),
+            }
     }
 
     /// Exact (so hyper sends `content-length`) only for plain bodies: a gRPC response has
     /// trailers, and a `content-length` header there would only cost encoding time.
     fn size_hint(&self) -> SizeHint {
         let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
-        if self.trailers.is_some() {
-            let mut hint = SizeHint::new();
-            hint.set_lower(len);
-            hint
-        } else {
-            SizeHint::with_exact(len)
+        match &self.rest {
+            Some(Rest::Stream(s)) => s.size_hint(),
+            Some(Rest::Trailers(_)) => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(len);
+                hint
+            }
+            None => SizeHint::with_exact(len),
         }
     }
 }
@@ -316,12 +324,36 @@ pub fn ok_response<M: prost::Message>(msg: &M) -> Response<GrpcBody> {
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert(GRPC_STATUS, status_value(Code::Ok));
     let mut resp = Response::new(GrpcBody {
-        data: Some(encode_frame(msg)),
-        trailers: Some(trailers),
+        data: Some(grpc_frame::encode(msg)),
+        rest: Some(Rest::Trailers(trailers)),
     });
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
     resp
+}
+
+/// A streaming response: HTTP 200, `content-type: application/grpc`, then what `body` yields
+/// (messages framed with [`grpc_frame::encode`], then [`status_trailers`]).
+pub fn streaming_response(
+    body: impl Body<Data = Bytes, Error = Infallible> + 'static,
+) -> Response<GrpcBody> {
+    let mut resp = Response::new(GrpcBody::streaming(body));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
+    resp
+}
+
+/// The trailers that end a response with `status`: `grpc-status`, and `grpc-message` when the
+/// status has a message.
+pub fn status_trailers(status: &Status) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(2);
+    h.insert(GRPC_STATUS, status_value(status.code));
+    if !status.message.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&encode_grpc_message(&status.message))
+    {
+        h.insert(GRPC_MESSAGE, v);
+    }
+    h
 }
 
 /// A "trailers-only" error response: HTTP 200 whose headers carry `grpc-status` and

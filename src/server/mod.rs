@@ -1,9 +1,10 @@
 //! The thread-per-core gRPC server: hyper HTTP/2 (h2c) on glommio, one SO_REUSEPORT listener
-//! per shard, hand-written unary gRPC framing ([`grpc`]) and hand-written prost messages
-//! ([`proto`]).
+//! per shard, unary gRPC calls ([`grpc`], with the one copy of the message framing,
+//! [`crate::grpc_frame`]) and prost messages generated from `proto/` ([`proto`]).
 //!
-//! Services on the serving port: `helloworld.Greeter/SayHello`, `grpc.health.v1.Health/Check`
-//! and `shardpool.v1.Admin/PoolMetrics`. The admin listener (`admin_listen`) serves Prometheus
+//! Services on the serving port: `helloworld.Greeter/SayHello`, `grpc.health.v1.Health/Check`,
+//! `shardpool.v1.Admin/PoolMetrics` and gRPC server reflection ([`reflection`]: `grpcurl list`
+//! and `describe` work without `.proto` files; [`ServerConfig::reflection`] turns it off). The admin listener (`admin_listen`) serves Prometheus
 //! text over HTTP/1.1 (`/metrics`) and, over h2c on the same port, `shardpool.v1.Admin`
 //! including `AddBackend`, `RemoveBackend` and `ListBackends`, which the serving port answers
 //! PERMISSION_DENIED; [`AdminConfig`] sets its token and limits. The backend RPCs act through a
@@ -56,6 +57,7 @@ pub mod conn;
 pub mod grpc;
 pub mod io;
 pub mod limits;
+pub mod reflection;
 pub mod watch;
 /// The messages the server speaks, one copy with the load generator's ([`crate::wire`]).
 pub use crate::wire as proto;
@@ -221,6 +223,11 @@ pub struct ServerConfig {
     pub send_stall_timeout: Option<Duration>,
     /// Largest request message accepted, bytes (default 4 MiB); larger → RESOURCE_EXHAUSTED.
     pub max_message_size: usize,
+    /// Serve gRPC server reflection (`grpc.reflection.v1` and `v1alpha`) on the serving port
+    /// (default true): it tells any client the schema of the services (the `.proto` files of
+    /// `proto/`, public anyway) and nothing else. Off: those services answer UNIMPLEMENTED.
+    /// See [`reflection`] for its bounds.
+    pub reflection: bool,
     /// Open connections per shard (default 16384; `shardpool serve` derives it from the
     /// descriptor limit, see [`limits::connection_cap`]). At the cap the least useful
     /// connection is shed (still handshaking, then idle longest) before a new one is refused.
@@ -254,6 +261,7 @@ impl Default for ServerConfig {
             conn_idle_timeout: Some(Duration::from_secs(300)),
             send_stall_timeout: Some(Duration::from_secs(30)),
             max_message_size: 4 << 20,
+            reflection: true,
             max_connections_per_shard: 16384,
             accept_backoff_max: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
@@ -1195,10 +1203,13 @@ enum Method {
     HealthCheck,
     PoolMetrics,
     Backends(admin::BackendRpc),
+    /// `ServerReflectionInfo` of either reflection service.
+    Reflection,
 }
 
-/// The methods of each service in [`SERVICES`].
-const METHODS: [(&str, &[(&str, Method)]); SERVICES.len()] = [
+/// The methods of each service in [`SERVICES`], then of the reflection services. The Greeter
+/// comes first: [`route`] tries them in order.
+const METHODS: [(&str, &[(&str, Method)]); SERVICES.len() + reflection::SERVICES.len()] = [
     (SERVICES[0], &[("SayHello", Method::SayHello)]),
     (SERVICES[1], &[("Check", Method::HealthCheck)]),
     (
@@ -1209,6 +1220,14 @@ const METHODS: [(&str, &[(&str, Method)]); SERVICES.len()] = [
             ("RemoveBackend", Method::Backends(admin::BackendRpc::Remove)),
             ("ListBackends", Method::Backends(admin::BackendRpc::List)),
         ],
+    ),
+    (
+        reflection::SERVICES[0],
+        &[("ServerReflectionInfo", Method::Reflection)],
+    ),
+    (
+        reflection::SERVICES[1],
+        &[("ServerReflectionInfo", Method::Reflection)],
     ),
 ];
 
@@ -1331,6 +1350,14 @@ async fn handle<H: GreetHandler>(
     deadline: Option<Duration>,
     body: Incoming,
 ) -> Response<GrpcBody> {
+    if matches!(method, Method::Reflection) {
+        let (code, resp) = match open_reflection(&shard.shared.cfg, deadline, body) {
+            Ok(resp) => (Code::Ok, resp),
+            Err(status) => (status.code(), status_response(&status)),
+        };
+        ServerCounters::bump(&shard.counters().calls_by_code[code as usize]);
+        return resp;
+    }
     let work = async {
         // A closed semaphore cannot happen (nobody closes it); map it anyway.
         let _permit = match &limit {
@@ -1379,6 +1406,31 @@ async fn handle<H: GreetHandler>(
     resp
 }
 
+/// Opens a reflection stream (counted as one call, OK when it opens): its answers are sent as
+/// its requests arrive (see [`reflection`]), for at most the call's deadline or
+/// [`reflection::STREAM_LIMIT`].
+fn open_reflection(
+    cfg: &ServerConfig,
+    deadline: Option<Duration>,
+    body: Incoming,
+) -> Result<Response<GrpcBody>, Status> {
+    if !cfg.reflection {
+        return Err(Status::new(
+            Code::Unimplemented,
+            "server reflection is turned off on this server (serve --reflection off)",
+        ));
+    }
+    let limit = deadline.map_or(reflection::STREAM_LIMIT, |d| {
+        d.min(reflection::STREAM_LIMIT)
+    });
+    let stream = reflection::ReflectionStream::new(
+        body,
+        cfg.max_message_size,
+        Box::pin(glommio::timer::sleep(limit)),
+    );
+    Ok(grpc::streaming_response(stream))
+}
+
 fn decode<M: Message + Default>(bytes: bytes::Bytes, what: &str) -> Result<M, Status> {
     M::decode(bytes)
         .map_err(|e| Status::new(Code::InvalidArgument, format!("cannot decode {what}: {e}")))
@@ -1421,6 +1473,12 @@ async fn call<H: GreetHandler>(
         // The serving port never changes or reveals the backends: those RPCs are served on the
         // admin listener only (admin::serve).
         Method::Backends(rpc) => Err(admin::refused_on_serving_port(rpc)),
+        // A stream, opened by `handle` (or refused by the admin listener) before any request
+        // is read; never a unary call.
+        Method::Reflection => Err(Status::new(
+            Code::Internal,
+            "ServerReflectionInfo reached the unary path",
+        )),
     }
 }
 
@@ -1486,6 +1544,31 @@ mod tests {
         for (service, methods) in METHODS {
             for (name, method) in methods {
                 assert_eq!(route(&format!("/{service}/{name}")), Ok(*method));
+            }
+        }
+    }
+
+    /// What reflection lists (the services of proto/) is what the server routes, method by
+    /// method: a .proto file and the server cannot drift apart.
+    #[test]
+    fn reflection_lists_exactly_the_routed_services_and_methods() {
+        let listed: Vec<&str> = crate::proto::FILES
+            .iter()
+            .flat_map(|f| f.services.iter().copied())
+            .collect();
+        let routed: Vec<&str> = METHODS.iter().map(|(s, _)| *s).collect();
+        let mut a = listed.clone();
+        let mut b = routed.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
+        for (service, methods) in METHODS {
+            for (name, _) in methods {
+                let symbol = format!("{service}.{name}");
+                assert!(
+                    crate::proto::FILES.iter().any(|f| f.defines(&symbol)),
+                    "{symbol} is routed but not in proto/"
+                );
             }
         }
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Python grpcio interop client for `shardpool serve`.
 
-Compiles tests/interop/protos/*.proto with grpc_tools (no system protoc needed) into a temporary
+Compiles the repository's proto/*.proto with grpc_tools (no system protoc needed) into a temporary
 directory, then checks SayHello, Health/Check, Admin/PoolMetrics, error statuses and many
 concurrent calls on one channel and on many channels. Exits 0 when every check passed, 1 with
 the failing check otherwise.
@@ -26,7 +26,8 @@ except ImportError as e:  # a missing tool must fail loudly, never skip
     sys.exit(2)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROTOS = os.path.join(HERE, "protos")
+# The .proto files the library is generated from (proto/ at the repository root).
+PROTOS = os.path.join(HERE, "..", "..", "proto")
 TIMEOUT = 10  # seconds per call
 
 

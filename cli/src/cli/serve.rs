@@ -136,6 +136,11 @@ pub(super) struct Knobs {
     /// Largest request message [default: 4MiB].
     #[arg(long, env = "SHARDPOOL_MAX_MESSAGE_SIZE")]
     max_message_size: Option<String>,
+    /// gRPC server reflection on the serving port, `on` or `off` (grpcurl `list`/`describe`
+    /// without .proto files; it reveals the services' schema, nothing else); bare
+    /// `--reflection` means on [default: on].
+    #[arg(long, env = "SHARDPOOL_REFLECTION", num_args = 0..=1, default_missing_value = "true")]
+    reflection: Option<String>,
     /// Open connections per shard, or `auto`: what the descriptor limit leaves after
     /// --fd-reserve, split over the shards. At the cap the connection still handshaking, else
     /// the one idle longest, is closed to make room [default: auto].
@@ -215,7 +220,7 @@ impl Lookup<'_> {
     }
 }
 
-const KEYS: [&str; 32] = [
+const KEYS: [&str; 33] = [
     "listen",
     "shards",
     "placement",
@@ -243,6 +248,7 @@ const KEYS: [&str; 32] = [
     "conn_idle_timeout",
     "send_stall_timeout",
     "max_message_size",
+    "reflection",
     "max_connections_per_shard",
     "fd_reserve",
     "accept_backoff_max",
@@ -574,6 +580,9 @@ impl Knobs {
                     parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
                 })?
                 .unwrap_or(d.max_message_size),
+            reflection: l
+                .get("reflection", &a.reflection, parse_bool)?
+                .unwrap_or(d.reflection),
             max_connections_per_shard: match max_connections {
                 AutoCount::Fixed(n) => n,
                 AutoCount::Auto => d.max_connections_per_shard,
@@ -800,7 +809,8 @@ mod tests {
             &file,
             "request_timeout = \"5s\"\nmax_concurrent_streams = 77\ntcp_nodelay = false\n\
              conn_idle_timeout = \"90s\"\nsend_stall_timeout = \"1m\"\n\
-             initial_stream_window = \"64KiB\"\nplacement = \"cpus:0\"\nreuse_port_shared = true\n",
+             initial_stream_window = \"64KiB\"\nplacement = \"cpus:0\"\nreuse_port_shared = true\n\
+             reflection = \"off\"\n",
         )
         .unwrap();
         let defaults = Knobs::default().resolve(&ConfigFile::default()).unwrap();
@@ -844,6 +854,11 @@ mod tests {
         assert_eq!(r.server.admin_listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(r.placement, Placement::Cpus(vec![0]));
         assert!(r.server.reuse_port_shared, "file beats default");
+        assert!(defaults.server.reflection, "reflection is on by default");
+        assert!(
+            !r.server.reflection,
+            "`reflection = \"off\"` in the file turns it off"
+        );
         assert_eq!(
             r.server.max_message_size,
             ServerConfig::default().max_message_size
