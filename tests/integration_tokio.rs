@@ -119,9 +119,12 @@ fn workers_take_their_index_as_shard_and_blocking_threads_take_none() {
             let pool = pool.clone();
             runtime.spawn(async move {
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                let bound = current_shard().is_some();
+                // The checkout's shard is the calling thread's when `get_send` is called; read the
+                // worker there too: the task may move to another worker while it awaits (the
+                // manager's create yields).
+                let (bound, worker) = (current_shard().is_some(), worker_index());
                 let conn = pool.get_send(&1).await.unwrap();
-                (bound, worker_index(), conn.shard())
+                (bound, worker, conn.shard())
             })
         })
         .collect();
