@@ -13,9 +13,9 @@
 //!   checkout and stays queued if it still finds nothing.
 //! * [`WaitQueue::close`]: the pool or key closed; every waiter fails with `Closed`.
 //!
-//! With `Config::max_total`, every waiter is also on a second queue, the pool's
-//! ([`WaitQueue::enqueue`]), whose only wake-up is [`WaitQueue::notify_all`]: a total permit was
-//! freed, and every waiter of every key not yet told retries (invariant 7).
+//! With `Config::max_total`, a waiter that the total refused is also on a second queue, the
+//! pool's ([`WaitQueue::enqueue`]), whose only wake-up is [`WaitQueue::notify_all`]: a total
+//! permit was freed, and every waiter on it not yet told retries (invariant 7).
 //!
 //! # No lost wake-up (invariant 4)
 //!
@@ -111,10 +111,7 @@ impl<T> WaitQueue<T> {
                 notified: false,
             }),
         });
-        queue.push_back(Arc::clone(&waiter));
-        if queue.len() == 1 {
-            signal.set_waiting(true);
-        }
+        push(&mut queue, &waiter, signal);
         Some(waiter)
     }
 
@@ -187,15 +184,11 @@ impl<T> WaitQueue<T> {
     /// hand-offs and closing go through the key's queue. The caller must retry its checkout once
     /// after this, before waiting.
     pub(crate) fn enqueue(&self, waiter: &Arc<Waiter<T>>, signal: &impl WaitSignal) {
-        let mut queue = lock(&self.queue);
-        queue.push_back(Arc::clone(waiter));
-        if queue.len() == 1 {
-            signal.set_waiting(true);
-        }
+        push(&mut lock(&self.queue), waiter, signal);
     }
 
-    /// Takes `waiter` off this queue (queued by [`WaitQueue::enqueue`]), lowering `signal` if it
-    /// was the last; its slot is its key queue's business and is left alone.
+    /// Takes `waiter` off this queue (if on it), lowering `signal` if it was the last; its slot is
+    /// left alone (`deregister` deals with it on a key's queue).
     pub(crate) fn remove(&self, waiter: &Arc<Waiter<T>>, signal: &impl WaitSignal) {
         let mut queue = lock(&self.queue);
         if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
@@ -267,14 +260,7 @@ impl<T> WaitQueue<T> {
         waiter: &Arc<Waiter<T>>,
         signal: &impl WaitSignal,
     ) -> Leftover<T> {
-        let mut queue = lock(&self.queue);
-        if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
-            queue.remove(at);
-            if queue.is_empty() {
-                signal.set_waiting(false);
-            }
-        }
-        drop(queue);
+        self.remove(waiter, signal);
         let slot = std::mem::replace(&mut *lock(&waiter.slot), Slot::Taken);
         match slot {
             Slot::Handed(item) => Leftover::Item(item),
@@ -287,6 +273,19 @@ impl<T> WaitQueue<T> {
             }
             Slot::Taken => Leftover::Nothing,
         }
+    }
+}
+
+/// Appends `waiter` to a locked queue, raising `signal` if it is the first (invariant 4: before
+/// the caller's retry).
+fn push<T>(
+    queue: &mut VecDeque<Arc<Waiter<T>>>,
+    waiter: &Arc<Waiter<T>>,
+    signal: &impl WaitSignal,
+) {
+    queue.push_back(Arc::clone(waiter));
+    if queue.len() == 1 {
+        signal.set_waiting(true);
     }
 }
 
