@@ -704,9 +704,8 @@ impl<M: Manage> ConnectionPool<M> for ShardedPool<M> {
             let mut wanted = total.waiters.len();
             for kp in &key_pools {
                 while wanted > 0
-                    && let Some(lease) = kp.idle.pop(shard)
+                    && let Some(lease) = kp.pop_idle(shard)
                 {
-                    kp.shared.release_idle(shard);
                     lease.close(shard);
                     wanted -= 1;
                 }
@@ -922,8 +921,7 @@ impl<M: Manage> KeyPool<M> {
         now: &mut Option<u64>,
     ) -> Option<Leased<M>> {
         let config = &self.shared.config;
-        while let Some(lease) = self.idle.pop(victim) {
-            self.shared.release_idle(victim);
+        while let Some(lease) = self.pop_idle(victim) {
             // Seeded bug for the loom models (docs/protocol.md): stolen entries skip the expiry
             // check, so a steal can hand out an expired connection.
             let check_expiry =
@@ -1097,8 +1095,7 @@ impl<M: Manage> KeyPool<M> {
             .filter(|kp| !std::ptr::eq(Arc::as_ptr(kp), self))
         {
             for &victim in order.clone() {
-                if let Some(lease) = kp.idle.pop(victim) {
-                    kp.shared.release_idle(victim);
+                if let Some(lease) = kp.pop_idle(victim) {
                     lease.close(shard);
                     return true;
                 }
@@ -1367,6 +1364,14 @@ impl<M: Manage> KeyPool<M> {
         Err(Refused::Full(lease))
     }
 
+    /// Pops shard `shard`'s idle stack, giving the entry's slot of the total-idle budget back.
+    #[inline(always)]
+    fn pop_idle(&self, shard: usize) -> Option<Leased<M>> {
+        let lease = self.idle.pop(shard)?;
+        self.shared.release_idle(shard);
+        Some(lease)
+    }
+
     /// Pushes `lease` onto shard `target`'s stack within its total-idle budget. Over budget counts
     /// as full.
     #[inline(always)]
@@ -1395,8 +1400,7 @@ impl<M: Manage> KeyPool<M> {
         }
         self.waiters.close(self);
         for shard in 0..self.shared.config.shards {
-            while let Some(lease) = self.idle.pop(shard) {
-                self.shared.release_idle(shard);
+            while let Some(lease) = self.pop_idle(shard) {
                 lease.close(shard);
             }
         }
@@ -1417,8 +1421,7 @@ impl<M: Manage> KeyPool<M> {
             leases: Vec::new(),
             shard,
         };
-        while let Some(lease) = self.idle.pop(shard) {
-            self.shared.release_idle(shard);
+        while let Some(lease) = self.pop_idle(shard) {
             let entry = lease.entry();
             if config.is_expired(entry.created, entry.idle_since, entry.cut, now) {
                 self.shared.counters(shard).expirations.incr();
