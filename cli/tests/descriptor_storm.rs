@@ -204,10 +204,23 @@ fn a_limit_too_low_for_the_reserve_is_refused_naming_ulimit() {
     );
 }
 
-#[test]
-fn out_of_descriptors_below_a_fixed_cap_accept_errors_are_quiet_and_clients_still_get_in() {
-    // A cap set by hand far above what 512 descriptors hold: accepts fail with EMFILE.
-    let log = scratch_path("emfile.log");
+/// What a storm of idle connections below a cap set by hand did to a server of `shards` shards.
+struct FixedCapStorm {
+    /// How many of the 100 oldest / 100 newest idle connections the server closed.
+    oldest_closed: usize,
+    newest_closed: usize,
+    /// Log lines about accept errors, and the storm's length.
+    accept_lines: usize,
+    elapsed: Duration,
+    /// Whether a new client got in after the storm (with up to three attempts).
+    served_new: Result<(), String>,
+    log_tail: String,
+}
+
+/// Runs the server under a descriptor limit of 512 with a cap set by hand far above what that
+/// holds (so accepts fail with EMFILE), opens 1,000 idle connections, then tries a new client.
+fn storm_below_a_fixed_cap(shards: &str) -> FixedCapStorm {
+    let log = scratch_path(&format!("emfile-{shards}-shards.log"));
     let serve = Proc::start_with_nofile(
         512,
         &[
@@ -215,7 +228,7 @@ fn out_of_descriptors_below_a_fixed_cap_accept_errors_are_quiet_and_clients_stil
             "--listen",
             "127.0.0.1:0",
             "--shards",
-            "2",
+            shards,
             "--pin",
             "false",
             "--upstream",
@@ -270,27 +283,53 @@ fn out_of_descriptors_below_a_fixed_cap_accept_errors_are_quiet_and_clients_stil
     drop(serve);
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::remove_dir_all(log.parent().unwrap()).unwrap();
-    let accept_lines = text.lines().filter(|l| l.contains("accept failed")).count();
+    FixedCapStorm {
+        oldest_closed,
+        newest_closed,
+        accept_lines: text.lines().filter(|l| l.contains("accept failed")).count(),
+        elapsed,
+        served_new,
+        log_tail: tail(&text),
+    }
+}
+
+impl FixedCapStorm {
+    /// Accept errors happened, were logged at most once a second per shard, and the new client
+    /// was served.
+    fn assert_quiet_and_served(&self, shards: usize) {
+        let (lines, elapsed, log) = (self.accept_lines, self.elapsed, &self.log_tail);
+        assert!(
+            lines >= 1,
+            "the test did not run the server out of descriptors:\n{log}"
+        );
+        let allowed = shards * (elapsed.as_secs() as usize + 1) + 1;
+        assert!(
+            lines <= allowed,
+            "{lines} log lines about accept errors in {elapsed:?} (at most {allowed}):\n{log}"
+        );
+        assert!(
+            self.served_new.is_ok(),
+            "{:?}\nserver log (tail):\n{log}",
+            self.served_new
+        );
+    }
+}
+
+#[test]
+fn out_of_descriptors_below_a_fixed_cap_accept_errors_are_quiet_and_clients_still_get_in() {
+    // One shard: room is made by shedding the oldest idle connections, not by resetting the
+    // newest.
+    let one = storm_below_a_fixed_cap("1");
+    one.assert_quiet_and_served(1);
     assert!(
-        accept_lines >= 1,
-        "the test did not run the server out of descriptors:\n{}",
-        tail(&text)
+        one.oldest_closed >= 90 && one.newest_closed <= 10,
+        "one shard: of the 100 oldest idle connections {} were closed, of the 100 newest {}",
+        one.oldest_closed,
+        one.newest_closed
     );
-    let allowed = 2 * (elapsed.as_secs() as usize + 1) + 1;
-    assert!(
-        accept_lines <= allowed,
-        "{accept_lines} log lines about accept errors in {elapsed:?} (at most {allowed}):\n{}",
-        tail(&text)
-    );
-    // Room was made by shedding the oldest idle connections, not by resetting the newest.
-    assert!(
-        oldest_closed >= 90 && newest_closed <= 10,
-        "of the 100 oldest idle connections {oldest_closed} were closed, of the 100 newest \
-         {newest_closed}"
-    );
-    assert!(
-        served_new.is_ok(),
-        "{served_new:?}\nserver log (tail):\n{}",
-        tail(&text)
-    );
+    // Two shards share the process's descriptors but each sheds only its own connections (see
+    // docs/security.md, "Limits not covered"): which ones close depends on which shard hits
+    // EMFILE, so only quiet errors and a served client are checked. (Run one after the other:
+    // each storm holds 1,000 descriptors in this process.)
+    storm_below_a_fixed_cap("2").assert_quiet_and_served(2);
 }
