@@ -74,8 +74,9 @@ cargo build -p shardpool --lib
 step "unit, integration and interop tests"
 cargo test --workspace --all-targets --features shardpool/full,shardpool/tokio,shardpool/postgres,shardpool/redis
 
-step "doctests (the README's examples included)"
+step "doctests (the README's examples included) and the API docs (no broken links)"
 cargo test -p shardpool --doc --features full,tokio,postgres,redis
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p shardpool --features full,tokio,postgres,redis
 
 step "examples"
 cargo run --quiet -p shardpool --example std_threads

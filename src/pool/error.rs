@@ -36,7 +36,7 @@ pub enum Error<E> {
     },
     /// The pool (or the key) was closed.
     Closed,
-    /// The key was exhausted and [`Config::max_waiters`] checkouts already waited for it: this
+    /// The key was exhausted and [`Config::max_waiters`](crate::Config::max_waiters) checkouts already waited for it: this
     /// one failed at once instead of queueing. Shed the request (answer "busy"), or raise
     /// `max_waiters` or `max_size`.
     Overloaded {

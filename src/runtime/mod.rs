@@ -1,6 +1,6 @@
 //! The thread-per-core runtime: one glommio executor per shard, pinned to the shard's CPU.
 //!
-//! - [`spawn_shards`] starts one executor thread per entry of a [`ShardMap`] (from
+//! - [`spawn_shards`] starts one executor thread per entry of a [`ShardMap`](crate::topology::ShardMap) (from
 //!   [`crate::topology`]), pins it with `Placement::Fixed(cpu)`, binds the thread to its pool shard
 //!   ([`crate::pool::bind_thread_to_shard`]) and runs the future your closure builds from a
 //!   [`ShardContext`].
