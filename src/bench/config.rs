@@ -236,6 +236,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses a duration such as `10s`, `500ms`, `2m`, `1.5s`, `250us` (a bare number means seconds).
+/// Units: `ns`, `us`/`µs`, `ms`, `s`/`sec`/`secs`, `m`/`min`/`mins`, `h`. The binary's every
+/// subcommand (`bench`, `compare`, `serve`, `origin`) parses durations with this function.
 ///
 /// # Example
 ///
@@ -255,6 +257,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let hint = "write it like 10s, 500ms, 2m or 1.5s";
+    if text.starts_with('-') {
+        return Err(format!("duration `{text}` is negative: {hint}"));
+    }
     let value: f64 = number
         .parse()
         .map_err(|_| format!("cannot read `{text}` as a duration: {hint}"))?;
@@ -347,7 +352,7 @@ mod tests {
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         let err = parse_duration("5 fortnights").unwrap_err();
         assert!(err.contains("unknown duration unit"), "{err}");
-        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
         assert!(parse_duration("").is_err());
     }
 }

@@ -2,10 +2,9 @@
 //! and an SVG latency plot).
 
 use super::CliResult;
+use super::parse;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shardpool::bench::{
-    self, BenchConfig, Load, Phase, Progress, Report, Series, Stop, parse_duration,
-};
+use shardpool::bench::{self, BenchConfig, Load, Phase, Progress, Report, Series, Stop};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,23 +15,23 @@ pub struct BenchArgs {
     #[arg(long, short = 't', default_value = "127.0.0.1:50051")]
     pub target: String,
     /// TCP connections in total (spread over the client threads).
-    #[arg(long, short = 'c', default_value_t = 16)]
+    #[arg(long, short = 'c', default_value_t = 16, value_parser = parse::count::<usize>)]
     pub connections: usize,
     /// Concurrent streams (requests in flight) per connection.
-    #[arg(long, short = 'm', default_value_t = 8)]
+    #[arg(long, short = 'm', default_value_t = 8, value_parser = parse::count::<usize>)]
     pub streams: usize,
     /// Open loop: total requests per second, latency corrected for coordinated omission.
     /// Without it the load is a closed loop (connections x streams always in flight).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Length of the measured phase, e.g. 10s, 500ms, 2m [default: 10s].
-    #[arg(long, short = 'd', value_parser = parse_duration, conflicts_with = "requests")]
+    #[arg(long, short = 'd', value_parser = parse::duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// Stop after this many measured requests instead of after a duration.
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', value_parser = parse::count::<u64>)]
     pub requests: Option<u64>,
     /// Unrecorded load before the measured phase.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse::duration)]
     pub warmup: Duration,
     /// Client-side settings.
     #[command(flatten)]
@@ -46,16 +45,16 @@ pub struct BenchArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Client threads (shards); 0 = one per CPU (never more than --connections).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse::count::<usize>)]
     pub threads: usize,
     /// CPUs to pin the client threads to, e.g. 2,3 [default: all].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse::count::<usize>)]
     pub cpus: Vec<usize>,
     /// Do not pin client threads to CPUs.
     #[arg(long)]
     pub no_pin: bool,
     /// A call without a response after this long fails as DEADLINE_EXCEEDED.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
     pub timeout: Duration,
     /// The `name` sent in each HelloRequest.
     #[arg(long, default_value = "shardpool")]
@@ -85,7 +84,7 @@ pub struct OutputArgs {
 impl BenchArgs {
     /// The library configuration these flags describe (validated; errors name the flag).
     pub fn config(&self) -> Result<BenchConfig, String> {
-        let target = bench::resolve_target(&self.target).map_err(|e| format!("--target: {e}"))?;
+        let target = parse::target(&self.target).map_err(|e| format!("--target: {e}"))?;
         let stop = match (self.requests, self.duration) {
             (Some(n), _) => Stop::Requests(n),
             (None, Some(d)) => Stop::Duration(d),

@@ -14,9 +14,10 @@
 
 use super::CliResult;
 use super::bench::{ProgressDisplay, write_file};
+use super::parse;
 use serde::Serialize;
 use shardpool::bench::compare::{self, ReportContext, VariantRuns};
-use shardpool::bench::{self, BenchConfig, Load, Report, Stop, parse_duration};
+use shardpool::bench::{self, BenchConfig, Load, Report, Stop};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -97,28 +98,28 @@ pub struct CompareOptions {
     #[arg(long)]
     pub server_cmd: Option<String>,
     /// Rounds: every variant runs once per round.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = parse::count::<usize>)]
     pub rounds: usize,
     /// Measured time per run.
-    #[arg(long, short = 'd', default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, short = 'd', default_value = "3s", value_parser = parse::duration)]
     pub duration: Duration,
     /// Unrecorded warmup per run (fresh server each run: connections and pools fill here).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse::duration)]
     pub warmup: Duration,
     /// Client TCP connections.
-    #[arg(long, short = 'c', default_value_t = 16)]
+    #[arg(long, short = 'c', default_value_t = 16, value_parser = parse::count::<usize>)]
     pub connections: usize,
     /// Streams per client connection.
-    #[arg(long, short = 'm', default_value_t = 8)]
+    #[arg(long, short = 'm', default_value_t = 8, value_parser = parse::count::<usize>)]
     pub streams: usize,
     /// Open loop at this many requests per second (default: closed loop).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Client threads; 0 = one per CPU.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse::count::<usize>)]
     pub threads: usize,
     /// CPUs for the client threads, e.g. 1 [default: all].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse::count::<usize>)]
     pub client_cpus: Vec<usize>,
     /// Passed as `--placement` to every `shardpool serve`, e.g. cpus:0 [default: unset].
     #[arg(long)]
@@ -128,7 +129,7 @@ pub struct CompareOptions {
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
     /// How long a started server may take to answer its first SayHello.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = parse::duration)]
     pub startup_timeout: Duration,
     /// Directory for report.md, latency.svg, results.json and server logs.
     #[arg(long, default_value = "bench-out")]

@@ -5,6 +5,7 @@
 //! not a library) and call these; the unit test below replays the committed corpus
 //! (`fuzz/corpus/<target>/`) on stable Rust. Compiled only for tests and for fuzzing.
 
+use super::parse;
 use super::serve::{self, Knobs};
 use super::upstream_args::{self, UpstreamArgs};
 use std::path::Path;
@@ -60,23 +61,23 @@ pub fn cli_values(data: &[u8]) {
         return;
     };
     match which % 12 {
-        0 => drop(serve::parse_duration(s)),
-        1 => assert!(!matches!(serve::parse_positive(s), Ok(d) if d.is_zero())),
-        2 => drop(serve::parse_opt_duration(s)),
-        3 => drop(serve::parse_size(s)),
+        0 => drop(parse::duration(s)),
+        1 => assert!(!matches!(parse::positive_duration(s), Ok(d) if d.is_zero())),
+        2 => drop(parse::opt_duration(s)),
+        3 => drop(parse::size(s)),
         4 => {
-            assert!(!matches!(serve::parse_u32_size(s), Ok(w) if w > shardpool::server::MAX_WINDOW))
+            assert!(!matches!(parse::window(s), Ok(w) if w > shardpool::server::MAX_WINDOW))
         }
-        5 => drop(serve::parse_num::<usize>(s)),
-        6 => drop(serve::parse_bool(s)),
-        7 => drop(serve::parse_addr(s)),
+        5 => drop(parse::count::<usize>(s)),
+        6 => drop(parse::bool(s)),
+        7 => drop(parse::addr(s)),
         8 => {
-            if let Ok(Some(a)) = serve::parse_admin_addr(s) {
+            if let Ok(Some(a)) = parse::opt_addr(s) {
                 assert!(s.parse::<u16>().is_err() || a.ip().is_loopback());
             }
         }
-        9 => drop(serve::parse_max_streams(s)),
-        10 => drop(serve::parse_opt_count(s)),
+        9 => drop(parse::max_streams(s)),
+        10 => drop(parse::opt_count(s)),
         _ => {
             if let Ok(allow) = s.parse::<shardpool::upstream::allow::BackendAllow>() {
                 assert!(!allow.networks().is_empty());

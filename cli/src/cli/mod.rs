@@ -1,11 +1,12 @@
 //! Command-line front end. Each subcommand lives in its own module and owns its arguments.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
 mod compare;
 mod origin;
+mod parse;
 mod serve;
 mod upstream_args;
 
@@ -23,12 +24,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the gRPC Greeter on every core (thread-per-core, glommio).
+    #[command(after_help = parse::SPELLINGS)]
     Serve(serve::ServeArgs),
     /// Run an origin backend speaking the framed greeting protocol.
+    #[command(after_help = parse::SPELLINGS)]
     Origin(origin::OriginArgs),
     /// Load-test a gRPC Greeter server.
+    #[command(after_help = parse::SPELLINGS)]
     Bench(bench::BenchArgs),
     /// Start server variants and compare them under the same load (A/B/A/B).
+    #[command(after_help = parse::SPELLINGS)]
     Compare(compare::CompareArgs),
 }
 
@@ -36,7 +41,8 @@ enum Command {
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = parse::negative_values_as_values(&Cli::command(), std::env::args_os().collect());
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Origin(args) => origin::run(args),

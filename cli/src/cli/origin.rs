@@ -1,7 +1,7 @@
 //! `shardpool origin`: a backend speaking the framed greeting protocol (docs/gateway.md).
 
 use super::CliResult;
-use super::serve::{parse_duration, parse_opt_duration};
+use super::parse;
 use shardpool::upstream::origin::{Origin, OriginConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +20,7 @@ pub struct OriginArgs {
     #[arg(long, env = "SHARDPOOL_ORIGIN_ID", default_value = "origin")]
     id: String,
     /// Delay before every answer, e.g. `5ms` (simulates a slow or stalled backend).
-    #[arg(long, env = "SHARDPOOL_ORIGIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "SHARDPOOL_ORIGIN_DELAY", default_value = "0s", value_parser = parse::duration)]
     delay: Duration,
     /// Shards (executor threads).
     #[arg(long, env = "SHARDPOOL_ORIGIN_SHARDS", default_value_t = 1)]
@@ -30,7 +30,7 @@ pub struct OriginArgs {
     pin: bool,
     /// Close connections that bring no request for this long, e.g. `5s`, or `off` (a
     /// keep-alive timeout; pooled clients then meet stale connections).
-    #[arg(long, env = "SHARDPOOL_ORIGIN_IDLE_TIMEOUT", default_value = "off", value_parser = parse_opt_duration)]
+    #[arg(long, env = "SHARDPOOL_ORIGIN_IDLE_TIMEOUT", default_value = "off", value_parser = parse::opt_duration)]
     idle_timeout: OffOrDuration,
     /// Deliberately share the port with another origin of the same user already listening on
     /// it (the kernel splits connections between them); without it a port in use is an error.

@@ -5,19 +5,21 @@
 //! of the TOML file given with `--config` (`request_timeout = "5s"`). Unset knobs take the
 //! defaults of [`ServerConfig`] (listed in `shardpool serve --help` and docs/deployment.md).
 //!
-//! Values: durations like `500ms`, `30s`, `10m`, `1h` (or `off` where a knob can be disabled);
-//! sizes like `65536`, `64KiB`, `1MiB`; booleans `true`/`false` (a bare boolean flag, e.g. `--pin`, means `true`).
+//! Values are read by the parsers of `super::parse`, shared with every other subcommand:
+//! durations like `500ms`, `30s`, `10m`, `1h` (or `off` where a knob can be disabled); sizes like
+//! `65536`, `64KiB`, `1MiB`; addresses `IP:PORT` or a bare `PORT`; booleans `true`/`false` (a
+//! bare boolean flag, e.g. `--pin`, means `true`).
 //!
 //! Gateway-mode knobs live in the file's `[upstream]` table (see `upstream_args`), with the
 //! same precedence.
 
 use super::CliResult;
+use super::parse;
 use shardpool::runtime::RuntimeOptions;
 use shardpool::server::limits::{self, AutoCount, FdReserve};
 use shardpool::server::{AdminConfig, AdminToken, RunningServer, Server, ServerConfig};
 use shardpool::topology::{Placement, Topology};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -323,123 +325,6 @@ pub(super) fn parse_config(text: &str, path: &Path) -> Result<ConfigFile, String
     Ok(out)
 }
 
-/// `30s`, `500ms`, `2m`, `1h`, `250us`, or a bare number of seconds.
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| "expected a duration like 500ms, 30s, 10m or 1h".to_string())?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "us" | "µs" => n / 1e6,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}`; use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
-}
-
-/// A duration longer than zero.
-pub(super) fn parse_positive(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d.is_zero() => Err("must be longer than 0".into()),
-        d => Ok(d),
-    }
-}
-
-fn is_off(s: &str) -> bool {
-    matches!(s, "off" | "none" | "0")
-}
-
-pub(super) fn parse_opt_duration(s: &str) -> Result<Option<Duration>, String> {
-    if is_off(s) {
-        Ok(None)
-    } else {
-        parse_duration(s).map(Some)
-    }
-}
-
-/// `65536`, `64KiB`, `1MiB`, `1GiB` (also `k`/`KB`, `m`/`MB` meaning the binary units).
-pub(super) fn parse_size(s: &str) -> Result<u64, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "expected a size like 65536, 64KiB or 1MiB".to_string())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}`; use KiB, MiB or GiB")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| "size too large".to_string())
-}
-
-pub(super) fn parse_u32_size(s: &str) -> Result<u32, String> {
-    let n = parse_size(s)?;
-    u32::try_from(n)
-        .ok()
-        .filter(|&w| w <= shardpool::server::MAX_WINDOW)
-        .ok_or_else(|| format!("{n} is larger than HTTP/2's largest window, 2^31-1 bytes"))
-}
-
-pub(super) fn parse_num<T: FromStr>(s: &str) -> Result<T, String> {
-    s.parse().map_err(|_| "expected a whole number".to_string())
-}
-
-pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
-    match s {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|e| format!("{e}; expected IP:PORT like 127.0.0.1:50051"))
-}
-
-/// An admin address: `IP:PORT`, a bare `PORT` (127.0.0.1), or `off`/`none`.
-pub(super) fn parse_admin_addr(s: &str) -> Result<Option<SocketAddr>, String> {
-    if matches!(s, "off" | "none") {
-        Ok(None)
-    } else if let Ok(port) = s.parse::<u16>() {
-        Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))))
-    } else {
-        s.parse().map(Some).map_err(|e| {
-            format!("{e}; expected IP:PORT like 127.0.0.1:9100, a bare port (127.0.0.1), or off")
-        })
-    }
-}
-
-/// `auto` (`None`) or a whole number of streams, at least 1.
-pub(super) fn parse_max_streams(s: &str) -> Result<Option<u32>, String> {
-    if s == "auto" {
-        Ok(None)
-    } else {
-        parse_num(s).map_err(|e| format!("{e}, or auto")).map(Some)
-    }
-}
-
-pub(super) fn parse_opt_count(s: &str) -> Result<Option<usize>, String> {
-    if matches!(s, "off" | "none") {
-        Ok(None)
-    } else {
-        parse_num(s).map(Some)
-    }
-}
-
 impl Knobs {
     /// The knobs of both admin listeners; reads (and checks) the token file.
     fn admin_config(&self, l: &Lookup<'_>) -> Result<AdminConfig, String> {
@@ -450,23 +335,28 @@ impl Knobs {
                 AdminToken::from_file(Path::new(p))
             })?,
             allow_insecure: l
-                .get("admin_allow_insecure", &a.admin_allow_insecure, parse_bool)?
+                .get("admin_allow_insecure", &a.admin_allow_insecure, parse::bool)?
                 .unwrap_or(d.allow_insecure),
             max_connections: l
                 .get(
                     "admin_max_connections",
                     &a.admin_max_connections,
-                    |s| match parse_num(s)? {
-                        0 => Err("must be at least 1".to_string()),
-                        n => Ok(n),
-                    },
+                    parse::positive_count,
                 )?
                 .unwrap_or(d.max_connections),
             read_timeout: l
-                .get("admin_read_timeout", &a.admin_read_timeout, parse_positive)?
+                .get(
+                    "admin_read_timeout",
+                    &a.admin_read_timeout,
+                    parse::positive_duration,
+                )?
                 .unwrap_or(d.read_timeout),
             idle_timeout: l
-                .get("admin_idle_timeout", &a.admin_idle_timeout, parse_positive)?
+                .get(
+                    "admin_idle_timeout",
+                    &a.admin_idle_timeout,
+                    parse::positive_duration,
+                )?
                 .unwrap_or(d.idle_timeout),
         })
     }
@@ -489,109 +379,109 @@ impl Knobs {
             .get("fd_reserve", &a.fd_reserve, AutoCount::from_str)?
             .unwrap_or_default();
         let server = ServerConfig {
-            listen: l.get("listen", &a.listen, parse_addr)?.unwrap_or(d.listen),
+            listen: l.get("listen", &a.listen, parse::addr)?.unwrap_or(d.listen),
             admin_listen: l
-                .get("admin_listen", &a.admin_listen, parse_admin_addr)?
+                .get("admin_listen", &a.admin_listen, parse::opt_addr)?
                 .unwrap_or(d.admin_listen),
             admin: self.admin_config(&l)?,
             tcp_nodelay: l
-                .get("tcp_nodelay", &a.tcp_nodelay, parse_bool)?
+                .get("tcp_nodelay", &a.tcp_nodelay, parse::bool)?
                 .unwrap_or(d.tcp_nodelay),
             tcp_keepalive: l
-                .get("tcp_keepalive", &a.tcp_keepalive, parse_opt_duration)?
+                .get("tcp_keepalive", &a.tcp_keepalive, parse::opt_duration)?
                 .unwrap_or(d.tcp_keepalive),
             listen_backlog: l
-                .get("listen_backlog", &a.listen_backlog, parse_num)?
+                .get("listen_backlog", &a.listen_backlog, parse::count)?
                 .unwrap_or(d.listen_backlog),
             reuse_port_shared: l
-                .get("reuse_port_shared", &a.reuse_port_shared, parse_bool)?
+                .get("reuse_port_shared", &a.reuse_port_shared, parse::bool)?
                 .unwrap_or(d.reuse_port_shared),
             request_timeout: l
-                .get("request_timeout", &a.request_timeout, parse_opt_duration)?
+                .get("request_timeout", &a.request_timeout, parse::opt_duration)?
                 .unwrap_or(d.request_timeout),
             concurrency_limit_per_connection: l
                 .get(
                     "concurrency_limit_per_connection",
                     &a.concurrency_limit_per_connection,
-                    parse_opt_count,
+                    parse::opt_count,
                 )?
                 .unwrap_or(d.concurrency_limit_per_connection),
             initial_stream_window: l
                 .get(
                     "initial_stream_window",
                     &a.initial_stream_window,
-                    parse_u32_size,
+                    parse::window,
                 )?
                 .unwrap_or(d.initial_stream_window),
             initial_connection_window: l
                 .get(
                     "initial_connection_window",
                     &a.initial_connection_window,
-                    parse_u32_size,
+                    parse::window,
                 )?
                 .unwrap_or(d.initial_connection_window),
             adaptive_window: l
-                .get("adaptive_window", &a.adaptive_window, parse_bool)?
+                .get("adaptive_window", &a.adaptive_window, parse::bool)?
                 .unwrap_or(d.adaptive_window),
             max_concurrent_streams: l
                 .get(
                     "max_concurrent_streams",
                     &a.max_concurrent_streams,
-                    parse_max_streams,
+                    parse::max_streams,
                 )?
                 .unwrap_or(d.max_concurrent_streams),
             http2_keepalive_interval: l
                 .get(
                     "http2_keepalive_interval",
                     &a.http2_keepalive_interval,
-                    parse_opt_duration,
+                    parse::opt_duration,
                 )?
                 .unwrap_or(d.http2_keepalive_interval),
             http2_keepalive_timeout: l
                 .get(
                     "http2_keepalive_timeout",
                     &a.http2_keepalive_timeout,
-                    parse_duration,
+                    parse::duration,
                 )?
                 .unwrap_or(d.http2_keepalive_timeout),
             handshake_timeout: l
                 .get(
                     "handshake_timeout",
                     &a.handshake_timeout,
-                    parse_opt_duration,
+                    parse::opt_duration,
                 )?
                 .unwrap_or(d.handshake_timeout),
             conn_idle_timeout: l
                 .get(
                     "conn_idle_timeout",
                     &a.conn_idle_timeout,
-                    parse_opt_duration,
+                    parse::opt_duration,
                 )?
                 .unwrap_or(d.conn_idle_timeout),
             send_stall_timeout: l
                 .get(
                     "send_stall_timeout",
                     &a.send_stall_timeout,
-                    parse_opt_duration,
+                    parse::opt_duration,
                 )?
                 .unwrap_or(d.send_stall_timeout),
             max_message_size: l
                 .get("max_message_size", &a.max_message_size, |s| {
-                    parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+                    parse::size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
                 })?
                 .unwrap_or(d.max_message_size),
             reflection: l
-                .get("reflection", &a.reflection, parse_bool)?
+                .get("reflection", &a.reflection, parse::bool)?
                 .unwrap_or(d.reflection),
             max_connections_per_shard: match max_connections {
                 AutoCount::Fixed(n) => n,
                 AutoCount::Auto => d.max_connections_per_shard,
             },
             accept_backoff_max: l
-                .get("accept_backoff_max", &a.accept_backoff_max, parse_duration)?
+                .get("accept_backoff_max", &a.accept_backoff_max, parse::duration)?
                 .unwrap_or(d.accept_backoff_max),
             shutdown_grace: l
-                .get("shutdown_grace", &a.shutdown_grace, parse_duration)?
+                .get("shutdown_grace", &a.shutdown_grace, parse::duration)?
                 .unwrap_or(d.shutdown_grace),
         };
         server.validate().map_err(|e| {
@@ -602,9 +492,9 @@ impl Knobs {
         })?;
         let rd = RuntimeOptions::default();
         let runtime = RuntimeOptions {
-            pin: l.get("pin", &a.pin, parse_bool)?.unwrap_or(rd.pin),
+            pin: l.get("pin", &a.pin, parse::bool)?.unwrap_or(rd.pin),
             spin_before_park: l
-                .get("spin_before_park", &a.spin_before_park, parse_opt_duration)?
+                .get("spin_before_park", &a.spin_before_park, parse::opt_duration)?
                 .unwrap_or(rd.spin_before_park),
             ..rd
         };
@@ -612,7 +502,7 @@ impl Knobs {
             server,
             max_connections,
             fd_reserve,
-            shards: l.get("shards", &a.shards, parse_num)?,
+            shards: l.get("shards", &a.shards, parse::count)?,
             placement: l
                 .get("placement", &a.placement, |s| {
                     s.parse::<Placement>().map_err(|e| e.to_string())
@@ -877,7 +767,7 @@ mod tests {
             err.contains("--request-timeout") && err.contains("SHARDPOOL_REQUEST_TIMEOUT"),
             "{err}"
         );
-        assert!(err.contains("30s"), "{err}");
+        assert!(err.contains("write it like 10s"), "{err}");
         let err = Knobs {
             initial_stream_window: Some("8GiB".into()),
             ..Knobs::default()
@@ -1056,16 +946,42 @@ mod tests {
         }
     }
 
+    /// `bench` and `serve` read a duration with the same parser: both accept `10secs`, both
+    /// refuse `10 fortnights` with the same reason.
     #[test]
-    fn unit_parsers() {
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("20").unwrap(), Duration::from_secs(20));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert_eq!(parse_opt_duration("off").unwrap(), None);
-        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_size("64k").unwrap(), 65536);
-        assert!(parse_size("12 furlongs").is_err());
-        assert!(parse_bool("maybe").is_err());
+    fn bench_and_serve_read_durations_alike() {
+        use super::super::{Cli, Command};
+        use clap::{CommandFactory, Parser};
+        // As `main` parses: negative values are handed to their parser.
+        let cli = |args: &[&str]| {
+            let args = args.iter().map(std::ffi::OsString::from).collect();
+            Cli::try_parse_from(parse::negative_values_as_values(&Cli::command(), args))
+                .map(|c| c.command)
+        };
+        let bench = |text: &str| match cli(&["shardpool", "bench", "-d", text]) {
+            Ok(Command::Bench(b)) => Ok(b.duration.unwrap()),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let serve = |text: &str| match cli(&["shardpool", "serve", "--request-timeout", text]) {
+            Ok(Command::Serve(s)) => s
+                .knobs
+                .resolve(&ConfigFile::default())
+                .map(|r| r.server.request_timeout.unwrap()),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        for ok in ["10secs", "10s", "10", "1.5s", "250ms", "2mins", "1h"] {
+            assert_eq!(bench(ok), serve(ok), "{ok}");
+            assert!(bench(ok).is_ok(), "{ok}: {:?}", bench(ok));
+        }
+        for bad in ["10 fortnights", "soon", "-5s"] {
+            let reason = parse::duration(bad).unwrap_err();
+            let (b, s) = (bench(bad).unwrap_err(), serve(bad).unwrap_err());
+            assert!(
+                b.contains(&reason) && s.contains(&reason),
+                "{bad}: {b} / {s}"
+            );
+        }
     }
 }

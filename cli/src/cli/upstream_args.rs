@@ -18,10 +18,8 @@
 //! (`--backend`). Backends given by flag or variable replace the file's list. SIGHUP re-reads
 //! the file's `upstream.backends` (unless backends came from flags) and `--backends-file`.
 
-use super::serve::{
-    ConfigFile, Lookup, parse_admin_addr, parse_duration, parse_num, parse_opt_duration,
-    read_config, scalar,
-};
+use super::parse;
+use super::serve::{ConfigFile, Lookup, read_config, scalar};
 use shardpool::baseline::MutexPool;
 use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, ShardContext};
@@ -225,21 +223,6 @@ impl BackendSources {
     }
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|e| format!("{e}; expected IP:PORT like 127.0.0.1:7001"))
-}
-
-fn parse_enum<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
-    T::from_str(s, true).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
-            .collect();
-        format!("use one of {}", names.join(", "))
-    })
-}
-
 /// The `upstream.backends` list of a config file (empty if absent).
 fn config_backends(file: &ConfigFile) -> Result<Vec<SocketAddr>, String> {
     let Some(v) = file.upstream.get("backends") else {
@@ -254,7 +237,7 @@ fn config_backends(file: &ConfigFile) -> Result<Vec<SocketAddr>, String> {
         ));
     };
     list.iter()
-        .map(|v| match v.as_str().map(parse_addr) {
+        .map(|v| match v.as_str().map(parse::addr) {
             Some(Ok(a)) => Ok(a),
             Some(Err(e)) => Err(format!(
                 "config key `upstream.backends` in {}: `{v}`: {e}",
@@ -298,19 +281,19 @@ impl UpstreamArgs {
         let (dh, dc) = (&dg.health, &dg.connector);
         let health = HealthConfig {
             interval: l
-                .get("health_interval", &a.health_interval, parse_opt_duration)?
+                .get("health_interval", &a.health_interval, parse::opt_duration)?
                 .unwrap_or(dh.interval),
             timeout: l
-                .get("health_timeout", &a.health_timeout, parse_duration)?
+                .get("health_timeout", &a.health_timeout, parse::duration)?
                 .unwrap_or(dh.timeout),
             eject_after: l
-                .get("eject_after", &a.eject_after, parse_num)?
+                .get("eject_after", &a.eject_after, parse::count)?
                 .unwrap_or(dh.eject_after),
             backoff_base: l
-                .get("eject_backoff", &a.eject_backoff, parse_duration)?
+                .get("eject_backoff", &a.eject_backoff, parse::duration)?
                 .unwrap_or(dh.backoff_base),
             backoff_max: l
-                .get("eject_backoff_max", &a.eject_backoff_max, parse_duration)?
+                .get("eject_backoff_max", &a.eject_backoff_max, parse::duration)?
                 .unwrap_or(dh.backoff_max),
         };
         if health.backoff_max < health.backoff_base {
@@ -323,17 +306,17 @@ impl UpstreamArgs {
         }
         let connector = ConnectorConfig {
             connect_timeout: l
-                .get("connect_timeout", &a.connect_timeout, parse_duration)?
+                .get("connect_timeout", &a.connect_timeout, parse::duration)?
                 .unwrap_or(dc.connect_timeout),
             keepalive: l
                 .get(
                     "upstream_keepalive",
                     &a.upstream_keepalive,
-                    parse_opt_duration,
+                    parse::opt_duration,
                 )?
                 .unwrap_or(dc.keepalive),
             validate_after: l
-                .get("validate_after", &a.validate_after, parse_duration)?
+                .get("validate_after", &a.validate_after, parse::duration)?
                 .unwrap_or(dc.validate_after),
         };
         let gateway = GatewayConfig {
@@ -342,7 +325,7 @@ impl UpstreamArgs {
                 .unwrap_or(dg.balance),
             health,
             request_timeout: l
-                .get("upstream_timeout", &a.upstream_timeout, parse_duration)?
+                .get("upstream_timeout", &a.upstream_timeout, parse::duration)?
                 .unwrap_or(dg.request_timeout),
             connector,
             // Resolved at start against the backends then (`UpstreamSettings::max_backends`).
@@ -352,7 +335,7 @@ impl UpstreamArgs {
             .backends
             .iter()
             .map(|b| {
-                parse_addr(b.trim()).map_err(|e| {
+                parse::addr(b.trim()).map_err(|e| {
                     format!(
                         "invalid value `{b}` for --backend (SHARDPOOL_BACKEND, config key \
                          `upstream.backends`): {e}"
@@ -379,26 +362,26 @@ impl UpstreamArgs {
         };
         Ok(UpstreamSettings {
             mode: l
-                .get_as("mode", "upstream", &a.upstream, parse_enum)?
+                .get_as("mode", "upstream", &a.upstream, parse::enum_value)?
                 .unwrap_or(UpstreamMode::Auto),
             backends,
             embedded_origins: l
-                .get("embedded_origins", &a.embedded_origins, parse_num)?
+                .get("embedded_origins", &a.embedded_origins, parse::count)?
                 .unwrap_or(2),
             pool: l
-                .get("pool", &a.pool, parse_enum)?
+                .get("pool", &a.pool, parse::enum_value)?
                 .unwrap_or(PoolKind::Sharded),
             pool_max_size: l
-                .get("pool_max_size", &a.pool_max_size, parse_num)?
+                .get("pool_max_size", &a.pool_max_size, parse::count)?
                 .unwrap_or(256),
             pool_max_idle: l
-                .get("pool_max_idle", &a.pool_max_idle, parse_num)?
+                .get("pool_max_idle", &a.pool_max_idle, parse::count)?
                 .unwrap_or(256),
             pool_idle_timeout: l
                 .get(
                     "pool_idle_timeout",
                     &a.pool_idle_timeout,
-                    parse_opt_duration,
+                    parse::opt_duration,
                 )?
                 .unwrap_or(Some(Duration::from_secs(60))),
             gateway,
@@ -406,7 +389,7 @@ impl UpstreamArgs {
                 .get(
                     "upstream_admin_listen",
                     &a.upstream_admin_listen,
-                    parse_admin_addr,
+                    parse::opt_addr,
                 )?
                 .flatten(),
             backend_allow: l.get("backend_allow", &a.backend_allow, |s| s.parse())?,
