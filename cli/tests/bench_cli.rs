@@ -15,7 +15,7 @@ mod process;
 #[path = "../../tests/common/raw.rs"]
 mod raw;
 
-use process::{fails_with, scratch_path, shardpool};
+use process::{Proc, fails_with, scratch_path, shardpool};
 use raw::grpc_frame;
 
 /// How the test server answers `SayHello`.
@@ -357,10 +357,44 @@ fn bad_flags_name_the_fix() {
         (&["--duration", "soon"][..], "write it like 10s"),
         (&["--requests", "0"][..], "--requests must be at least 1"),
         (&["--target", "nowhere"][..], "give it as HOST:PORT"),
+        // Negative values reach their parser (not clap's "unexpected argument '-5'").
+        (&["--connections", "-5"][..], "`-5` is negative"),
+        (&["-c", "-5"][..], "`-5` is negative"),
+        (&["--duration", "-1s"][..], "`-1s` is negative"),
     ] {
         let mut all = vec!["bench", "--quiet"];
         all.extend_from_slice(args);
         fails_with(&all, &[expected]);
+    }
+}
+
+/// More connections than the descriptor limit allows are refused before any is opened, with
+/// the limit and the fix (the target is down: without the check this fails on the connect).
+#[test]
+fn more_connections_than_the_descriptor_limit_are_refused() {
+    let err = scratch_path("bench-nofile.err");
+    let file = std::fs::File::create(&err).unwrap();
+    let mut p = Proc::start_with_nofile(
+        256,
+        &[
+            "bench",
+            "--target",
+            "127.0.0.1:1",
+            "-c",
+            "1000",
+            "-d",
+            "1s",
+            "--quiet",
+        ],
+        &[],
+        std::process::Stdio::from(file),
+    );
+    let status = p.wait_exit(Duration::from_secs(20));
+    let text = std::fs::read_to_string(&err).unwrap();
+    std::fs::remove_dir_all(err.parent().unwrap()).unwrap();
+    assert!(!status.success(), "{text}");
+    for want in ["--connections 1000", "descriptor limit (256)", "ulimit -n"] {
+        assert!(text.contains(want), "{want}: {text}");
     }
 }
 

@@ -277,6 +277,49 @@ fn serve_refuses_an_unsafe_control_plane_at_start() {
     std::fs::remove_dir_all(token.parent().unwrap()).unwrap();
 }
 
+/// Values that would make the server useless are refused at start with the reason, and
+/// negative numbers get a message about the value.
+#[test]
+fn serve_refuses_useless_values_at_start() {
+    for (args, expected) in [
+        (
+            &["--request-timeout", "0s"][..],
+            &["--request-timeout", "`off`"][..],
+        ),
+        (
+            &["--upstream-timeout", "0s"][..],
+            &["--upstream-timeout", "longer than 0"][..],
+        ),
+        (
+            &["--max-message-size", "0"][..],
+            &["--max-message-size", "at least 1 byte"][..],
+        ),
+        (
+            &["--embedded-origins", "100000"][..],
+            &[
+                "--embedded-origins 100000",
+                "more than this machine can run",
+            ][..],
+        ),
+        (
+            &["--upstream", "none", "--backend", "127.0.0.1:7001"][..],
+            &["--upstream none", "--backend"][..],
+        ),
+        (
+            &["--shards", "-2"][..],
+            &["--shards", "`-2` is negative"][..],
+        ),
+        (
+            &["--request-timeout", "-1s"][..],
+            &["--request-timeout", "`-1s` is negative"][..],
+        ),
+    ] {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--pin", "false"];
+        all.extend_from_slice(args);
+        refused_at_start(&all, expected);
+    }
+}
+
 #[test]
 fn sighup_keeps_the_backends_when_the_file_lists_one_outside_the_allow_list() {
     let ((_a, a_addr), (_b, b_addr)) = (origin("a"), origin("b"));

@@ -5,6 +5,7 @@ use super::CliResult;
 use super::parse;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shardpool::bench::{self, BenchConfig, Load, Phase, Progress, Report, Series, Stop};
+use shardpool::server::limits;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -192,10 +193,38 @@ pub fn write_file(flag: &str, path: &PathBuf, contents: &str) -> Result<(), Stri
         .map_err(|e| format!("{flag}: cannot write {}: {e}", path.display()))
 }
 
+/// Refuses `connections` client connections that cannot all be open at once: raises the soft
+/// descriptor limit to the hard one, then checks that a descriptor per connection plus
+/// [`limits::BASE_MARGIN`] for the rest of the process fit (measured: `bench -c 1` holds 13
+/// descriptors, `-c 16` with two client threads 31).
+pub fn check_descriptors(connections: usize) -> Result<(), String> {
+    let soft = match limits::raise_nofile_limit() {
+        Ok(l) => l.soft,
+        Err(_) => {
+            limits::nofile_limit()
+                .map_err(|e| format!("cannot read the descriptor limit: {e}"))?
+                .0
+        }
+    };
+    let need = (connections as u64).saturating_add(limits::BASE_MARGIN as u64);
+    if need > soft {
+        return Err(format!(
+            "--connections {connections} is beyond the descriptor limit ({soft}): every \
+             connection is a descriptor, and the process needs about {} more; lower \
+             -c/--connections to at most {}, or raise the limit to {need} (`ulimit -n {need}`; \
+             above the hard limit as root)",
+            limits::BASE_MARGIN,
+            soft.saturating_sub(limits::BASE_MARGIN as u64)
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `shardpool bench`: validates the flags, runs the load, prints the table, writes the
 /// requested files.
 pub fn run(args: BenchArgs) -> CliResult {
     let config = args.config()?;
+    check_descriptors(config.connections)?;
     let progress = ProgressDisplay::new(&config, args.output.quiet);
     let result = bench::run(&config, &mut |p| progress.update(p));
     progress.finish();

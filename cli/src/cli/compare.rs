@@ -315,6 +315,7 @@ fn plan(args: CompareArgs) -> Result<Plan, String> {
         .threads(options.threads);
     template.cpus = options.client_cpus.clone();
     template.validate().map_err(|e| e.to_string())?;
+    super::bench::check_descriptors(options.connections)?;
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find the shardpool executable to start servers: {e}"))?;
     let logs = options.out.join("logs");

@@ -45,6 +45,19 @@ pub fn opt_duration(s: &str) -> Result<Option<Duration>, String> {
     }
 }
 
+/// `off`/`none`/`0` (`None`) or a duration longer than zero: a knob whose zero would make every
+/// call fail, where the way to disable it is `off`.
+pub fn opt_positive_duration(s: &str) -> Result<Option<Duration>, String> {
+    match opt_duration(s)? {
+        Some(d) if d.is_zero() => Err(format!(
+            "`{}` is zero, which would fail every call at once; give a longer duration, or \
+             `off` for none",
+            s.trim()
+        )),
+        d => Ok(d),
+    }
+}
+
 /// The message for a value that starts with `-`, if it does.
 fn negative(s: &str, what: &str) -> Result<(), String> {
     if s.trim().starts_with('-') {
@@ -72,6 +85,14 @@ pub fn size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| "size too large".to_string())
+}
+
+/// A size of at least one byte that fits `usize`.
+pub fn positive_size(s: &str) -> Result<usize, String> {
+    match size(s)? {
+        0 => Err("must be at least 1 byte".into()),
+        n => usize::try_from(n).map_err(|e| e.to_string()),
+    }
 }
 
 /// An HTTP/2 window: a size of at most 2^31-1 bytes.
@@ -221,9 +242,12 @@ mod tests {
         assert!(duration("5 parsecs").is_err());
         assert!(duration("-5s").unwrap_err().contains("negative"));
         assert_eq!(opt_duration("off").unwrap(), None);
+        assert!(opt_positive_duration("0s").unwrap_err().contains("off"));
+        assert_eq!(opt_positive_duration("off").unwrap(), None);
         assert_eq!(size("1MiB").unwrap(), 1 << 20);
         assert_eq!(size("64k").unwrap(), 65536);
         assert!(size("12 furlongs").is_err());
+        assert!(positive_size("0").unwrap_err().contains("at least 1"));
         assert!(bool("maybe").is_err());
         assert!(
             count::<usize>("-5")

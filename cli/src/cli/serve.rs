@@ -95,7 +95,8 @@ pub(super) struct Knobs {
     /// means true [default: false].
     #[arg(long, env = "SHARDPOOL_REUSE_PORT_SHARED", num_args = 0..=1, default_missing_value = "true")]
     reuse_port_shared: Option<String>,
-    /// Deadline of calls without grpc-timeout, and cap of those with one, or `off` [default: 30s].
+    /// Deadline of calls without grpc-timeout, and cap of those with one, or `off`; `0s` is
+    /// refused (every call would fail) [default: 30s].
     #[arg(long, env = "SHARDPOOL_REQUEST_TIMEOUT")]
     request_timeout: Option<String>,
     /// Calls served at once per connection (more wait), or `off` [default: 256].
@@ -135,7 +136,7 @@ pub(super) struct Knobs {
     /// write its socket takes nothing of, for this long; `off` disables [default: 30s].
     #[arg(long, env = "SHARDPOOL_SEND_STALL_TIMEOUT")]
     send_stall_timeout: Option<String>,
-    /// Largest request message [default: 4MiB].
+    /// Largest request message, at least 1 byte [default: 4MiB].
     #[arg(long, env = "SHARDPOOL_MAX_MESSAGE_SIZE")]
     max_message_size: Option<String>,
     /// gRPC server reflection on the serving port, `on` or `off` (grpcurl `list`/`describe`
@@ -397,7 +398,11 @@ impl Knobs {
                 .get("reuse_port_shared", &a.reuse_port_shared, parse::bool)?
                 .unwrap_or(d.reuse_port_shared),
             request_timeout: l
-                .get("request_timeout", &a.request_timeout, parse::opt_duration)?
+                .get(
+                    "request_timeout",
+                    &a.request_timeout,
+                    parse::opt_positive_duration,
+                )?
                 .unwrap_or(d.request_timeout),
             concurrency_limit_per_connection: l
                 .get(
@@ -466,9 +471,11 @@ impl Knobs {
                 )?
                 .unwrap_or(d.send_stall_timeout),
             max_message_size: l
-                .get("max_message_size", &a.max_message_size, |s| {
-                    parse::size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
-                })?
+                .get(
+                    "max_message_size",
+                    &a.max_message_size,
+                    parse::positive_size,
+                )?
                 .unwrap_or(d.max_message_size),
             reflection: l
                 .get("reflection", &a.reflection, parse::bool)?

@@ -25,7 +25,7 @@ use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, ShardContext};
 use shardpool::server::limits::{AutoCount, FdReserve};
 use shardpool::server::{AdminConfig, GreetHandler, RunningServer, Server};
-use shardpool::topology::ShardMap;
+use shardpool::topology::{ShardMap, Topology};
 use shardpool::upstream::admin::AdminEndpoint;
 use shardpool::upstream::allow::{AllowListed, BackendAllow};
 use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
@@ -81,7 +81,8 @@ pub struct UpstreamArgs {
     /// on SIGHUP.
     #[arg(long, env = "SHARDPOOL_BACKENDS_FILE")]
     backends_file: Option<String>,
-    /// Origins started in-process when no backend is given [default: 2].
+    /// Origins started in-process when no backend is given; at most one per CPU (or 2)
+    /// [default: 2].
     #[arg(long, env = "SHARDPOOL_EMBEDDED_ORIGINS")]
     embedded_origins: Option<String>,
     /// Pool implementation: `sharded`, `mutex`, or `none` (connect per request)
@@ -101,7 +102,8 @@ pub struct UpstreamArgs {
     /// Close pooled connections idle this long, or `off` [default: 60s].
     #[arg(long, env = "SHARDPOOL_POOL_IDLE_TIMEOUT")]
     pool_idle_timeout: Option<String>,
-    /// Longest time one upstream attempt may take (checkout, connect, exchange) [default: 2s].
+    /// Longest time one upstream attempt may take (checkout, connect, exchange); more than 0
+    /// [default: 2s].
     #[arg(long, env = "SHARDPOOL_UPSTREAM_TIMEOUT")]
     upstream_timeout: Option<String>,
     /// Upstream connect timeout [default: 1s].
@@ -143,6 +145,19 @@ pub struct UpstreamArgs {
     /// reserves descriptors for this many backends [default: auto].
     #[arg(long, env = "SHARDPOOL_MAX_BACKENDS")]
     max_backends: Option<String>,
+}
+
+/// `--embedded-origins` when not set.
+const DEFAULT_EMBEDDED_ORIGINS: usize = 2;
+
+/// The most embedded origins `serve` starts: one per CPU this process may use (at least the
+/// default). Each is an executor thread with its own io_uring rings; more than the CPUs only
+/// compete with the shards, and thousands exhaust memory.
+fn max_embedded_origins() -> usize {
+    Topology::detect()
+        .cpus()
+        .len()
+        .max(DEFAULT_EMBEDDED_ORIGINS)
 }
 
 /// Backends `--max-backends auto` leaves room for beyond those at start.
@@ -325,7 +340,11 @@ impl UpstreamArgs {
                 .unwrap_or(dg.balance),
             health,
             request_timeout: l
-                .get("upstream_timeout", &a.upstream_timeout, parse::duration)?
+                .get(
+                    "upstream_timeout",
+                    &a.upstream_timeout,
+                    parse::positive_duration,
+                )?
                 .unwrap_or(dg.request_timeout),
             connector,
             // Resolved at start against the backends then (`UpstreamSettings::max_backends`).
@@ -360,14 +379,36 @@ impl UpstreamArgs {
             file: l.get("backends_file", &a.backends_file, |s| Ok(PathBuf::from(s)))?,
             ..backends
         };
+        let mode = l
+            .get_as("mode", "upstream", &a.upstream, parse::enum_value)?
+            .unwrap_or(UpstreamMode::Auto);
+        if mode == UpstreamMode::None && (!backends.initial.is_empty() || backends.file.is_some()) {
+            return Err(
+                "--upstream none (SHARDPOOL_UPSTREAM, config key `upstream.mode`) serves \
+                        the direct Greeter and would ignore the backends given (--backend, \
+                        SHARDPOOL_BACKEND, upstream.backends in the config file, or \
+                        --backends-file): drop them, or drop --upstream none to send calls \
+                        through them"
+                    .into(),
+            );
+        }
+        let embedded_origins = l
+            .get("embedded_origins", &a.embedded_origins, parse::count)?
+            .unwrap_or(DEFAULT_EMBEDDED_ORIGINS);
+        let most = max_embedded_origins();
+        if embedded_origins > most {
+            return Err(format!(
+                "--embedded-origins {embedded_origins} (SHARDPOOL_EMBEDDED_ORIGINS, config key \
+                 `upstream.embedded_origins`) is more than this machine can run: each embedded \
+                 origin is an executor thread with its own io_uring rings (about 14 MiB each, \
+                 measured with 200), one per CPU this process may use at most; give at most \
+                 {most}, or run `shardpool origin` processes and pass them with --backend"
+            ));
+        }
         Ok(UpstreamSettings {
-            mode: l
-                .get_as("mode", "upstream", &a.upstream, parse::enum_value)?
-                .unwrap_or(UpstreamMode::Auto),
+            mode,
             backends,
-            embedded_origins: l
-                .get("embedded_origins", &a.embedded_origins, parse::count)?
-                .unwrap_or(2),
+            embedded_origins,
             pool: l
                 .get("pool", &a.pool, parse::enum_value)?
                 .unwrap_or(PoolKind::Sharded),
