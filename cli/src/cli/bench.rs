@@ -15,16 +15,9 @@ pub struct BenchArgs {
     /// Server address: HOST:PORT, or just a port on 127.0.0.1.
     #[arg(long, short = 't', default_value = "127.0.0.1:50051")]
     pub target: String,
-    /// TCP connections in total (spread over the client threads).
-    #[arg(long, short = 'c', default_value_t = 16, value_parser = parse::count::<usize>)]
-    pub connections: usize,
-    /// Concurrent streams (requests in flight) per connection.
-    #[arg(long, short = 'm', default_value_t = 8, value_parser = parse::count::<usize>)]
-    pub streams: usize,
-    /// Open loop: total requests per second, latency corrected for coordinated omission.
-    /// Without it the load is a closed loop (connections x streams always in flight).
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// The load (shared with `compare`).
+    #[command(flatten)]
+    pub load: Box<LoadArgs>,
     /// Length of the measured phase, e.g. 10s, 500ms, 2m [default: 10s].
     #[arg(long, short = 'd', value_parser = parse::duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
@@ -42,18 +35,56 @@ pub struct BenchArgs {
     pub output: Box<OutputArgs>,
 }
 
-/// Client-side settings of `shardpool bench` (boxed: keeps the subcommand enum small).
+/// The load flags `bench` and `compare` share (same names, spellings and meaning in both).
 #[derive(clap::Args, Debug, Clone)]
-pub struct ClientArgs {
+pub struct LoadArgs {
+    /// TCP connections in total (spread over the client threads); refused beyond the
+    /// descriptor limit.
+    #[arg(long, short = 'c', default_value_t = 16, value_parser = parse::count::<usize>)]
+    pub connections: usize,
+    /// Concurrent streams (requests in flight) per connection.
+    #[arg(long, short = 'm', default_value_t = 8, value_parser = parse::count::<usize>)]
+    pub streams: usize,
+    /// Open loop: total requests per second, latency corrected for coordinated omission.
+    /// Without it the load is a closed loop (connections x streams always in flight).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Client threads (shards); 0 = one per CPU (never more than --connections).
     #[arg(long, default_value_t = 0, value_parser = parse::count::<usize>)]
     pub threads: usize,
     /// CPUs to pin the client threads to, e.g. 2,3 [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = parse::count::<usize>)]
+    #[arg(long, alias = "client-cpus", value_delimiter = ',', value_parser = parse::count::<usize>)]
     pub cpus: Vec<usize>,
-    /// Do not pin client threads to CPUs.
-    #[arg(long)]
+    /// Pin each client thread to a CPU, as `serve --pin`; `--pin false` does not (the old
+    /// `--no-pin` still works); bare `--pin` means true.
+    #[arg(long, num_args = 0..=1, default_value = "true", default_missing_value = "true",
+          value_parser = parse::bool, action = clap::ArgAction::Set)]
+    pub pin: bool,
+    /// The old spelling of `--pin false`.
+    #[arg(long, hide = true, conflicts_with = "pin")]
     pub no_pin: bool,
+}
+
+impl LoadArgs {
+    /// `config` with this load (closed loop unless `--rate`).
+    pub fn apply(&self, config: BenchConfig) -> BenchConfig {
+        let mut config = config
+            .connections(self.connections)
+            .streams(self.streams)
+            .load(match self.rate {
+                Some(rate) => Load::Open { rate },
+                None => Load::Closed,
+            })
+            .threads(self.threads)
+            .pin(self.pin && !self.no_pin);
+        config.cpus = self.cpus.clone();
+        config
+    }
+}
+
+/// Client-side settings of `shardpool bench` (boxed: keeps the subcommand enum small).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
     /// A call without a response after this long fails as DEADLINE_EXCEEDED.
     #[arg(long, default_value = "10s", value_parser = parse::duration)]
     pub timeout: Duration,
@@ -91,21 +122,13 @@ impl BenchArgs {
             (None, Some(d)) => Stop::Duration(d),
             (None, None) => Stop::Duration(Duration::from_secs(10)),
         };
-        let load = match self.rate {
-            Some(rate) => Load::Open { rate },
-            None => Load::Closed,
-        };
-        let mut config = BenchConfig::new(target)
-            .connections(self.connections)
-            .streams(self.streams)
-            .load(load)
+        let mut config = self
+            .load
+            .apply(BenchConfig::new(target))
             .stop(stop)
             .warmup(self.warmup)
-            .threads(self.client.threads)
-            .pin(!self.client.no_pin)
             .timeout(self.client.timeout)
             .pool_metrics(!self.client.no_pool_metrics);
-        config.cpus = self.client.cpus.clone();
         config.name = self.client.name.clone();
         if let Some(authority) = &self.client.authority {
             config.authority = authority.clone();
@@ -254,4 +277,64 @@ pub fn run(args: BenchArgs) -> CliResult {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, Command};
+    use clap::Parser;
+
+    /// `bench` and `compare` take the same load flags, and `--pin` is spelled as in `serve` and
+    /// `origin` (a bare `--pin` means true, `--pin false` turns it off).
+    #[test]
+    fn bench_and_compare_share_the_load_flags() {
+        let load = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Bench(b)) => (*b.load).clone(),
+            Ok(Command::Compare(c)) => c.options.load.clone(),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        for cmd in ["bench", "compare"] {
+            let l = load(&[
+                "shardpool",
+                cmd,
+                "-c",
+                "4",
+                "-m",
+                "2",
+                "--rate",
+                "100",
+                "--threads",
+                "1",
+                "--cpus",
+                "0,1",
+                "--pin",
+                "false",
+            ]);
+            assert_eq!(
+                (l.connections, l.streams, l.rate, l.threads, l.cpus, l.pin),
+                (4, 2, Some(100.0), 1, vec![0, 1], false),
+                "{cmd}"
+            );
+            assert!(load(&["shardpool", cmd]).pin, "{cmd}: pinned by default");
+            assert!(load(&["shardpool", cmd, "--pin"]).pin, "{cmd}");
+            // The old spellings still parse.
+            assert_eq!(
+                load(&["shardpool", cmd, "--client-cpus", "1"]).cpus,
+                vec![1]
+            );
+            let old = load(&["shardpool", cmd, "--no-pin"]);
+            assert!(
+                !old.apply(shardpool::bench::BenchConfig::new(
+                    ([127, 0, 0, 1], 1).into()
+                ))
+                .pin
+            );
+        }
+        for pin in [&["--pin"][..], &["--pin", "true"][..]] {
+            let mut args = vec!["shardpool", "origin"];
+            args.extend_from_slice(pin);
+            assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["shardpool", "origin", "--pin", "false"]).is_ok());
+    }
 }

@@ -13,11 +13,11 @@
 //! ORIGIN is one `shardpool origin` started for the whole comparison.
 
 use super::CliResult;
-use super::bench::{ProgressDisplay, write_file};
+use super::bench::{LoadArgs, ProgressDisplay, write_file};
 use super::parse;
 use serde::Serialize;
 use shardpool::bench::compare::{self, ReportContext, VariantRuns};
-use shardpool::bench::{self, BenchConfig, Load, Report, Stop};
+use shardpool::bench::{self, BenchConfig, Report, Stop};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -106,21 +106,9 @@ pub struct CompareOptions {
     /// Unrecorded warmup per run (fresh server each run: connections and pools fill here).
     #[arg(long, default_value = "1s", value_parser = parse::duration)]
     pub warmup: Duration,
-    /// Client TCP connections.
-    #[arg(long, short = 'c', default_value_t = 16, value_parser = parse::count::<usize>)]
-    pub connections: usize,
-    /// Streams per client connection.
-    #[arg(long, short = 'm', default_value_t = 8, value_parser = parse::count::<usize>)]
-    pub streams: usize,
-    /// Open loop at this many requests per second (default: closed loop).
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Client threads; 0 = one per CPU.
-    #[arg(long, default_value_t = 0, value_parser = parse::count::<usize>)]
-    pub threads: usize,
-    /// CPUs for the client threads, e.g. 1 [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = parse::count::<usize>)]
-    pub client_cpus: Vec<usize>,
+    /// The load (shared with `bench`).
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Passed as `--placement` to every `shardpool serve`, e.g. cpus:0 [default: unset].
     #[arg(long)]
     pub server_placement: Option<String>,
@@ -303,19 +291,13 @@ fn plan(args: CompareArgs) -> Result<Plan, String> {
         }
         None => {}
     }
-    let mut template = BenchConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)))
-        .connections(options.connections)
-        .streams(options.streams)
-        .load(match options.rate {
-            Some(rate) => Load::Open { rate },
-            None => Load::Closed,
-        })
+    let template = options
+        .load
+        .apply(BenchConfig::new(SocketAddr::from(([127, 0, 0, 1], 1))))
         .stop(Stop::Duration(options.duration))
-        .warmup(options.warmup)
-        .threads(options.threads);
-    template.cpus = options.client_cpus.clone();
+        .warmup(options.warmup);
     template.validate().map_err(|e| e.to_string())?;
-    super::bench::check_descriptors(options.connections)?;
+    super::bench::check_descriptors(options.load.connections)?;
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find the shardpool executable to start servers: {e}"))?;
     let logs = options.out.join("logs");
@@ -458,16 +440,16 @@ pub fn run(args: CompareArgs) -> CliResult {
 
     let load = format!(
         "{}, {} connections x {} streams, {:?} warmup + {:?} measured per run, {} rounds, client threads: {}",
-        match plan.options.rate {
+        match plan.options.load.rate {
             Some(rate) => format!("open loop at {rate} req/s"),
             None => "closed loop".to_string(),
         },
-        plan.options.connections,
-        plan.options.streams,
+        plan.options.load.connections,
+        plan.options.load.streams,
         plan.options.warmup,
         plan.options.duration,
         plan.options.rounds,
-        match plan.options.threads {
+        match plan.options.load.threads {
             0 => "one per CPU".to_string(),
             n => n.to_string(),
         }
@@ -502,7 +484,7 @@ pub fn run(args: CompareArgs) -> CliResult {
         &compare::plot(
             &format!(
                 "Greeter latency, {} conns x {} streams",
-                plan.options.connections, plan.options.streams
+                plan.options.load.connections, plan.options.load.streams
             ),
             &results,
         ),

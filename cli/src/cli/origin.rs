@@ -10,10 +10,12 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 pub struct OriginArgs {
     /// Address to listen on.
+    /// (`IP:PORT`, or a bare `PORT` on 127.0.0.1, as every address of the binary.)
     #[arg(
         long,
         env = "SHARDPOOL_ORIGIN_LISTEN",
-        default_value = "127.0.0.1:7001"
+        default_value = "127.0.0.1:7001",
+        value_parser = parse::addr
     )]
     listen: SocketAddr,
     /// Name of this origin in logs.
@@ -23,10 +25,11 @@ pub struct OriginArgs {
     #[arg(long, env = "SHARDPOOL_ORIGIN_DELAY", default_value = "0s", value_parser = parse::duration)]
     delay: Duration,
     /// Shards (executor threads).
-    #[arg(long, env = "SHARDPOOL_ORIGIN_SHARDS", default_value_t = 1)]
+    #[arg(long, env = "SHARDPOOL_ORIGIN_SHARDS", default_value_t = 1, value_parser = parse::count::<usize>)]
     shards: usize,
-    /// Pin each shard to a CPU.
-    #[arg(long, env = "SHARDPOOL_ORIGIN_PIN", default_value_t = false)]
+    /// Pin each shard to a CPU, as `serve --pin`; bare `--pin` means true.
+    #[arg(long, env = "SHARDPOOL_ORIGIN_PIN", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = parse::bool, action = clap::ArgAction::Set)]
     pin: bool,
     /// Close connections that bring no request for this long, e.g. `5s`, or `off` (a
     /// keep-alive timeout; pooled clients then meet stale connections).
@@ -34,11 +37,10 @@ pub struct OriginArgs {
     idle_timeout: OffOrDuration,
     /// Deliberately share the port with another origin of the same user already listening on
     /// it (the kernel splits connections between them); without it a port in use is an error.
-    #[arg(
-        long,
-        env = "SHARDPOOL_ORIGIN_REUSE_PORT_SHARED",
-        default_value_t = false
-    )]
+    /// Bare `--reuse-port-shared` means true, as in `serve`.
+    #[arg(long, env = "SHARDPOOL_ORIGIN_REUSE_PORT_SHARED", num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = parse::bool,
+          action = clap::ArgAction::Set)]
     reuse_port_shared: bool,
 }
 
