@@ -6,7 +6,8 @@
 //! (`fuzz/corpus/<target>/`) on stable Rust. Compiled only for tests and for fuzzing.
 
 use super::parse;
-use super::serve::{self, Knobs};
+use super::serve::Knobs;
+use super::settings;
 use super::upstream_args::{self, UpstreamArgs};
 use std::path::Path;
 
@@ -18,7 +19,7 @@ pub fn config_toml(data: &[u8]) {
         return;
     };
     let path = Path::new("fuzz.toml");
-    let mut file = match serve::parse_config(text, path) {
+    let mut file = match settings::parse_config(text, path) {
         Ok(f) => f,
         Err(e) => {
             assert!(!e.is_empty());

@@ -8,6 +8,7 @@ mod compare;
 mod origin;
 mod parse;
 mod serve;
+mod settings;
 mod upstream_args;
 
 #[cfg(any(test, fuzzing))]

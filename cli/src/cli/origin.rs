@@ -22,14 +22,17 @@ pub struct OriginArgs {
     #[arg(long, env = "SHARDPOOL_ORIGIN_ID", default_value = "origin")]
     id: String,
     /// Delay before every answer, e.g. `5ms` (simulates a slow or stalled backend).
-    #[arg(long, env = "SHARDPOOL_ORIGIN_DELAY", default_value = "0s", value_parser = parse::duration)]
+    #[arg(long, env = "SHARDPOOL_ORIGIN_DELAY", default_value = "0s",
+          value_parser = parse::duration)]
     delay: Duration,
     /// Shards (executor threads).
-    #[arg(long, env = "SHARDPOOL_ORIGIN_SHARDS", default_value_t = 1, value_parser = parse::count::<usize>)]
+    #[arg(long, env = "SHARDPOOL_ORIGIN_SHARDS", default_value_t = 1,
+          value_parser = parse::count::<usize>)]
     shards: usize,
     /// Pin each shard to a CPU, as `serve --pin`; bare `--pin` means true.
     #[arg(long, env = "SHARDPOOL_ORIGIN_PIN", num_args = 0..=1, default_value = "false",
-          default_missing_value = "true", value_parser = parse::bool, action = clap::ArgAction::Set)]
+          default_missing_value = "true", value_parser = parse::bool,
+          action = clap::ArgAction::Set)]
     pin: bool,
     /// Close connections that bring no request for this long, e.g. `5s`, or `off` (a
     /// keep-alive timeout; pooled clients then meet stale connections).

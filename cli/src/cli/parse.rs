@@ -17,6 +17,10 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// A setting that may be `off` (or `auto`): `None`. An alias, so that clap reads the whole
+/// `Option` from the parser.
+pub type Off<T> = Option<T>;
+
 /// The spellings, for `--help` (`after_help` of the subcommands).
 pub const SPELLINGS: &str = "Values: durations like 500ms, 10s, 1.5s, 2m, 1h (units ns, us, ms, \
 s/sec/secs, m/min/mins, h; a bare number is seconds); sizes like 65536, 64KiB, 1MiB; addresses \

@@ -15,11 +15,12 @@
 //! ```
 //!
 //! Keys are the flag names with `_` for `-`, except `mode` (`--upstream`) and `backends`
-//! (`--backend`). Backends given by flag or variable replace the file's list. SIGHUP re-reads
+//! (`--backend`); each is a row of the `UpstreamKnobs` table (`super::settings`), `backends` a
+//! field of its own. Backends given by flag or variable replace the file's list. SIGHUP re-reads
 //! the file's `upstream.backends` (unless backends came from flags) and `--backends-file`.
 
-use super::parse;
-use super::serve::{ConfigFile, Lookup, read_config, scalar};
+use super::parse::{self, Off};
+use super::settings::{ConfigFile, named, read_config};
 use shardpool::baseline::MutexPool;
 use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, ShardContext};
@@ -32,7 +33,6 @@ use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
 use shardpool::upstream::{
     Balance, ConnectorConfig, Gateway, GatewayConfig, HealthChecker, HealthConfig, UpstreamManager,
 };
-use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,87 +64,82 @@ pub enum PoolKind {
     None,
 }
 
-/// Gateway knobs of `shardpool serve`. Strings here, parsed after merging flag, environment and
-/// the config file's `[upstream]` table, so all three accept the same syntax.
-#[derive(clap::Args, Debug, Default)]
+/// The gateway's settings of `shardpool serve`: `--backend` (a list) and the table below.
+#[derive(clap::Args, Debug, Default, Clone)]
 pub struct UpstreamArgs {
-    /// Where answers come from: `auto` (backends if given, else embedded origins), `embedded`,
-    /// or `none` (the direct Greeter, for pure server benchmarks) [default: auto] [config key:
-    /// upstream.mode].
-    #[arg(long, env = "SHARDPOOL_UPSTREAM")]
-    upstream: Option<String>,
     /// An upstream origin `IP:PORT` (repeatable; the variable takes a comma-separated list);
     /// replaces the config file's `upstream.backends`.
-    #[arg(long = "backend", env = "SHARDPOOL_BACKEND", value_delimiter = ',')]
-    backends: Vec<String>,
-    /// TOML file with `backends = ["IP:PORT", ...]`, added to the other backends and re-read
-    /// on SIGHUP.
-    #[arg(long, env = "SHARDPOOL_BACKENDS_FILE")]
-    backends_file: Option<String>,
-    /// Origins started in-process when no backend is given; at most one per CPU (or 2)
-    /// [default: 2].
-    #[arg(long, env = "SHARDPOOL_EMBEDDED_ORIGINS")]
-    embedded_origins: Option<String>,
-    /// Pool implementation: `sharded`, `mutex`, or `none` (connect per request)
-    /// [default: sharded].
-    #[arg(long, env = "SHARDPOOL_POOL")]
-    pool: Option<String>,
-    /// Load balancing: round-robin, least-connections, random, power-of-two (p2c)
-    /// [default: round-robin].
-    #[arg(long, env = "SHARDPOOL_LB")]
-    lb: Option<String>,
-    /// Live connections per backend (all shards) [default: 256].
-    #[arg(long, env = "SHARDPOOL_POOL_MAX_SIZE")]
-    pool_max_size: Option<String>,
-    /// Idle connections kept per backend (all shards) [default: 256].
-    #[arg(long, env = "SHARDPOOL_POOL_MAX_IDLE")]
-    pool_max_idle: Option<String>,
-    /// Close pooled connections idle this long, or `off` [default: 60s].
-    #[arg(long, env = "SHARDPOOL_POOL_IDLE_TIMEOUT")]
-    pool_idle_timeout: Option<String>,
-    /// Longest time one upstream attempt may take (checkout, connect, exchange); more than 0
-    /// [default: 2s].
-    #[arg(long, env = "SHARDPOOL_UPSTREAM_TIMEOUT")]
-    upstream_timeout: Option<String>,
-    /// Upstream connect timeout [default: 1s].
-    #[arg(long, env = "SHARDPOOL_CONNECT_TIMEOUT")]
-    connect_timeout: Option<String>,
-    /// TCP keepalive idle time of upstream connections, or `off` [default: 60s].
-    #[arg(long, env = "SHARDPOOL_UPSTREAM_KEEPALIVE")]
-    upstream_keepalive: Option<String>,
-    /// Peek at pooled connections idle at least this long before reusing them (`0s`: always)
-    /// [default: 100ms].
-    #[arg(long, env = "SHARDPOOL_VALIDATE_AFTER")]
-    validate_after: Option<String>,
-    /// Active health-check period, or `off` [default: 1s].
-    #[arg(long, env = "SHARDPOOL_HEALTH_INTERVAL")]
-    health_interval: Option<String>,
-    /// Active health-check timeout [default: 500ms].
-    #[arg(long, env = "SHARDPOOL_HEALTH_TIMEOUT")]
-    health_timeout: Option<String>,
-    /// Consecutive failed requests that eject a backend (0: never) [default: 3].
-    #[arg(long, env = "SHARDPOOL_EJECT_AFTER")]
-    eject_after: Option<String>,
-    /// First ejection length (doubles per ejection in a row) [default: 1s].
-    #[arg(long, env = "SHARDPOOL_EJECT_BACKOFF")]
-    eject_backoff: Option<String>,
-    /// Longest ejection [default: 30s].
-    #[arg(long, env = "SHARDPOOL_EJECT_BACKOFF_MAX")]
-    eject_backoff_max: Option<String>,
-    /// Upstream admin HTTP address (per-backend /metrics, add/remove backends): `IP:PORT`, a
-    /// bare `PORT` (binds 127.0.0.1), or `off`; same token and limits as --admin-listen
-    /// [default: off].
-    #[arg(long, env = "SHARDPOOL_UPSTREAM_ADMIN_LISTEN")]
-    upstream_admin_listen: Option<String>,
-    /// Networks every backend must be in, `CIDR[,CIDR...]` (e.g. `10.0.0.0/8,127.0.0.1/32`):
-    /// checked at start, on SIGHUP and for backends added at run time [default: any address].
-    #[arg(long, env = "SHARDPOOL_BACKEND_ALLOW")]
-    backend_allow: Option<String>,
-    /// The most backends at once, or `auto` (the backends at start, embedded origins included,
-    /// plus 4). The admin RPCs and SIGHUP cannot add beyond it, and `--fd-reserve auto`
-    /// reserves descriptors for this many backends [default: auto].
-    #[arg(long, env = "SHARDPOOL_MAX_BACKENDS")]
-    max_backends: Option<String>,
+    #[arg(long = "backend", env = "SHARDPOOL_BACKEND", value_delimiter = ',',
+          value_parser = |s: &str| -> Result<SocketAddr, String> {
+              parse::addr(s)
+                  .map_err(|e| named("backend", "SHARDPOOL_BACKEND", "upstream.", "backends", &e))
+          })]
+    backends: Vec<SocketAddr>,
+    #[command(flatten)]
+    knobs: UpstreamKnobs,
+}
+
+crate::settings! {
+    /// The scalar settings of the `[upstream]` table, each defined once (see `super::settings`).
+    pub struct UpstreamKnobs in "upstream." {
+        /// Where answers come from: `auto` (backends if given, else embedded origins), `embedded`,
+        /// or `none` (the direct Greeter, for pure server benchmarks) [default: auto] [config key:
+        /// upstream.mode].
+        upstream as "mode": UpstreamMode = parse::enum_value, "SHARDPOOL_UPSTREAM";
+        /// TOML file with `backends = ["IP:PORT", ...]`, added to the other backends and re-read
+        /// on SIGHUP.
+        backends_file: PathBuf =
+            |s: &str| Ok::<_, String>(PathBuf::from(s)),
+            "SHARDPOOL_BACKENDS_FILE";
+        /// Origins started in-process when no backend is given; at most one per CPU (or 2)
+        /// [default: 2].
+        embedded_origins: usize = parse::count, "SHARDPOOL_EMBEDDED_ORIGINS";
+        /// Pool implementation: `sharded`, `mutex`, or `none` (connect per request)
+        /// [default: sharded].
+        pool: PoolKind = parse::enum_value, "SHARDPOOL_POOL";
+        /// Load balancing: round-robin, least-connections, random, power-of-two (p2c)
+        /// [default: round-robin].
+        lb: Balance = |s: &str| s.parse::<Balance>(), "SHARDPOOL_LB";
+        /// Live connections per backend (all shards) [default: 256].
+        pool_max_size: usize = parse::count, "SHARDPOOL_POOL_MAX_SIZE";
+        /// Idle connections kept per backend (all shards) [default: 256].
+        pool_max_idle: usize = parse::count, "SHARDPOOL_POOL_MAX_IDLE";
+        /// Close pooled connections idle this long, or `off` [default: 60s].
+        pool_idle_timeout: Off<Duration> = parse::opt_duration, "SHARDPOOL_POOL_IDLE_TIMEOUT";
+        /// Longest time one upstream attempt may take (checkout, connect, exchange); more than 0
+        /// [default: 2s].
+        upstream_timeout: Duration = parse::positive_duration, "SHARDPOOL_UPSTREAM_TIMEOUT";
+        /// Upstream connect timeout [default: 1s].
+        connect_timeout: Duration = parse::duration, "SHARDPOOL_CONNECT_TIMEOUT";
+        /// TCP keepalive idle time of upstream connections, or `off` [default: 60s].
+        upstream_keepalive: Off<Duration> = parse::opt_duration, "SHARDPOOL_UPSTREAM_KEEPALIVE";
+        /// Peek at pooled connections idle at least this long before reusing them (`0s`: always)
+        /// [default: 100ms].
+        validate_after: Duration = parse::duration, "SHARDPOOL_VALIDATE_AFTER";
+        /// Active health-check period, or `off` [default: 1s].
+        health_interval: Off<Duration> = parse::opt_duration, "SHARDPOOL_HEALTH_INTERVAL";
+        /// Active health-check timeout [default: 500ms].
+        health_timeout: Duration = parse::duration, "SHARDPOOL_HEALTH_TIMEOUT";
+        /// Consecutive failed requests that eject a backend (0: never) [default: 3].
+        eject_after: u32 = parse::count, "SHARDPOOL_EJECT_AFTER";
+        /// First ejection length (doubles per ejection in a row) [default: 1s].
+        eject_backoff: Duration = parse::duration, "SHARDPOOL_EJECT_BACKOFF";
+        /// Longest ejection [default: 30s].
+        eject_backoff_max: Duration = parse::duration, "SHARDPOOL_EJECT_BACKOFF_MAX";
+        /// Upstream admin HTTP address (per-backend /metrics, add/remove backends): `IP:PORT`, a
+        /// bare `PORT` (binds 127.0.0.1), or `off`; same token and limits as --admin-listen
+        /// [default: off].
+        upstream_admin_listen: Off<SocketAddr> = parse::opt_addr, "SHARDPOOL_UPSTREAM_ADMIN_LISTEN";
+        /// Networks every backend must be in, `CIDR[,CIDR...]` (e.g. `10.0.0.0/8,127.0.0.1/32`):
+        /// checked at start, on SIGHUP and for backends added at run time [default: any address].
+        backend_allow: BackendAllow =
+            |s: &str| s.parse::<BackendAllow>(),
+            "SHARDPOOL_BACKEND_ALLOW";
+        /// The most backends at once, or `auto` (the backends at start, embedded origins included,
+        /// plus 4). The admin RPCs and SIGHUP cannot add beyond it, and `--fd-reserve auto`
+        /// reserves descriptors for this many backends [default: auto].
+        max_backends: AutoCount = AutoCount::from_str, "SHARDPOOL_MAX_BACKENDS";
+    }
 }
 
 /// `--embedded-origins` when not set.
@@ -162,31 +157,6 @@ fn max_embedded_origins() -> usize {
 
 /// Backends `--max-backends auto` leaves room for beyond those at start.
 pub const BACKEND_ROOM: usize = 4;
-
-/// Keys of the `[upstream]` table (`backends` is the list; the rest are scalars).
-const UPSTREAM_KEYS: [&str; 21] = [
-    "mode",
-    "backends",
-    "backends_file",
-    "embedded_origins",
-    "pool",
-    "lb",
-    "pool_max_size",
-    "pool_max_idle",
-    "pool_idle_timeout",
-    "upstream_timeout",
-    "connect_timeout",
-    "upstream_keepalive",
-    "validate_after",
-    "health_interval",
-    "health_timeout",
-    "eject_after",
-    "eject_backoff",
-    "eject_backoff_max",
-    "upstream_admin_listen",
-    "backend_allow",
-    "max_backends",
-];
 
 /// The gateway settings after merging flags, environment, the config file and defaults.
 #[derive(Debug, PartialEq)]
@@ -270,46 +240,18 @@ impl UpstreamArgs {
     /// Merges flags/environment with the config file's `[upstream]` table and the defaults.
     /// Errors name the flag, the variable and the key, and say what is expected.
     pub fn resolve(&self, file: &ConfigFile) -> Result<UpstreamSettings, String> {
-        let path = file.path.as_deref().unwrap_or(Path::new("the config file"));
-        let mut scalars = BTreeMap::new();
-        for (k, v) in &file.upstream {
-            if !UPSTREAM_KEYS.contains(&k.as_str()) {
-                return Err(format!(
-                    "unknown key `upstream.{k}` in {}; known keys of [upstream]: {}",
-                    path.display(),
-                    UPSTREAM_KEYS.join(", ")
-                ));
-            }
-            if k != "backends" {
-                scalars.insert(
-                    k.clone(),
-                    scalar(&format!("upstream.{k}"), v.clone(), path)?,
-                );
-            }
-        }
-        let l = Lookup {
-            file: &scalars,
-            table: "upstream.",
-        };
-        let a = self;
+        // `backends` is a list, read by `config_backends`; the other keys are settings.
+        let m = self
+            .knobs
+            .merge(&file.upstream, &["backends"], file.shown_path())?;
         let dg = GatewayConfig::default();
         let (dh, dc) = (&dg.health, &dg.connector);
         let health = HealthConfig {
-            interval: l
-                .get("health_interval", &a.health_interval, parse::opt_duration)?
-                .unwrap_or(dh.interval),
-            timeout: l
-                .get("health_timeout", &a.health_timeout, parse::duration)?
-                .unwrap_or(dh.timeout),
-            eject_after: l
-                .get("eject_after", &a.eject_after, parse::count)?
-                .unwrap_or(dh.eject_after),
-            backoff_base: l
-                .get("eject_backoff", &a.eject_backoff, parse::duration)?
-                .unwrap_or(dh.backoff_base),
-            backoff_max: l
-                .get("eject_backoff_max", &a.eject_backoff_max, parse::duration)?
-                .unwrap_or(dh.backoff_max),
+            interval: m.health_interval.unwrap_or(dh.interval),
+            timeout: m.health_timeout.unwrap_or(dh.timeout),
+            eject_after: m.eject_after.unwrap_or(dh.eject_after),
+            backoff_base: m.eject_backoff.unwrap_or(dh.backoff_base),
+            backoff_max: m.eject_backoff_max.unwrap_or(dh.backoff_max),
         };
         if health.backoff_max < health.backoff_base {
             return Err(format!(
@@ -320,48 +262,19 @@ impl UpstreamArgs {
             ));
         }
         let connector = ConnectorConfig {
-            connect_timeout: l
-                .get("connect_timeout", &a.connect_timeout, parse::duration)?
-                .unwrap_or(dc.connect_timeout),
-            keepalive: l
-                .get(
-                    "upstream_keepalive",
-                    &a.upstream_keepalive,
-                    parse::opt_duration,
-                )?
-                .unwrap_or(dc.keepalive),
-            validate_after: l
-                .get("validate_after", &a.validate_after, parse::duration)?
-                .unwrap_or(dc.validate_after),
+            connect_timeout: m.connect_timeout.unwrap_or(dc.connect_timeout),
+            keepalive: m.upstream_keepalive.unwrap_or(dc.keepalive),
+            validate_after: m.validate_after.unwrap_or(dc.validate_after),
         };
         let gateway = GatewayConfig {
-            balance: l
-                .get("lb", &a.lb, |s| s.parse::<Balance>())?
-                .unwrap_or(dg.balance),
+            balance: m.lb.unwrap_or(dg.balance),
             health,
-            request_timeout: l
-                .get(
-                    "upstream_timeout",
-                    &a.upstream_timeout,
-                    parse::positive_duration,
-                )?
-                .unwrap_or(dg.request_timeout),
+            request_timeout: m.upstream_timeout.unwrap_or(dg.request_timeout),
             connector,
             // Resolved at start against the backends then (`UpstreamSettings::max_backends`).
             max_backends: dg.max_backends,
         };
-        let flag_backends = a
-            .backends
-            .iter()
-            .map(|b| {
-                parse::addr(b.trim()).map_err(|e| {
-                    format!(
-                        "invalid value `{b}` for --backend (SHARDPOOL_BACKEND, config key \
-                         `upstream.backends`): {e}"
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let flag_backends = self.backends.clone();
         let backends = if flag_backends.is_empty() {
             BackendSources {
                 initial: config_backends(file)?,
@@ -376,12 +289,10 @@ impl UpstreamArgs {
             }
         };
         let backends = BackendSources {
-            file: l.get("backends_file", &a.backends_file, |s| Ok(PathBuf::from(s)))?,
+            file: m.backends_file,
             ..backends
         };
-        let mode = l
-            .get_as("mode", "upstream", &a.upstream, parse::enum_value)?
-            .unwrap_or(UpstreamMode::Auto);
+        let mode = m.upstream.unwrap_or(UpstreamMode::Auto);
         if mode == UpstreamMode::None && (!backends.initial.is_empty() || backends.file.is_some()) {
             return Err(
                 "--upstream none (SHARDPOOL_UPSTREAM, config key `upstream.mode`) serves \
@@ -392,9 +303,7 @@ impl UpstreamArgs {
                     .into(),
             );
         }
-        let embedded_origins = l
-            .get("embedded_origins", &a.embedded_origins, parse::count)?
-            .unwrap_or(DEFAULT_EMBEDDED_ORIGINS);
+        let embedded_origins = m.embedded_origins.unwrap_or(DEFAULT_EMBEDDED_ORIGINS);
         let most = max_embedded_origins();
         if embedded_origins > most {
             return Err(format!(
@@ -409,34 +318,14 @@ impl UpstreamArgs {
             mode,
             backends,
             embedded_origins,
-            pool: l
-                .get("pool", &a.pool, parse::enum_value)?
-                .unwrap_or(PoolKind::Sharded),
-            pool_max_size: l
-                .get("pool_max_size", &a.pool_max_size, parse::count)?
-                .unwrap_or(256),
-            pool_max_idle: l
-                .get("pool_max_idle", &a.pool_max_idle, parse::count)?
-                .unwrap_or(256),
-            pool_idle_timeout: l
-                .get(
-                    "pool_idle_timeout",
-                    &a.pool_idle_timeout,
-                    parse::opt_duration,
-                )?
-                .unwrap_or(Some(Duration::from_secs(60))),
+            pool: m.pool.unwrap_or(PoolKind::Sharded),
+            pool_max_size: m.pool_max_size.unwrap_or(256),
+            pool_max_idle: m.pool_max_idle.unwrap_or(256),
+            pool_idle_timeout: m.pool_idle_timeout.unwrap_or(Some(Duration::from_secs(60))),
             gateway,
-            admin_listen: l
-                .get(
-                    "upstream_admin_listen",
-                    &a.upstream_admin_listen,
-                    parse::opt_addr,
-                )?
-                .flatten(),
-            backend_allow: l.get("backend_allow", &a.backend_allow, |s| s.parse())?,
-            max_backends: l
-                .get("max_backends", &a.max_backends, AutoCount::from_str)?
-                .unwrap_or_default(),
+            admin_listen: m.upstream_admin_listen.flatten(),
+            backend_allow: m.backend_allow,
+            max_backends: m.max_backends.unwrap_or_default(),
         })
     }
 }
@@ -768,6 +657,30 @@ fn watch_sighup<P: ConnectionPool<UpstreamManager>>(
 mod tests {
     use super::*;
 
+    /// `serve ARGS` (the gateway's part) as clap parses them, or clap's error.
+    struct Parsed(Result<UpstreamArgs, String>);
+
+    impl Parsed {
+        fn resolve(&self, file: &ConfigFile) -> Result<UpstreamSettings, String> {
+            self.0.clone()?.resolve(file)
+        }
+    }
+
+    fn upstream(args: &[&str]) -> Parsed {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            upstream: UpstreamArgs,
+        }
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        Parsed(
+            Cli::try_parse_from(args)
+                .map(|c| c.upstream)
+                .map_err(|e| e.to_string()),
+        )
+    }
+
     #[test]
     fn backends_file_parses_and_bad_files_say_why() {
         let dir = std::env::temp_dir().join(format!("shardpool-upstream-{}", std::process::id()));
@@ -831,12 +744,14 @@ mod tests {
             "SIGHUP re-reads the file's list"
         );
 
-        let flags = UpstreamArgs {
-            lb: Some("p2c".into()),
-            backends: vec!["127.0.0.1:7009".into()],
-            pool_max_size: Some("3".into()),
-            ..UpstreamArgs::default()
-        };
+        let flags = upstream(&[
+            "--lb",
+            "p2c",
+            "--backend",
+            "127.0.0.1:7009",
+            "--pool-max-size",
+            "3",
+        ]);
         let r = flags.resolve(&file).unwrap();
         assert_eq!(r.gateway.balance, Balance::PowerOfTwo, "flag beats file");
         assert_eq!(r.pool_max_size, 3);
@@ -902,12 +817,9 @@ mod tests {
             "[upstream]\neject_backoff = \"10s\"\neject_backoff_max = \"1s\"\n",
         );
         assert!(e.contains("eject_backoff_max"), "{e}");
-        let e = UpstreamArgs {
-            backends: vec!["nowhere".into()],
-            ..UpstreamArgs::default()
-        }
-        .resolve(&ConfigFile::default())
-        .unwrap_err();
+        let e = upstream(&["--backend", "nowhere"])
+            .resolve(&ConfigFile::default())
+            .unwrap_err();
         assert!(e.contains("--backend") && e.contains("IP:PORT"), "{e}");
         let dir =
             std::env::temp_dir().join(format!("shardpool-upstream-nt-{}", std::process::id()));
@@ -921,11 +833,15 @@ mod tests {
 
     #[test]
     fn max_backends_bounds_run_time_additions_and_the_reserve_counts_it() {
-        let args = |max: Option<&str>| UpstreamArgs {
-            backends: vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
-            pool_max_size: Some("10".into()),
-            max_backends: max.map(Into::into),
-            ..UpstreamArgs::default()
+        let args = |max: Option<&str>| {
+            let mut a = vec![
+                "--backend",
+                "127.0.0.1:7001,127.0.0.1:7002",
+                "--pool-max-size",
+                "10",
+            ];
+            a.extend(max.map(|m| ["--max-backends", m]).into_iter().flatten());
+            upstream(&a)
         };
         let resolve = |max| args(max).resolve(&ConfigFile::default()).unwrap();
         assert_eq!(resolve(None).max_backends(), Ok(2 + BACKEND_ROOM), "auto");
