@@ -741,4 +741,48 @@ mod tests {
             32 + 20
         );
     }
+
+    /// The default each help text states is the default `serve` uses: giving it explicitly
+    /// changes nothing. (Defaults described in words, like "every CPU of the placement", are
+    /// skipped.)
+    #[test]
+    fn help_defaults_are_the_real_defaults() {
+        use clap::{CommandFactory, Parser};
+        let cli = super::super::Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let file = ConfigFile::default();
+        let resolve = |args: &[&str]| {
+            let all = ["shardpool", "serve"].iter().chain(args);
+            match super::super::Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(super::super::Command::Serve(s)) => {
+                    (s.knobs.resolve(&file), s.upstream.resolve(&file))
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => (Err(e.to_string()), Err(e.to_string())),
+            }
+        };
+        let defaults = resolve(&[]);
+        let mut checked = 0;
+        for arg in serve.get_arguments() {
+            let (Some(long), Some(help)) = (arg.get_long(), arg.get_help()) else {
+                continue;
+            };
+            let help = help.to_string();
+            let Some(default) = help
+                .split("[default: ")
+                .nth(1)
+                .and_then(|d| d.split(']').next())
+            else {
+                continue;
+            };
+            let flag = format!("--{long}");
+            let (k, u) = resolve(&[flag.as_str(), default]);
+            if k.is_err() && default.contains(' ') {
+                continue; // a default in words
+            }
+            assert_eq!((&k, &u), (&defaults.0, &defaults.1), "{flag} {default}");
+            checked += 1;
+        }
+        assert!(checked >= 40, "only {checked} defaults checked");
+    }
 }
