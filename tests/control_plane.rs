@@ -578,3 +578,93 @@ fn connections_the_watchdog_closes_are_counted_in_metrics() {
         .unwrap_or_else(|| panic!("no idle-close metric in:\n{m}"));
     assert!(idle.ends_with(" 0"), "{idle}");
 }
+
+/// The gateway started the way `shardpool serve` starts it (`upstream::launch`): calls go
+/// through the listed backend; a reload applies the list as it is now; a list that cannot be
+/// read, or that names a backend outside the allow-list, changes nothing and says why; with no
+/// backend and no embedded origin nothing starts; dropping the handle stops the embedded origins.
+#[test]
+fn the_launcher_starts_reloads_and_stops_the_gateway_like_the_binary() {
+    use shardpool::upstream::launch::{self, Launch, LaunchError};
+    use std::sync::Mutex;
+    let (a, b) = (origin("a"), origin("b"));
+    let list: Arc<Mutex<Result<Vec<SocketAddr>, String>>> =
+        Arc::new(Mutex::new(Ok(vec![a.local_addr()])));
+    let read = {
+        let list = Arc::clone(&list);
+        Arc::new(move || list.lock().unwrap().clone())
+    };
+    let quiet = |launch: Launch| Launch {
+        gateway: GatewayConfig {
+            health: HealthConfig {
+                interval: None,
+                ..HealthConfig::default()
+            },
+            ..launch.gateway
+        },
+        pool_max_size: 8,
+        pool_max_idle: 8,
+        allow: Some("127.0.0.0/8".parse().unwrap()),
+        ..launch
+    };
+    let (map, opts) = shards(1);
+    let (server, handle) = launch::start(
+        quiet(Launch::new(read)),
+        Server::new(local_config()),
+        &map,
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(handle.backends_at_start(), [a.local_addr()]);
+    assert!(handle.embedded_origins().is_empty());
+    run(async {
+        let ch = channel(server.local_addr()).await;
+        assert_eq!(say_hello(ch, "x").await.unwrap(), "Hello, x!");
+    });
+    *list.lock().unwrap() = Ok(vec![a.local_addr(), b.local_addr()]);
+    assert_eq!(handle.reload(), Ok((1, 0)));
+    assert_eq!(handle.backends(), vec![a.local_addr(), b.local_addr()]);
+    *list.lock().unwrap() = Err("cannot read the list".into());
+    assert_eq!(handle.reload(), Err("cannot read the list".into()));
+    *list.lock().unwrap() = Ok(vec!["10.1.2.3:7000".parse().unwrap()]);
+    let outside = handle.reload().unwrap_err();
+    assert!(outside.contains("10.1.2.3"), "{outside}");
+    assert_eq!(handle.backends(), vec![a.local_addr(), b.local_addr()]);
+    *list.lock().unwrap() = Ok(vec![b.local_addr()]);
+    assert_eq!(handle.reload(), Ok((0, 1)));
+    server.shutdown(Duration::from_secs(2)).unwrap();
+    drop(handle);
+
+    // No backend listed and no embedded origin: nothing to answer, refused before starting.
+    let none = Launch {
+        embedded_origins: 0,
+        ..Launch::new(Arc::new(|| Ok(Vec::new())))
+    };
+    let refused = launch::start(none, Server::new(local_config()), &map, &opts);
+    assert!(
+        matches!(refused, Err(LaunchError::NoBackend)),
+        "{:?}",
+        refused.err()
+    );
+
+    // No backend listed: one embedded origin answers, and stops with the handle.
+    let embedded = Launch {
+        embedded_origins: 1,
+        ..quiet(Launch::new(Arc::new(|| Ok(Vec::new()))))
+    };
+    let (server, handle) =
+        launch::start(embedded, Server::new(local_config()), &map, &opts).unwrap();
+    let origin_addr = handle.embedded_origins()[0];
+    assert_eq!(handle.backends_at_start(), [origin_addr]);
+    run(async {
+        let ch = channel(server.local_addr()).await;
+        assert_eq!(say_hello(ch, "y").await.unwrap(), "Hello, y!");
+    });
+    server.shutdown(Duration::from_secs(2)).unwrap();
+    assert!(TcpStream::connect(origin_addr).is_ok());
+    drop(handle);
+    assert!(
+        TcpStream::connect_timeout(&origin_addr, Duration::from_secs(1)).is_err(),
+        "the embedded origin still accepts after the handle was dropped"
+    );
+}

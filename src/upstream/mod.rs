@@ -9,6 +9,7 @@ mod balance;
 pub mod conn;
 pub mod frame;
 mod gateway;
+pub mod launch;
 pub mod origin;
 
 pub use balance::Balance;

@@ -21,18 +21,13 @@
 
 use super::parse::{self, Off};
 use super::settings::{ConfigFile, named, read_config};
-use shardpool::baseline::MutexPool;
-use shardpool::pool::{Config, ConnectionPool, ShardedPool};
 use shardpool::runtime::{RuntimeOptions, ShardContext};
 use shardpool::server::limits::{AutoCount, FdReserve};
 use shardpool::server::{AdminConfig, GreetHandler, RunningServer, Server};
 use shardpool::topology::{ShardMap, Topology};
-use shardpool::upstream::admin::AdminEndpoint;
-use shardpool::upstream::allow::{AllowListed, BackendAllow};
-use shardpool::upstream::origin::{Origin, OriginConfig, RunningOrigin};
-use shardpool::upstream::{
-    Balance, ConnectorConfig, Gateway, GatewayConfig, HealthChecker, HealthConfig, UpstreamManager,
-};
+use shardpool::upstream::allow::BackendAllow;
+use shardpool::upstream::launch::{self, GatewayHandle, Launch, LaunchError};
+use shardpool::upstream::{Balance, ConnectorConfig, GatewayConfig, HealthConfig};
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -381,36 +376,16 @@ impl UpstreamSettings {
     }
 }
 
-/// What the gateway keeps running beside the server; drop it after the server has stopped.
-pub struct UpstreamHandle {
-    close: Box<dyn FnOnce() + Send>,
-    _admin: Option<AdminEndpoint>,
-    _health: Option<HealthChecker>,
-    sighup: Option<signal_hook::iterator::Handle>,
-    origins: Vec<RunningOrigin>,
-}
-
-impl Drop for UpstreamHandle {
-    fn drop(&mut self) {
-        if let Some(h) = self.sighup.take() {
-            h.close();
-        }
-        std::mem::replace(&mut self.close, Box::new(|| ()))();
-        for o in self.origins.drain(..) {
-            o.stop();
-        }
-    }
-}
-
-/// Starts `server` on `map`, in gateway mode unless `--upstream none`. Keep the handle until
-/// the server has stopped.
+/// Starts `server` on `map`, in gateway mode unless `--upstream none` (through
+/// [`shardpool::upstream::launch`], as an embedder would). Keep the handle until the server has
+/// stopped.
 pub fn start<F, H>(
     args: &UpstreamSettings,
     admin: &AdminConfig,
     server: Server<F>,
     map: &ShardMap,
     runtime: &RuntimeOptions,
-) -> Result<(RunningServer, Option<UpstreamHandle>), BoxError>
+) -> Result<(RunningServer, Option<GatewayHandle>), BoxError>
 where
     F: Fn(ShardContext) -> H + Send + Sync + 'static,
     H: GreetHandler,
@@ -418,121 +393,44 @@ where
     if args.mode == UpstreamMode::None {
         return Ok((server.start(map, runtime)?, None));
     }
-    let config = GatewayConfig {
-        max_backends: args.max_backends()?,
-        ..args.gateway.clone()
+    let sources = args.backends.clone();
+    let launch = Launch {
+        gateway: GatewayConfig {
+            max_backends: args.max_backends()?,
+            ..args.gateway.clone()
+        },
+        pool: match args.pool {
+            PoolKind::Sharded => launch::PoolKind::Sharded,
+            PoolKind::Mutex => launch::PoolKind::Mutex,
+            PoolKind::None => launch::PoolKind::None,
+        },
+        pool_max_size: args.pool_max_size,
+        pool_max_idle: args.pool_max_idle,
+        pool_idle_timeout: args.pool_idle_timeout,
+        embedded_origins: args.embedded_origins,
+        embedded_only: args.mode == UpstreamMode::Embedded,
+        backends: Arc::new(move || sources.reload(&[])),
+        allow: args.backend_allow.clone(),
+        admin_listen: args.admin_listen,
+        admin: admin.clone(),
+        reload_on_sighup: args.backends.config.is_some() || args.backends.file.is_some(),
     };
-    let manager = UpstreamManager::new(config.connector.clone(), map.len());
-    let pool_config = Config::default()
-        .shards(map.len())
-        .max_size(args.pool_max_size)
-        .max_idle_per_key(args.pool_max_idle)
-        .max_total_idle(args.pool_max_idle.saturating_mul(64))
-        .idle_timeout(args.pool_idle_timeout)
-        .wait_timeout(Some(config.request_timeout))
-        .steal_order(map.steal_order());
-    let invalid = |e: shardpool::pool::ConfigError| {
-        format!(
-            "invalid upstream pool settings: {e} (flags --pool-max-size/--pool-max-idle, config \
-             keys upstream.pool_max_size/upstream.pool_max_idle)"
-        )
-    };
-    match args.pool {
-        PoolKind::Sharded => {
-            let pool = ShardedPool::new(manager.clone(), pool_config).map_err(invalid)?;
-            run(
-                args,
-                admin,
-                Gateway::new(config, Some(pool), manager, map.len()),
-                server,
-                map,
-                runtime,
-            )
-        }
-        PoolKind::Mutex => {
-            let pool = MutexPool::new(manager.clone(), pool_config).map_err(invalid)?;
-            run(
-                args,
-                admin,
-                Gateway::new(config, Some(pool), manager, map.len()),
-                server,
-                map,
-                runtime,
-            )
-        }
-        PoolKind::None => {
-            let gateway: Gateway<ShardedPool<UpstreamManager>> =
-                Gateway::new(config, None, manager, map.len());
-            run(args, admin, gateway, server, map, runtime)
-        }
-    }
-}
-
-fn run<P, F, H>(
-    args: &UpstreamSettings,
-    admin: &AdminConfig,
-    gateway: Gateway<P>,
-    server: Server<F>,
-    map: &ShardMap,
-    runtime: &RuntimeOptions,
-) -> Result<(RunningServer, Option<UpstreamHandle>), BoxError>
-where
-    P: ConnectionPool<UpstreamManager>,
-    F: Fn(ShardContext) -> H + Send + Sync + 'static,
-    H: GreetHandler,
-{
-    let mut origins = Vec::new();
-    let mut backends = args.backends.reload(&[])?;
-    // Only the operator's backends are checked: embedded origins are started here, on loopback.
-    check_allowed(args.backend_allow.as_ref(), &backends)?;
-    let mut embedded = Vec::new();
-    if args.mode == UpstreamMode::Embedded || backends.is_empty() {
-        if args.embedded_origins == 0 {
-            return Err("no backend: give --backend ADDR, upstream.backends in the --config file, a --backends-file, or --embedded-origins N > 0 (or --upstream none)".into());
-        }
-        for i in 0..args.embedded_origins {
-            let origin = Origin::start(OriginConfig {
-                id: format!("embedded-{i}"),
-                ..OriginConfig::default()
-            })
-            .map_err(|e| format!("cannot start embedded origin {i}: {e}"))?;
-            embedded.push(origin.local_addr());
-            origins.push(origin);
-        }
-        backends.extend(embedded.iter().copied());
-    }
-    for b in &backends {
-        gateway.add_backend(*b)?;
-    }
-    let server = gateway.install(server);
-    // With an allow-list, the backend RPCs go through it (this replaces the hook `install` set).
-    let server = match &args.backend_allow {
-        Some(allow) => {
-            server.backend_admin(Arc::new(AllowListed::new(gateway.clone(), allow.clone())))
-        }
-        None => server,
-    };
-    let health = gateway.start_health_checks();
-    let admin = match args.admin_listen {
-        Some(a) => Some(AdminEndpoint::start_with(
-            a,
-            gateway.clone(),
-            admin.clone(),
-            args.backend_allow.clone(),
-        )?),
-        None => None,
-    };
-    let sighup = if args.backends.config.is_some() || args.backends.file.is_some() {
-        Some(watch_sighup(
-            args.backends.clone(),
-            embedded,
-            args.backend_allow.clone(),
-            gateway.clone(),
-        )?)
-    } else {
-        None
-    };
-    let running = server.start(map, runtime)?;
+    let (running, handle) =
+        launch::start(launch, server, map, runtime).map_err(|e| -> BoxError {
+            match e {
+                LaunchError::NoBackend => "no backend: give --backend ADDR, upstream.backends in \
+                                           the --config file, a --backends-file, or \
+                                           --embedded-origins N > 0 (or --upstream none)"
+                    .into(),
+                LaunchError::Pool(e) => format!(
+                    "invalid upstream pool settings: {e} (flags --pool-max-size/--pool-max-idle, \
+                     config keys upstream.pool_max_size/upstream.pool_max_idle)"
+                )
+                .into(),
+                e => e.into(),
+            }
+        })?;
+    let backends = handle.backends_at_start();
     println!(
         "shardpool: gateway to {} backend(s) [{}]{}, pool {:?}, lb {}",
         backends.len(),
@@ -541,7 +439,7 @@ where
             .map(|b| b.to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        if origins.is_empty() {
+        if handle.embedded_origins().is_empty() {
             ""
         } else {
             " (embedded origins)"
@@ -549,32 +447,10 @@ where
         args.pool,
         args.gateway.balance
     );
-    if let Some(a) = &admin {
-        println!("shardpool: upstream admin on {}", a.local_addr());
+    if let Some(a) = handle.admin_addr() {
+        println!("shardpool: upstream admin on {a}");
     }
-    let g = gateway.clone();
-    Ok((
-        running,
-        Some(UpstreamHandle {
-            close: Box::new(move || {
-                if let Some(pool) = g.pool() {
-                    pool.close();
-                }
-            }),
-            _admin: admin,
-            _health: health,
-            sighup,
-            origins,
-        }),
-    ))
-}
-
-/// Every backend of `list` inside `allow` (when set), else an error naming the first outside.
-fn check_allowed(allow: Option<&BackendAllow>, list: &[SocketAddr]) -> Result<(), String> {
-    match allow {
-        Some(allow) => list.iter().try_for_each(|a| allow.check(*a)),
-        None => Ok(()),
-    }
+    Ok((running, Some(handle)))
 }
 
 /// Reads `backends = ["IP:PORT", ...]` from a TOML file.
@@ -608,49 +484,6 @@ pub(super) fn parse_backends(text: &str, path: &Path) -> Result<Vec<SocketAddr>,
             })
         })
         .collect()
-}
-
-/// On SIGHUP: the backend set becomes what `sources` list now (the config file's
-/// `upstream.backends` or the flags' list, plus the backends file), plus the embedded origins.
-/// A file that cannot be read or parsed, or that lists a backend outside the allow-list, keeps
-/// the current set.
-fn watch_sighup<P: ConnectionPool<UpstreamManager>>(
-    sources: BackendSources,
-    embedded: Vec<SocketAddr>,
-    allow: Option<BackendAllow>,
-    gateway: Gateway<P>,
-) -> Result<signal_hook::iterator::Handle, BoxError> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
-        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("upstream-sighup".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                let checked = sources.reload(&[]).and_then(|mut list| {
-                    check_allowed(allow.as_ref(), &list)?;
-                    for e in &embedded {
-                        if !list.contains(e) {
-                            list.push(*e);
-                        }
-                    }
-                    Ok(list)
-                });
-                match checked {
-                    Ok(list) => match gateway.set_backends(&list) {
-                        Ok((added, removed)) => {
-                            tracing::info!(added, removed, "SIGHUP: backends reloaded")
-                        }
-                        Err(full) => tracing::error!(
-                            listed = list.len(),
-                            "SIGHUP: keeping the current backends: {full}"
-                        ),
-                    },
-                    Err(e) => tracing::error!("SIGHUP: keeping the current backends: {e}"),
-                }
-            }
-        })?;
-    Ok(handle)
 }
 
 #[cfg(test)]
