@@ -246,6 +246,20 @@ fn closed_loop_against_a_healthy_server() {
 
     let report = read_json(&json);
     assert_eq!(report["mode"], "closed");
+    // Where, when and how the report was made.
+    let run = &report["run"];
+    let commit = run["commit"].as_str().unwrap();
+    assert!(commit == "unknown" || commit.len() == 12, "{run}");
+    assert!(run["date_utc"].as_str().unwrap().ends_with('Z'), "{run}");
+    assert!(run["cpus"].as_u64().unwrap() >= 1, "{run}");
+    assert!(!run["host"].as_str().unwrap().is_empty(), "{run}");
+    assert!(
+        run["command_line"]
+            .as_str()
+            .unwrap()
+            .contains("--requests 2000"),
+        "{run}"
+    );
     assert_eq!(report["requests"], 2000);
     assert_eq!(report["ok"], 2000);
     assert_eq!(report["failed"], 0);
@@ -282,25 +296,36 @@ fn closed_loop_against_a_healthy_server() {
 }
 
 #[test]
-fn failed_calls_are_counted_by_status() {
+fn failed_calls_are_counted_by_status_and_fail_the_run_beyond_max_error_rate() {
     let server = TestServer::start(Behaviour::Failing);
     let json = scratch_path("failing.json");
-    let stdout = bench_ok(
-        server.addr,
-        &[
-            "-c",
-            "2",
-            "-m",
-            "4",
-            "--requests",
-            "3000",
-            "--warmup",
-            "0s",
-            "--quiet",
-            "--no-pool-metrics",
-            "--json",
-            json.to_str().unwrap(),
-        ],
+    let target = server.addr.to_string();
+    let base = [
+        "bench",
+        "--target",
+        &target,
+        "-c",
+        "2",
+        "-m",
+        "4",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--no-pool-metrics",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--requests", "3000", "--json", json.to_str().unwrap()]);
+    // Two calls in three fail: beyond the default --max-error-rate 0, the run fails, after the
+    // table and the JSON were written.
+    let output = shardpool(&args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("2000 of 3000 calls failed") && stderr.contains("--max-error-rate"),
+        "{stderr}"
     );
     assert!(stdout.contains("UNAVAILABLE"), "{stdout}");
     assert!(stdout.contains("backend down"), "{stdout}");
@@ -328,6 +353,80 @@ fn failed_calls_are_counted_by_status() {
         "latency counts only OK calls"
     );
     let _ = std::fs::remove_dir_all(json.parent().unwrap());
+
+    // 2 in 3 is within 70% and beyond 0.6.
+    let mut args = base.to_vec();
+    args.extend(["--requests", "300", "--max-error-rate", "70%"]);
+    let output = shardpool(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut args = base.to_vec();
+    args.extend(["--requests", "300", "--max-error-rate", "0.6"]);
+    fails_with(&args, &["200 of 300 calls failed"]);
+}
+
+#[test]
+fn a_closed_stdout_or_a_missing_directory_is_not_a_panic() {
+    let server = TestServer::start(Behaviour::Healthy);
+    let target = server.addr.to_string();
+    let json = scratch_path("piped.json");
+    // `shardpool bench ... | head -0`: the reader is gone before the table is printed.
+    let mut child = std::process::Command::new(process::BIN)
+        .args([
+            "bench",
+            "--target",
+            &target,
+            "-c",
+            "1",
+            "--requests",
+            "200",
+            "--warmup",
+            "0s",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !stderr.contains("panicked"),
+        "{:?}\n{stderr}",
+        output.status
+    );
+    assert_eq!(read_json(&json)["ok"], 200, "the JSON is still written");
+    let _ = std::fs::remove_dir_all(json.parent().unwrap());
+
+    // A --json (or --svg) path in a directory that does not exist is refused, not created.
+    let dir = std::env::temp_dir().join(format!("shardpool-no-such-dir-{}", std::process::id()));
+    for flag in ["--json", "--svg"] {
+        let path = dir.join("out.file");
+        fails_with(
+            &[
+                "bench",
+                "--target",
+                &target,
+                "-c",
+                "1",
+                "--requests",
+                "50",
+                "--warmup",
+                "0s",
+                "--quiet",
+                flag,
+                path.to_str().unwrap(),
+            ],
+            &[flag, "does not exist", "mkdir -p"],
+        );
+        assert!(!dir.exists(), "{flag} created {}", dir.display());
+    }
 }
 
 #[test]

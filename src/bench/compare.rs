@@ -219,10 +219,8 @@ pub fn text_table(variants: &[VariantRuns], ratios: &[Ratio]) -> String {
 /// Everything the Markdown report needs besides the runs.
 #[derive(Clone, Debug)]
 pub struct ReportContext {
-    /// The command line that produced the report.
-    pub command_line: String,
-    /// Online CPUs on the machine.
-    pub cpus: usize,
+    /// The build, date, machine and command line.
+    pub run: super::RunInfo,
     /// One line describing the load of every run.
     pub load: String,
     /// File name of the SVG plot (relative to the report).
@@ -233,13 +231,14 @@ pub struct ReportContext {
 pub fn markdown(ctx: &ReportContext, variants: &[VariantRuns], ratios: &[Ratio]) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# shardpool compare\n");
-    let _ = writeln!(md, "Command: `{}`\n", ctx.command_line);
+    let _ = writeln!(md, "Command: `{}`\n", ctx.run.command_line);
+    let _ = writeln!(md, "Run: {}.\n", ctx.run.summary());
     let _ = writeln!(
         md,
         "Machine: {} CPUs. Load: {}. Each run starts a fresh server process; variants run in \
          alternating rounds (A/B/C, A/B/C, ...) so that drifts in machine load hit all of them \
          alike; figures below are medians over the rounds. Latency is that of successful calls.\n",
-        ctx.cpus, ctx.load
+        ctx.run.cpus, ctx.load
     );
     let _ = writeln!(md, "## Variants\n");
     let _ = writeln!(md, "| variant | command |\n|---|---|");
@@ -429,14 +428,18 @@ mod tests {
         assert!(text.contains("2.00x"), "{text}");
         assert!(text.contains("unknown flag --pool"), "{text}");
         let ctx = ReportContext {
-            command_line: "shardpool compare".into(),
-            cpus: 2,
+            run: crate::bench::RunInfo {
+                command_line: "shardpool compare".into(),
+                cpus: 2,
+                ..crate::bench::RunInfo::collect("0123abcd")
+            },
             load: "closed loop".into(),
             plot_file: "latency.svg".into(),
         };
         let md = markdown(&ctx, &variants, &ratios);
         for needle in [
             "# shardpool compare",
+            "Run: commit 0123abcd, ",
             "| sharded | 1 | 2000 |",
             "| sharded vs mutex pool (sharded / mutex) | 2.00x | 0.50x | 0.50x |",
             "not measured: exited before ready: / error: unknown flag --pool \\| x |",

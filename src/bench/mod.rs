@@ -37,6 +37,7 @@ mod grpc;
 pub mod histogram;
 mod metrics;
 mod report;
+mod run_info;
 mod runner;
 mod svg;
 
@@ -55,5 +56,6 @@ pub use grpc::{
 pub use histogram::{LatencyHistogram, LatencySummary, PercentilePoint, Schedule};
 pub use metrics::{POOL_METRICS, PoolDelta, PoolSnapshot, fetch as fetch_pool_metrics};
 pub use report::{FailureRow, Report, format_us};
+pub use run_info::RunInfo;
 pub use runner::{BenchError, FailureCount, Phase, Progress, RunResult, run};
 pub use svg::{Series, latency_plot};

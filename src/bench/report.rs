@@ -3,6 +3,7 @@
 use super::config::{BenchConfig, Load, Stop};
 use super::histogram::{LatencySummary, PercentilePoint};
 use super::metrics::PoolDelta;
+use super::run_info::RunInfo;
 use super::runner::RunResult;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -75,6 +76,9 @@ pub struct Report {
     pub pool: Option<PoolDelta>,
     /// Why `pool` is missing, when pool metrics were asked for.
     pub pool_error: Option<String>,
+    /// The build, date, machine and command line (set by the caller, which knows its build).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
 }
 
 impl Report {
@@ -133,6 +137,7 @@ impl Report {
                 .as_ref()
                 .map(|(before, after)| PoolDelta::between(before, after)),
             pool_error: result.pool_error.clone(),
+            run: None,
         }
     }
 

@@ -4,9 +4,9 @@
 use super::CliResult;
 use super::parse;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shardpool::bench::{self, BenchConfig, Load, Phase, Progress, Report, Series, Stop};
+use shardpool::bench::{self, BenchConfig, Load, Phase, Progress, Report, RunInfo, Series, Stop};
 use shardpool::server::limits;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Arguments of `shardpool bench`.
@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// Unrecorded load before the measured phase.
     #[arg(long, default_value = "2s", value_parser = parse::duration)]
     pub warmup: Duration,
+    /// Exit with an error when more than this fraction of the measured calls failed (0.01 or
+    /// 1%); 0 means any failed call fails the run. A run where no call completed always fails.
+    #[arg(long, default_value = "0", value_parser = parse::fraction)]
+    pub max_error_rate: f64,
     /// Client-side settings.
     #[command(flatten)]
     pub client: Box<ClientArgs>,
@@ -102,10 +106,11 @@ pub struct ClientArgs {
 /// Output settings of `shardpool bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OutputArgs {
-    /// Write every figure as JSON to this file.
+    /// Write every figure, with the commit, date, machine and command line, as JSON to this file
+    /// (its directory must exist).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write an SVG latency-percentile plot to this file.
+    /// Write an SVG latency-percentile plot to this file (its directory must exist).
     #[arg(long)]
     pub svg: Option<PathBuf>,
     /// No progress bar.
@@ -206,14 +211,60 @@ impl ProgressDisplay {
     }
 }
 
+/// Whether [`write_file`] may create the file's missing directories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dirs {
+    /// The flag names an output directory the command owns (`compare --out`): create it.
+    Create,
+    /// The flag names a file (`bench --json`): a missing directory is more likely a typo than a
+    /// wish, so refuse it, naming the flag and the directory.
+    MustExist,
+}
+
 /// Writes `contents` to `path`, naming the flag and the path on failure.
-pub fn write_file(flag: &str, path: &PathBuf, contents: &str) -> Result<(), String> {
+pub fn write_file(flag: &str, path: &Path, contents: &str, dirs: Dirs) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("{flag}: cannot create directory {}: {e}", dir.display()))?;
+        match dirs {
+            Dirs::Create => std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{flag}: cannot create directory {}: {e}", dir.display()))?,
+            Dirs::MustExist if !dir.is_dir() => {
+                return Err(format!(
+                    "{flag} {}: directory {} does not exist; create it first (mkdir -p {}) or \
+                     write somewhere else",
+                    path.display(),
+                    dir.display(),
+                    dir.display()
+                ));
+            }
+            Dirs::MustExist => {}
+        }
     }
     std::fs::write(path, contents)
         .map_err(|e| format!("{flag}: cannot write {}: {e}", path.display()))
+}
+
+/// An error when more than `max` of the measured calls failed, or none completed.
+fn check_error_rate(report: &Report, max: f64) -> CliResult {
+    if report.requests == 0 {
+        return Err(
+            "no call completed in the measured phase: is the server answering? (see \
+                    the failures above)"
+                .into(),
+        );
+    }
+    let rate = report.failed as f64 / report.requests as f64;
+    if rate > max {
+        return Err(format!(
+            "{} of {} calls failed ({:.3}%), more than --max-error-rate {} allows; see the \
+             failures above, or raise --max-error-rate",
+            report.failed,
+            report.requests,
+            rate * 100.0,
+            max
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Refuses `connections` client connections that cannot all be open at once: raises the soft
@@ -252,10 +303,11 @@ pub fn run(args: BenchArgs) -> CliResult {
     let result = bench::run(&config, &mut |p| progress.update(p));
     progress.finish();
     let result = result?;
-    let report = Report::new(&config, &result);
-    print!("{}", report.to_table());
+    let mut report = Report::new(&config, &result);
+    report.run = Some(RunInfo::collect(super::COMMIT));
+    super::out(&report.to_table());
     if let Some(path) = &args.output.json {
-        write_file("--json", path, &report.to_json())?;
+        write_file("--json", path, &report.to_json(), Dirs::MustExist)?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.output.svg {
@@ -273,10 +325,15 @@ pub fn run(args: BenchArgs) -> CliResult {
             name: report.target.clone(),
             points: report.percentiles.clone(),
         };
-        write_file("--svg", path, &bench::latency_plot(&title, &[series]))?;
+        write_file(
+            "--svg",
+            path,
+            &bench::latency_plot(&title, &[series]),
+            Dirs::MustExist,
+        )?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    check_error_rate(&report, args.max_error_rate)
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@
 //! ORIGIN is one `shardpool origin` started for the whole comparison.
 
 use super::CliResult;
-use super::bench::{LoadArgs, ProgressDisplay, write_file};
+use super::bench::{Dirs, LoadArgs, ProgressDisplay, write_file};
 use super::parse;
 use serde::Serialize;
 use shardpool::bench::compare::{self, ReportContext, VariantRuns};
-use shardpool::bench::{self, BenchConfig, Report, Stop};
+use shardpool::bench::{self, BenchConfig, Report, RunInfo, Stop};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -435,8 +435,7 @@ pub fn run(args: CompareArgs) -> CliResult {
         .filter_map(|&(label, a, b)| compare::ratio(label, find(a)?, find(b)?))
         .collect();
 
-    println!();
-    print!("{}", compare::text_table(&results, &ratios));
+    super::out(&format!("\n{}", compare::text_table(&results, &ratios)));
 
     let load = format!(
         "{}, {} connections x {} streams, {:?} warmup + {:?} measured per run, {} rounds, client threads: {}",
@@ -454,18 +453,12 @@ pub fn run(args: CompareArgs) -> CliResult {
             n => n.to_string(),
         }
     );
+    let run = RunInfo::collect(super::COMMIT);
+    for report in results.iter_mut().flat_map(|v| v.reports.iter_mut()) {
+        report.run = Some(run.clone());
+    }
     let ctx = ReportContext {
-        command_line: std::env::args()
-            .map(|a| {
-                if a.contains(char::is_whitespace) {
-                    format!("\"{a}\"")
-                } else {
-                    a
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        run,
         load: load.clone(),
         plot_file: "latency.svg".into(),
     };
@@ -477,6 +470,7 @@ pub fn run(args: CompareArgs) -> CliResult {
         "--out",
         &md_path,
         &compare::markdown(&ctx, &results, &ratios),
+        Dirs::Create,
     )?;
     write_file(
         "--out",
@@ -488,6 +482,7 @@ pub fn run(args: CompareArgs) -> CliResult {
             ),
             &results,
         ),
+        Dirs::Create,
     )?;
     let json: Vec<VariantJson> = results
         .iter()
@@ -499,13 +494,13 @@ pub fn run(args: CompareArgs) -> CliResult {
         })
         .collect();
     let json = serde_json::to_string_pretty(&json).map_err(|e| format!("JSON: {e}"))?;
-    write_file("--out", &json_path, &json)?;
-    println!(
-        "\nwrote {}, {} and {}",
+    write_file("--out", &json_path, &json, Dirs::Create)?;
+    super::out(&format!(
+        "\nwrote {}, {} and {}\n",
         md_path.display(),
         svg_path.display(),
         json_path.display()
-    );
+    ));
     if results.iter().all(|v| v.reports.is_empty()) {
         return Err(
             "no variant could be measured (see the reasons above and the logs in --out)".into(),

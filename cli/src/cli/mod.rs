@@ -41,6 +41,20 @@ enum Command {
 /// An error for the user: what went wrong and, where possible, how to fix it.
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// The commit this binary was built from (cli/build.rs), for the provenance of reports.
+pub const COMMIT: &str = env!("SHARDPOOL_COMMIT");
+
+/// Writes `text` to stdout. A reader that went away (`shardpool bench | head -3`: EPIPE) or any
+/// other write error only ends the output: the run goes on to write its files and to exit with
+/// its own status, where `print!` would panic.
+pub fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 pub fn main() -> ExitCode {
     let args = parse::negative_values_as_values(&Cli::command(), std::env::args_os().collect());
     let cli = Cli::parse_from(args);

@@ -32,6 +32,23 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     shardpool::bench::parse_duration(s)
 }
 
+/// A fraction from 0 to 1, as a number (`0.01`) or a percentage (`1%`).
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let (number, scale) = match s.trim().strip_suffix('%') {
+        Some(p) => (p.trim(), 100.0),
+        None => (s.trim(), 1.0),
+    };
+    match number.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=scale).contains(&v) => Ok(v / scale),
+        Ok(_) => Err(format!(
+            "`{s}` is outside 0 to 1 (0% to 100%): give a fraction like 0.01 or a percentage like 1%"
+        )),
+        Err(_) => Err(format!(
+            "`{s}` is not a fraction: give a number from 0 to 1 (0.01) or a percentage (1%)"
+        )),
+    }
+}
+
 /// A duration longer than zero.
 pub fn positive_duration(s: &str) -> Result<Duration, String> {
     match duration(s)? {
