@@ -452,7 +452,12 @@ fn bad_flags_name_the_fix() {
             "--connections must be at least 1",
         ),
         (&["--streams", "0"][..], "--streams must be at least 1"),
-        (&["--rate", "0"][..], "--rate must be a positive number"),
+        (
+            &["--rate", "0"][..],
+            "'--rate <RATE>': `0` requests per second: give more than 0",
+        ),
+        // Beyond any machine, and an overflow in the schedule (a panic before).
+        (&["--rate", "1e30"][..], "at most 100000000"),
         (&["--duration", "soon"][..], "write it like 10s"),
         (&["--requests", "0"][..], "--requests must be at least 1"),
         (&["--target", "nowhere"][..], "give it as HOST:PORT"),

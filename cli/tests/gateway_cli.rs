@@ -313,6 +313,41 @@ fn serve_refuses_useless_values_at_start() {
             &["--request-timeout", "-1s"][..],
             &["--request-timeout", "`-1s` is negative"][..],
         ),
+        // Every upstream connect would fail at once.
+        (
+            &["--connect-timeout", "0s"][..],
+            &["--connect-timeout", "longer than 0"][..],
+        ),
+        // Outside the kernel's TCP_KEEPIDLE range every connection's setsockopt fails (EINVAL).
+        (
+            &["--upstream-keepalive", "10h"][..],
+            &["--upstream-keepalive", "1s to 32767s"][..],
+        ),
+        (
+            &["--tcp-keepalive", "0.5s"][..],
+            &["--tcp-keepalive", "1s to 32767s"][..],
+        ),
+        // Added to an Instant, it overflowed and panicked the shard on the first connection.
+        (
+            &["--handshake-timeout", "18000000000000000000"][..],
+            &["--handshake-timeout", "longer than 10 years"][..],
+        ),
+        // Overflowed the descriptor arithmetic (a panic in a debug build).
+        (
+            &[
+                "--upstream",
+                "none",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--admin-max-connections",
+                "18446744073709551615",
+            ][..],
+            &["too low to serve"][..],
+        ),
+        (
+            &["--max-backends", "18446744073709551615"][..],
+            &["too low to serve"][..],
+        ),
     ] {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--pin", "false"];
         all.extend_from_slice(args);

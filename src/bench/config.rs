@@ -276,9 +276,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("duration `{text}` is out of range: {hint}"))
+    let d = Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("duration `{text}` is out of range: {hint}"))?;
+    // Far beyond any timeout or run anyone means, and small enough that adding it to an
+    // `Instant` cannot overflow (which panics).
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{text}` is longer than 10 years: give a shorter one (or `off` where a \
+             knob can be turned off)"
+        ));
+    }
+    Ok(d)
 }
+
+/// The longest duration [`parse_duration`] accepts: 10 years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Resolves `host:port` (a bare port means 127.0.0.1) to one socket address.
 ///

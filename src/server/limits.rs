@@ -178,8 +178,10 @@ pub fn connection_cap(nofile: u64, shards: usize, reserve: usize) -> Result<usiz
         cap += 1;
     }
     if cap < MIN_CONNECTIONS_PER_SHARD {
-        let need =
-            reserve + shards * (MIN_CONNECTIONS_PER_SHARD + shed_batch(MIN_CONNECTIONS_PER_SHARD));
+        let need = reserve.saturating_add(
+            shards
+                .saturating_mul(MIN_CONNECTIONS_PER_SHARD + shed_batch(MIN_CONNECTIONS_PER_SHARD)),
+        );
         return Err(format!(
             "the descriptor limit ({nofile}) is too low to serve: {reserve} descriptors are \
              reserved for upstream connections, health checks, embedded origins, listeners and \

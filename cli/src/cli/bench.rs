@@ -51,7 +51,7 @@ pub struct LoadArgs {
     pub streams: usize,
     /// Open loop: total requests per second, latency corrected for coordinated omission.
     /// Without it the load is a closed loop (connections x streams always in flight).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::rate)]
     pub rate: Option<f64>,
     /// Client threads (shards); 0 = one per CPU (never more than --connections).
     #[arg(long, default_value_t = 0, value_parser = parse::count::<usize>)]

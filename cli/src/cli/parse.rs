@@ -4,8 +4,8 @@
 //!
 //! Accepted spellings (also in `--help` of each subcommand, via [`SPELLINGS`]):
 //! * durations: a number and a unit, `ns`, `us`/`µs`, `ms`, `s`/`sec`/`secs`, `m`/`min`/`mins`,
-//!   `h`; a bare number is seconds; fractions allowed (`1.5s`). `off`/`none` where a knob can be
-//!   disabled.
+//!   `h`; a bare number is seconds; fractions allowed (`1.5s`); at most 10 years. `off`/`none`
+//!   where a knob can be disabled.
 //! * sizes: a whole number of bytes, or with `k`/`KB`/`KiB`, `m`/`MB`/`MiB`, `g`/`GB`/`GiB` (all
 //!   binary: 1KiB = 1024).
 //! * addresses: `IP:PORT`, or a bare `PORT` meaning `127.0.0.1:PORT`.
@@ -63,6 +63,20 @@ pub fn opt_duration(s: &str) -> Result<Option<Duration>, String> {
         Ok(None)
     } else {
         duration(s).map(Some)
+    }
+}
+
+/// `off`/`none`/`0` (`None`) or a TCP keepalive idle time: whole seconds from 1 to 32767, the
+/// kernel's range for `TCP_KEEPIDLE` (outside it, setting the socket option fails with EINVAL on
+/// every connection).
+pub fn opt_keepalive(s: &str) -> Result<Option<Duration>, String> {
+    match opt_duration(s)? {
+        None => Ok(None),
+        Some(d) if d.subsec_nanos() == 0 && (1..=32_767).contains(&d.as_secs()) => Ok(Some(d)),
+        Some(_) => Err(format!(
+            "`{s}` is not a TCP keepalive time: whole seconds from 1s to 32767s (the kernel's \
+             range), or `off`"
+        )),
     }
 }
 
@@ -130,6 +144,20 @@ pub fn count<T: FromStr>(s: &str) -> Result<T, String> {
     let s = s.trim();
     negative(s, "a whole number, 0 or more")?;
     s.parse().map_err(|_| "expected a whole number".to_string())
+}
+
+/// Requests per second of an open loop: more than 0, at most 100 million (beyond any machine
+/// this runs on, and small enough that the schedule's arithmetic cannot overflow).
+pub fn rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    negative(t, "requests per second, more than 0")?;
+    match t.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e8 => Ok(r),
+        Ok(_) => Err(format!(
+            "`{s}` requests per second: give more than 0 and at most 100000000"
+        )),
+        Err(_) => Err(format!("`{s}` is not a number of requests per second")),
+    }
 }
 
 /// A whole number of at least 1.

@@ -83,7 +83,7 @@ crate::settings! {
         #[arg(num_args = 0..=1, default_missing_value = "true")]
         tcp_nodelay: bool = parse::bool, "SHARDPOOL_TCP_NODELAY";
         /// TCP keepalive idle time, or `off` [default: 60s].
-        tcp_keepalive: Off<Duration> = parse::opt_duration, "SHARDPOOL_TCP_KEEPALIVE";
+        tcp_keepalive: Off<Duration> = parse::opt_keepalive, "SHARDPOOL_TCP_KEEPALIVE";
         /// listen(2) backlog per shard [default: 1024].
         listen_backlog: i32 = parse::count, "SHARDPOOL_LISTEN_BACKLOG";
         /// Deliberately share --listen (and --admin-listen) with another shardpool process of the

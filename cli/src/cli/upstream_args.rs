@@ -105,9 +105,9 @@ crate::settings! {
         /// [default: 2s].
         upstream_timeout: Duration = parse::positive_duration, "SHARDPOOL_UPSTREAM_TIMEOUT";
         /// Upstream connect timeout [default: 1s].
-        connect_timeout: Duration = parse::duration, "SHARDPOOL_CONNECT_TIMEOUT";
+        connect_timeout: Duration = parse::positive_duration, "SHARDPOOL_CONNECT_TIMEOUT";
         /// TCP keepalive idle time of upstream connections, or `off` [default: 60s].
-        upstream_keepalive: Off<Duration> = parse::opt_duration, "SHARDPOOL_UPSTREAM_KEEPALIVE";
+        upstream_keepalive: Off<Duration> = parse::opt_keepalive, "SHARDPOOL_UPSTREAM_KEEPALIVE";
         /// Peek at pooled connections idle at least this long before reusing them (`0s`: always)
         /// [default: 100ms].
         validate_after: Duration = parse::duration, "SHARDPOOL_VALIDATE_AFTER";
@@ -170,7 +170,7 @@ pub struct UpstreamSettings {
 }
 
 /// Where the backend list comes from, at start and on SIGHUP.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 struct BackendSources {
     /// `--backend`/`SHARDPOOL_BACKEND` (fixed for the process), or the config file's list as
     /// read at start.
@@ -180,6 +180,15 @@ struct BackendSources {
     config: Option<PathBuf>,
     /// `--backends-file`, added to the list and re-read on SIGHUP.
     file: Option<PathBuf>,
+    /// The flags and variables, so that a re-read config file is checked with them on top, as
+    /// at start (a file value that a flag overrides must not fail the check).
+    args: Arc<UpstreamArgs>,
+}
+
+impl PartialEq for BackendSources {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.initial, &self.config, &self.file) == (&other.initial, &other.config, &other.file)
+    }
 }
 
 impl BackendSources {
@@ -189,7 +198,7 @@ impl BackendSources {
             // The whole [upstream] table must still be valid, though only the list is applied.
             Some(path) => {
                 let file = read_config(Some(path))?;
-                UpstreamArgs::default().resolve(&file)?.backends.initial
+                self.args.resolve(&file)?.backends.initial
             }
             None => self.initial.clone(),
         };
@@ -270,17 +279,20 @@ impl UpstreamArgs {
             max_backends: dg.max_backends,
         };
         let flag_backends = self.backends.clone();
+        let args = Arc::new(self.clone());
         let backends = if flag_backends.is_empty() {
             BackendSources {
                 initial: config_backends(file)?,
                 config: file.path.clone(),
                 file: None,
+                args,
             }
         } else {
             BackendSources {
                 initial: flag_backends,
                 config: None,
                 file: None,
+                args,
             }
         };
         let backends = BackendSources {
@@ -300,7 +312,13 @@ impl UpstreamArgs {
         }
         let embedded_origins = m.embedded_origins.unwrap_or(DEFAULT_EMBEDDED_ORIGINS);
         let most = max_embedded_origins();
-        if embedded_origins > most {
+        // Only origins that will start count: with backends given (and not `--upstream
+        // embedded`), or with `--upstream none`, none does.
+        let origins_start = mode == UpstreamMode::Embedded
+            || (mode == UpstreamMode::Auto
+                && backends.initial.is_empty()
+                && backends.file.is_none());
+        if origins_start && embedded_origins > most {
             return Err(format!(
                 "--embedded-origins {embedded_origins} (SHARDPOOL_EMBEDDED_ORIGINS, config key \
                  `upstream.embedded_origins`) is more than this machine can run: each embedded \
@@ -341,9 +359,9 @@ impl UpstreamSettings {
     /// [`BACKEND_ROOM`]; a number below them is an error naming both.
     fn max_backends(&self) -> Result<usize, String> {
         let (external, embedded) = self.backends_at_start()?;
-        let at_start = external + embedded;
+        let at_start = external.saturating_add(embedded);
         match self.max_backends {
-            AutoCount::Auto => Ok(at_start + BACKEND_ROOM),
+            AutoCount::Auto => Ok(at_start.saturating_add(BACKEND_ROOM)),
             AutoCount::Fixed(n) if n >= at_start.max(1) => Ok(n),
             AutoCount::Fixed(n) => Err(format!(
                 "--max-backends {n} (SHARDPOOL_MAX_BACKENDS, config key upstream.max_backends) \
@@ -365,12 +383,14 @@ impl UpstreamSettings {
         let (_, embedded) = self.backends_at_start()?;
         let backends = self.max_backends()?;
         reserve.upstream = backends.saturating_mul(self.pool_max_size);
-        reserve.health_checks = backends + embedded;
-        reserve.origins = embedded
-            .saturating_mul(self.pool_max_size + 1 + shardpool::server::limits::PER_SHARD_MARGIN);
+        reserve.health_checks = backends.saturating_add(embedded);
+        reserve.origins = embedded.saturating_mul(
+            self.pool_max_size
+                .saturating_add(1 + shardpool::server::limits::PER_SHARD_MARGIN),
+        );
         if self.admin_listen.is_some() {
-            reserve.listeners += 1;
-            reserve.admin += admin.max_connections;
+            reserve.listeners = reserve.listeners.saturating_add(1);
+            reserve.admin = reserve.admin.saturating_add(admin.max_connections);
         }
         Ok(())
     }
@@ -538,6 +558,42 @@ mod tests {
         std::fs::write(&f, text).unwrap();
         let file = read_config(Some(&f)).unwrap();
         (dir, file)
+    }
+
+    /// A file value that a flag overrides fails no check, neither when the settings are
+    /// resolved nor when the backends are read again at start (for the descriptor reserve) or
+    /// on SIGHUP: the checks see the flags on top of the file, as the settings do.
+    #[test]
+    fn flags_override_file_values_in_every_check() {
+        let (dir, file) = config_file(
+            "override",
+            "[upstream]\nbackends = [\"127.0.0.1:7001\"]\nmode = \"none\"\n\
+             embedded_origins = 64\neject_backoff = \"60s\"\n",
+        );
+        let args = upstream(&[
+            "--upstream",
+            "auto",
+            "--embedded-origins",
+            "1",
+            "--eject-backoff-max",
+            "120s",
+        ]);
+        let r = args.resolve(&file).unwrap();
+        assert_eq!((r.mode, r.embedded_origins), (UpstreamMode::Auto, 1));
+        assert_eq!(
+            r.backends.reload(&[]),
+            Ok(vec!["127.0.0.1:7001".parse().unwrap()])
+        );
+        let mut reserve = FdReserve::server(1, None);
+        r.fd_reserve(&mut reserve, &AdminConfig::default()).unwrap();
+        // Embedded origins beyond the CPUs are refused only when they would start.
+        let many = upstream(&["--embedded-origins", "64"]);
+        let (dir2, listed) = config_file("listed", "[upstream]\nbackends = [\"127.0.0.1:7001\"]\n");
+        assert!(many.resolve(&listed).is_ok());
+        let err = many.resolve(&ConfigFile::default()).unwrap_err();
+        assert!(err.contains("--embedded-origins 64"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(dir2).unwrap();
     }
 
     #[test]
