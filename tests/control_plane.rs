@@ -342,8 +342,9 @@ fn without_a_token_the_admin_listener_is_loopback_only() {
         ..local_config()
     };
     let e = open.validate().unwrap_err();
+    assert_eq!(e.field, "admin_listen");
     assert!(
-        e.contains("--admin-token-file") && e.contains("--admin-allow-insecure"),
+        e.message.contains("--admin-token-file") && e.message.contains("--admin-allow-insecure"),
         "{e}"
     );
     let e = match Server::new(open.clone()).start(&map, &opts) {

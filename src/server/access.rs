@@ -6,6 +6,7 @@
 //! that depends only on the length of what the client sent, never on where the first
 //! difference is or on the token's own length.
 
+use super::ConfigError;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -175,23 +176,38 @@ impl AdminConfig {
     /// let open = AdminConfig::default();
     /// assert!(open.check("admin_listen", "127.0.0.1:9100".parse().unwrap()).is_ok());
     /// let e = open.check("admin_listen", "0.0.0.0:9100".parse().unwrap()).unwrap_err();
-    /// assert!(e.contains("--admin-token-file") && e.contains("--admin-allow-insecure"));
+    /// assert_eq!(e.field, "admin_listen");
+    /// assert!(e.message.contains("--admin-token-file") && e.message.contains("--admin-allow-insecure"));
     /// let with_token = AdminConfig { token: Some(AdminToken::new("t0ken").unwrap()), ..open };
     /// assert!(with_token.check("admin_listen", "0.0.0.0:9100".parse().unwrap()).is_ok());
     /// ```
-    pub fn check(&self, flag: &str, listen: SocketAddr) -> Result<(), String> {
+    pub fn check(&self, flag: &'static str, listen: SocketAddr) -> Result<(), ConfigError> {
         if self.max_connections == 0 {
-            return Err("admin_max_connections must be at least 1".into());
+            return Err(ConfigError::new(
+                "admin_max_connections",
+                "admin_max_connections must be at least 1",
+            ));
         }
-        if self.read_timeout.is_zero() || self.idle_timeout.is_zero() {
-            return Err("admin_read_timeout and admin_idle_timeout must be longer than 0".into());
+        for (field, t) in [
+            ("admin_read_timeout", self.read_timeout),
+            ("admin_idle_timeout", self.idle_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{field} must be longer than 0"),
+                ));
+            }
         }
         if !listen.ip().is_loopback() && self.token.is_none() && !self.allow_insecure {
-            return Err(format!(
-                "{flag} {listen} is not a loopback address and no admin token is configured, so \
+            return Err(ConfigError::new(
+                flag,
+                format!(
+                    "{flag} {listen} is not a loopback address and no admin token is configured, so \
                  anyone who can reach it could change the backends: give --admin-token-file PATH \
                  (SHARDPOOL_ADMIN_TOKEN_FILE, config key admin_token_file), or \
                  --admin-allow-insecure to accept that risk (or listen on 127.0.0.1)"
+                ),
             ));
         }
         Ok(())

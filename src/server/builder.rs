@@ -47,8 +47,8 @@ impl Server<DirectFactory> {
 /// Why the server could not start.
 #[derive(Debug)]
 pub enum ServeError {
-    /// The configuration is invalid (the message says which field and why).
-    Config(String),
+    /// The configuration is invalid (which field and why).
+    Config(super::ConfigError),
     /// Binding a listener failed.
     Bind(std::io::Error),
     /// Starting shard executors failed.
@@ -65,7 +65,15 @@ impl fmt::Display for ServeError {
     }
 }
 
-impl std::error::Error for ServeError {}
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServeError::Config(e) => Some(e),
+            ServeError::Bind(e) => Some(e),
+            ServeError::Runtime(e) => Some(e),
+        }
+    }
+}
 
 impl<F, H> Server<F>
 where

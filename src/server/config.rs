@@ -166,41 +166,52 @@ impl ServerConfig {
     /// # use shardpool::server::ServerConfig;
     /// assert!(ServerConfig::default().validate().is_ok());
     /// let bad = ServerConfig { initial_stream_window: u32::MAX, ..ServerConfig::default() };
-    /// assert!(bad.validate().unwrap_err().contains("initial_stream_window"));
+    /// assert_eq!(bad.validate().unwrap_err().field, "initial_stream_window");
     /// // 1000 streams, 256 served at once, 1 MiB windows: 744 waiting calls could hold the window.
     /// let deadlock = ServerConfig { max_concurrent_streams: Some(1000), ..ServerConfig::default() };
-    /// assert!(deadlock.validate().unwrap_err().contains("deadlock"));
+    /// assert!(deadlock.validate().unwrap_err().message.contains("deadlock"));
     /// // Small stream windows leave room: 744 * 1 KiB < 1 MiB.
     /// let ok = ServerConfig { initial_stream_window: 1024, ..deadlock };
     /// assert!(ok.validate().is_ok());
     /// ```
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, w) in [
             ("initial_stream_window", self.initial_stream_window),
             ("initial_connection_window", self.initial_connection_window),
         ] {
             if w > MAX_WINDOW {
-                return Err(format!(
-                    "{name} is {w} bytes; HTTP/2 allows at most {MAX_WINDOW}"
+                return Err(ConfigError::new(
+                    name,
+                    format!("{name} is {w} bytes; HTTP/2 allows at most {MAX_WINDOW}"),
                 ));
             }
         }
+        let at_least_1 = |field| {
+            Err(ConfigError::new(
+                field,
+                format!("{field} must be at least 1"),
+            ))
+        };
         if self.max_concurrent_streams == Some(0) {
-            return Err("max_concurrent_streams must be at least 1".into());
+            return at_least_1("max_concurrent_streams");
         }
         if self.max_connections_per_shard == 0 {
-            return Err("max_connections_per_shard must be at least 1".into());
+            return at_least_1("max_connections_per_shard");
         }
         if self.concurrency_limit_per_connection == Some(0) {
-            return Err(
-                "concurrency_limit_per_connection must be at least 1 (or none for no limit)".into(),
-            );
+            return Err(ConfigError::new(
+                "concurrency_limit_per_connection",
+                "concurrency_limit_per_connection must be at least 1 (or none for no limit)",
+            ));
         }
         if self.accept_backoff_max.is_zero() {
-            return Err("accept_backoff_max must be more than 0".into());
+            return Err(ConfigError::new(
+                "accept_backoff_max",
+                "accept_backoff_max must be more than 0",
+            ));
         }
         if self.listen_backlog < 1 {
-            return Err("listen_backlog must be at least 1".into());
+            return at_least_1("listen_backlog");
         }
         if let Some(a) = self.admin_listen {
             self.admin.check("admin_listen", a)?;
@@ -216,7 +227,10 @@ impl ServerConfig {
             ),
         ] {
             if t == Some(Duration::ZERO) {
-                return Err(format!("{name} must be longer than zero (or off)"));
+                return Err(ConfigError::new(
+                    name,
+                    format!("{name} must be longer than zero (or off)"),
+                ));
             }
         }
         self.check_streams_cannot_deadlock()
@@ -224,7 +238,7 @@ impl ServerConfig {
 
     /// The rule of [`ServerConfig::validate`]'s "Streams, the concurrency limit and flow
     /// control".
-    pub(super) fn check_streams_cannot_deadlock(&self) -> Result<(), String> {
+    pub(super) fn check_streams_cannot_deadlock(&self) -> Result<(), ConfigError> {
         let Some(limit) = self.concurrency_limit_per_connection else {
             return Ok(());
         };
@@ -238,21 +252,27 @@ impl ServerConfig {
              the limit), raise concurrency_limit_per_connection, or turn it off"
         );
         if self.adaptive_window {
-            return Err(format!(
-                "max_concurrent_streams ({streams}) above concurrency_limit_per_connection \
+            return Err(ConfigError::new(
+                "max_concurrent_streams",
+                format!(
+                    "max_concurrent_streams ({streams}) above concurrency_limit_per_connection \
                  ({limit}) can deadlock with adaptive_window: one waiting call's unread body can \
                  hold the whole connection window; {fix}"
+                ),
             ));
         }
         let held = waiting.saturating_mul(u64::from(self.initial_stream_window));
         if held >= u64::from(self.initial_connection_window) {
-            return Err(format!(
-                "max_concurrent_streams ({streams}) above concurrency_limit_per_connection \
+            return Err(ConfigError::new(
+                "max_concurrent_streams",
+                format!(
+                    "max_concurrent_streams ({streams}) above concurrency_limit_per_connection \
                  ({limit}) can deadlock: {waiting} waiting calls times initial_stream_window \
                  ({} bytes) can hold all of initial_connection_window ({} bytes), so admitted \
                  calls never get their bodies; {fix}, or make {waiting} * initial_stream_window \
                  smaller than initial_connection_window",
-                self.initial_stream_window, self.initial_connection_window
+                    self.initial_stream_window, self.initial_connection_window
+                ),
             ));
         }
         Ok(())
@@ -268,3 +288,38 @@ impl ServerConfig {
         }
     }
 }
+
+/// Why a [`ServerConfig`] (or its [`AdminConfig`]) was refused: the field at fault, by the name
+/// it has as a `shardpool serve` config key, and a message that names it and says how to fix it.
+///
+/// ```
+/// # use shardpool::server::ServerConfig;
+/// let bad = ServerConfig { listen_backlog: 0, ..ServerConfig::default() };
+/// let e = bad.validate().unwrap_err();
+/// assert_eq!(e.field, "listen_backlog");
+/// assert_eq!(e.to_string(), "listen_backlog must be at least 1");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field at fault (for a rule between fields, the one to change first).
+    pub field: &'static str,
+    /// What is wrong and how to fix it; it names the field.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(super) fn new(field: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -78,7 +78,7 @@ mod service;
 mod shard;
 
 pub use builder::{RunningServer, ServeError, Server, ShardReport, StormHook};
-pub use config::{MAX_STREAMS_WITHOUT_LIMIT, MAX_WINDOW, ServerConfig};
+pub use config::{ConfigError, MAX_STREAMS_WITHOUT_LIMIT, MAX_WINDOW, ServerConfig};
 pub use counters::ServerCounters;
 pub use health::{Health, SERVICES};
 pub use service::{DirectGreeter, GreetHandler, StatsSource, pool_stats_source};

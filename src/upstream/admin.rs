@@ -65,7 +65,7 @@ impl AdminEndpoint {
     ) -> io::Result<AdminEndpoint> {
         config
             .check("upstream_admin_listen", listen)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.message))?;
         let listener = TcpListener::bind(listen).map_err(|e| {
             io::Error::new(
                 e.kind(),

@@ -16,7 +16,7 @@
 
 use super::CliResult;
 use super::parse::{self, Off};
-use super::settings::{ConfigFile, read_config};
+use super::settings::{ConfigFile, named, read_config};
 use super::upstream_args::{self, UpstreamArgs};
 use shardpool::runtime::RuntimeOptions;
 use shardpool::server::limits::{self, AutoCount, FdReserve};
@@ -222,10 +222,15 @@ impl Knobs {
             accept_backoff_max: m.accept_backoff_max.unwrap_or(d.accept_backoff_max),
             shutdown_grace: m.shutdown_grace.unwrap_or(d.shutdown_grace),
         };
+        // The library names the field; each field is a setting of the same name (the
+        // settings table's rule: flag --field, variable SHARDPOOL_FIELD, config key `field`).
         server.validate().map_err(|e| {
-            format!(
-                "{e} (flag --{}, see `shardpool serve --help`)",
-                e.split_whitespace().next().unwrap_or("").replace('_', "-")
+            named(
+                e.field,
+                &format!("SHARDPOOL_{}", e.field.to_uppercase()),
+                "",
+                e.field,
+                &e.message,
             )
         })?;
         let rd = RuntimeOptions::default();
@@ -534,8 +539,12 @@ mod tests {
         let err = knobs(&["--max-concurrent-streams", "1000"])
             .resolve(&ConfigFile::default())
             .unwrap_err();
+        // The library names the field (a typed error); the CLI names flag, variable and key.
         assert!(
-            err.contains("deadlock") && err.contains("--max-concurrent-streams"),
+            err.contains("deadlock")
+                && err.contains("flag --max-concurrent-streams, variable \
+                                 SHARDPOOL_MAX_CONCURRENT_STREAMS, config key \
+                                 `max_concurrent_streams`"),
             "{err}"
         );
         let err = knobs(&["--max-concurrent-streams", "lots"])
