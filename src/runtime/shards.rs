@@ -9,6 +9,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a shard runs; handed to the closure given to [`spawn_shards`].
+///
+/// ```
+/// use shardpool::runtime::{RuntimeOptions, current_shard, spawn_shards};
+/// use shardpool::topology::{Placement, Topology};
+///
+/// // One shard, unpinned (as on a busy machine).
+/// let map = Topology::detect().place(&Placement::AllCores, Some(1)).unwrap();
+/// let options = RuntimeOptions { pin: false, ..RuntimeOptions::default() };
+/// let handles = spawn_shards(&map, &options, |ctx| async move {
+///     assert_eq!(current_shard(), Some(ctx));
+///     ctx.shard
+/// })
+/// .unwrap();
+/// assert_eq!(handles.len(), 1);
+/// assert_eq!(handles.join().unwrap(), vec![0]);
+/// assert_eq!(current_shard(), None, "not on a shard thread");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardContext {
     /// Shard index, `0..shards`; also the pool shard this thread is bound to.
@@ -26,11 +43,28 @@ thread_local! {
 }
 
 /// The shard the current thread runs, if it is a shard executor started by [`spawn_shards`].
+///
+/// ```
+/// // The test's own thread is no shard.
+/// assert_eq!(shardpool::runtime::current_shard(), None);
+/// ```
 pub fn current_shard() -> Option<ShardContext> {
     CURRENT.with(Cell::get)
 }
 
 /// Options of the executors (everything else comes from the [`ShardMap`]).
+///
+/// ```
+/// use shardpool::runtime::RuntimeOptions;
+/// use std::time::Duration;
+///
+/// let options = RuntimeOptions {
+///     name: "gateway".into(),
+///     spin_before_park: Some(Duration::from_micros(50)),
+///     ..RuntimeOptions::default()
+/// };
+/// assert!(options.pin, "pinned by default");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeOptions {
     /// Thread name prefix; threads are named `<name>-<shard>`.
@@ -53,6 +87,20 @@ impl Default for RuntimeOptions {
 }
 
 /// Why shards could not be started.
+///
+/// Its message names the shard, the CPU and the usual causes (io_uring disabled, `ulimit -l`):
+///
+/// ```
+/// use shardpool::runtime::{RuntimeOptions, spawn_shards};
+/// use shardpool::topology::{Placement, Topology};
+///
+/// let map = Topology::detect().place(&Placement::AllCores, Some(1)).unwrap();
+/// let options = RuntimeOptions { pin: false, ..RuntimeOptions::default() };
+/// // A shard that panics is reported by `join` as an error naming it.
+/// let handles = spawn_shards(&map, &options, |_| async { panic!("boom") }).unwrap();
+/// let e: shardpool::runtime::RuntimeError = handles.join().unwrap_err();
+/// assert!(e.to_string().contains("shard 0"), "{e}");
+/// ```
 #[derive(Debug)]
 pub struct RuntimeError {
     shard: usize,
@@ -75,7 +123,24 @@ impl fmt::Display for RuntimeError {
 
 impl std::error::Error for RuntimeError {}
 
-/// Running shards; [`ShardHandles::join`] waits for all of them.
+/// Running shards; [`ShardHandles::join`] waits for all of them (see [`spawn_shards`]).
+///
+/// ```
+/// use shardpool::runtime::{RuntimeOptions, current_shard, spawn_shards};
+/// use shardpool::topology::{Placement, Topology};
+///
+/// // One shard, unpinned (as on a busy machine).
+/// let map = Topology::detect().place(&Placement::AllCores, Some(1)).unwrap();
+/// let options = RuntimeOptions { pin: false, ..RuntimeOptions::default() };
+/// let handles = spawn_shards(&map, &options, |ctx| async move {
+///     assert_eq!(current_shard(), Some(ctx));
+///     ctx.shard
+/// })
+/// .unwrap();
+/// assert_eq!(handles.len(), 1);
+/// assert_eq!(handles.join().unwrap(), vec![0]);
+/// assert_eq!(current_shard(), None, "not on a shard thread");
+/// ```
 #[must_use = "dropping the handles detaches the shard threads; call join()"]
 pub struct ShardHandles<T: Send + 'static> {
     handles: Vec<glommio::ExecutorJoinHandle<T>>,
@@ -116,6 +181,23 @@ impl<T: Send + 'static> ShardHandles<T> {
 ///
 /// Each executor thread first records its [`ShardContext`] (see [`current_shard`]) and binds
 /// itself to pool shard `ctx.shard`, so `ConnectionPool::get` on that thread uses its own shard.
+///
+/// ```
+/// use shardpool::runtime::{RuntimeOptions, current_shard, spawn_shards};
+/// use shardpool::topology::{Placement, Topology};
+///
+/// // One shard, unpinned (as on a busy machine).
+/// let map = Topology::detect().place(&Placement::AllCores, Some(1)).unwrap();
+/// let options = RuntimeOptions { pin: false, ..RuntimeOptions::default() };
+/// let handles = spawn_shards(&map, &options, |ctx| async move {
+///     assert_eq!(current_shard(), Some(ctx));
+///     ctx.shard
+/// })
+/// .unwrap();
+/// assert_eq!(handles.len(), 1);
+/// assert_eq!(handles.join().unwrap(), vec![0]);
+/// assert_eq!(current_shard(), None, "not on a shard thread");
+/// ```
 pub fn spawn_shards<G, F, T>(
     map: &ShardMap,
     options: &RuntimeOptions,
@@ -163,6 +245,24 @@ where
 }
 
 /// Sleeps on the current glommio executor's timer.
+///
+/// ```
+/// use shardpool::runtime::{RuntimeOptions, sleep, spawn_shards};
+/// use shardpool::topology::{Placement, Topology};
+/// use std::time::{Duration, Instant};
+///
+/// let map = Topology::detect().place(&Placement::AllCores, Some(1)).unwrap();
+/// let options = RuntimeOptions { pin: false, ..RuntimeOptions::default() };
+/// let took = spawn_shards(&map, &options, |_| async {
+///     let start = Instant::now();
+///     sleep(Duration::from_millis(5)).await;
+///     start.elapsed()
+/// })
+/// .unwrap()
+/// .join()
+/// .unwrap();
+/// assert!(took[0] >= Duration::from_millis(5));
+/// ```
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;
 }

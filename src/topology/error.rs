@@ -4,6 +4,19 @@ use super::format_cpu_list;
 use std::fmt;
 
 /// Why a topology or a placement could not be built. The message names the fix.
+///
+/// ```
+/// use shardpool::topology::{Placement, Topology, TopologyError};
+///
+/// let topo = Topology::from_nodes(vec![(0, vec![0, 1])]).unwrap();
+/// let e = topo.place(&Placement::AllCores, Some(3)).unwrap_err();
+/// assert_eq!(e, TopologyError::TooManyShards { shards: 3, cpus: 2 });
+/// assert!(e.to_string().contains("--shards 2 or fewer"));
+/// assert_eq!(
+///     Topology::from_nodes(vec![(0, vec![0]), (1, vec![0])]).unwrap_err(),
+///     TopologyError::DuplicateCpu(0)
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopologyError {
     /// The description has no CPU at all.

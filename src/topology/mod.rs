@@ -43,6 +43,12 @@ pub const LOCAL_DISTANCE: u32 = 10;
 pub const REMOTE_DISTANCE: u32 = 20;
 
 /// One NUMA node: its id (as the kernel numbers it) and its online CPUs, ascending.
+///
+/// ```
+/// # use shardpool::topology::{Node, Topology};
+/// let topo = Topology::from_nodes(vec![(3, vec![5, 4])]).unwrap();
+/// assert_eq!(topo.nodes(), [Node { id: 3, cpus: vec![4, 5] }]);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     /// Kernel node id (`nodeN`); ids may have gaps.
@@ -55,6 +61,18 @@ pub struct Node {
 ///
 /// Invariant: every CPU belongs to exactly one node; node ids are unique; every node has at
 /// least one CPU.
+///
+/// ```
+/// use shardpool::topology::{Placement, Topology};
+///
+/// // This machine, as sysfs describes it (one node holding every CPU without NUMA).
+/// let here = Topology::detect();
+/// assert!(!here.cpus().is_empty());
+/// // A made-up one: two nodes of two CPUs; shards placed on node 1 only.
+/// let topo = Topology::from_nodes(vec![(0, vec![0, 1]), (1, vec![2, 3])]).unwrap();
+/// let map = topo.place(&Placement::Nodes(vec![1]), None).unwrap();
+/// assert_eq!((map.len(), map.cpu(0), map.node(1)), (2, 2, 1));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     nodes: Vec<Node>,
@@ -120,11 +138,31 @@ impl Topology {
     }
 
     /// The NUMA nodes, by ascending id.
+    ///
+    /// ```
+    /// # use shardpool::topology::Topology;
+    /// let topo = Topology::from_nodes(vec![(1, vec![2, 3]), (0, vec![1, 0])]).unwrap();
+    /// assert_eq!(topo.nodes()[0].id, 0);
+    /// assert_eq!(topo.nodes()[0].cpus, vec![0, 1]);
+    /// assert_eq!(topo.cpus(), vec![0, 1, 2, 3]);
+    /// assert_eq!((topo.node_of(2), topo.node_of(9)), (Some(1), None));
+    /// assert_eq!((topo.distance(1, 1), topo.distance(0, 1)), (10, 20));
+    /// ```
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
 
     /// All CPUs, ascending.
+    ///
+    /// ```
+    /// # use shardpool::topology::Topology;
+    /// let topo = Topology::from_nodes(vec![(1, vec![2, 3]), (0, vec![1, 0])]).unwrap();
+    /// assert_eq!(topo.nodes()[0].id, 0);
+    /// assert_eq!(topo.nodes()[0].cpus, vec![0, 1]);
+    /// assert_eq!(topo.cpus(), vec![0, 1, 2, 3]);
+    /// assert_eq!((topo.node_of(2), topo.node_of(9)), (Some(1), None));
+    /// assert_eq!((topo.distance(1, 1), topo.distance(0, 1)), (10, 20));
+    /// ```
     pub fn cpus(&self) -> Vec<usize> {
         let mut all: Vec<usize> = self
             .nodes
@@ -136,6 +174,16 @@ impl Topology {
     }
 
     /// The node a CPU belongs to, or `None` for an unknown CPU.
+    ///
+    /// ```
+    /// # use shardpool::topology::Topology;
+    /// let topo = Topology::from_nodes(vec![(1, vec![2, 3]), (0, vec![1, 0])]).unwrap();
+    /// assert_eq!(topo.nodes()[0].id, 0);
+    /// assert_eq!(topo.nodes()[0].cpus, vec![0, 1]);
+    /// assert_eq!(topo.cpus(), vec![0, 1, 2, 3]);
+    /// assert_eq!((topo.node_of(2), topo.node_of(9)), (Some(1), None));
+    /// assert_eq!((topo.distance(1, 1), topo.distance(0, 1)), (10, 20));
+    /// ```
     pub fn node_of(&self, cpu: usize) -> Option<usize> {
         self.nodes
             .iter()
@@ -144,6 +192,16 @@ impl Topology {
     }
 
     /// Distance between two nodes (10 = local, as in the kernel's SLIT numbers).
+    ///
+    /// ```
+    /// # use shardpool::topology::Topology;
+    /// let topo = Topology::from_nodes(vec![(1, vec![2, 3]), (0, vec![1, 0])]).unwrap();
+    /// assert_eq!(topo.nodes()[0].id, 0);
+    /// assert_eq!(topo.nodes()[0].cpus, vec![0, 1]);
+    /// assert_eq!(topo.cpus(), vec![0, 1, 2, 3]);
+    /// assert_eq!((topo.node_of(2), topo.node_of(9)), (Some(1), None));
+    /// assert_eq!((topo.distance(1, 1), topo.distance(0, 1)), (10, 20));
+    /// ```
     pub fn distance(&self, a: usize, b: usize) -> u32 {
         match self.distances.get(&(a, b)) {
             Some(&d) => d,

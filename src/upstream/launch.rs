@@ -52,6 +52,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Which pool holds the gateway's upstream connections.
+///
+/// ```
+/// use shardpool::upstream::launch::PoolKind;
+/// assert_eq!(PoolKind::default(), PoolKind::Sharded);
+/// assert_eq!(PoolKind::Mutex.to_string(), "mutex");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PoolKind {
     /// The lock-free per-core [`ShardedPool`].
@@ -75,6 +81,20 @@ impl fmt::Display for PoolKind {
 
 /// The backend list, read at start and again by every reload: the addresses, or why they cannot
 /// be read (the message is logged on a reload and returned by [`start`]).
+///
+/// ```
+/// use shardpool::upstream::launch::BackendList;
+/// use std::sync::Arc;
+///
+/// // Read from a file each time, as `serve --backends-file` does.
+/// let path = std::env::temp_dir().join("shardpool-doc-backends.txt");
+/// std::fs::write(&path, "127.0.0.1:7001\n127.0.0.1:7002\n").unwrap();
+/// let list: BackendList = Arc::new(move || {
+///     let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+///     text.lines().map(|l| l.parse().map_err(|e| format!("{l}: {e}"))).collect()
+/// });
+/// assert_eq!(list().unwrap().len(), 2);
+/// ```
 pub type BackendList = Arc<dyn Fn() -> Result<Vec<SocketAddr>, String> + Send + Sync>;
 
 /// Everything [`start`] needs besides the server. [`Launch::new`] gives the defaults of
@@ -170,6 +190,24 @@ impl Launch {
 }
 
 /// Why [`start`] failed. Nothing it started is left running.
+///
+/// ```
+/// use shardpool::runtime::RuntimeOptions;
+/// use shardpool::server::{Server, ServerConfig};
+/// use shardpool::topology::{Placement, Topology};
+/// use shardpool::upstream::launch::{self, Launch, LaunchError};
+/// use std::sync::Arc;
+///
+/// let map = Topology::detect().place(&Placement::AllCores, Some(1)).unwrap();
+/// // No backend and no embedded origin: nothing would answer, so nothing starts.
+/// let launch = Launch { embedded_origins: 0, ..Launch::new(Arc::new(|| Ok(Vec::new()))) };
+/// let server = Server::new(ServerConfig::default());
+/// match launch::start(launch, server, &map, &RuntimeOptions::default()) {
+///     Err(LaunchError::NoBackend) => {}
+///     Err(e) => panic!("{e}"),
+///     Ok(_) => panic!("started without a backend"),
+/// }
+/// ```
 #[derive(Debug)]
 pub enum LaunchError {
     /// The list is empty and `embedded_origins` is 0: nothing would answer.
@@ -229,7 +267,7 @@ impl std::error::Error for LaunchError {
     }
 }
 
-/// Builds the pool `launch.pool` names and starts the gateway with it.
+/// Builds the pool `launch.pool` names and starts the gateway with it (see the module example).
 pub fn start<F, H>(
     launch: Launch,
     server: Server<F>,
@@ -379,6 +417,34 @@ fn check_allowed(allow: Option<&BackendAllow>, list: &[SocketAddr]) -> Result<()
 /// What a gateway keeps running beside its server. Drop it after the server has stopped: that
 /// closes the pool, stops the SIGHUP watcher, the health checks, the admin endpoint and the
 /// embedded origins.
+///
+/// ```
+/// use shardpool::runtime::RuntimeOptions;
+/// use shardpool::server::{Server, ServerConfig};
+/// use shardpool::topology::{Placement, Topology};
+/// use shardpool::upstream::launch::{self, Launch};
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// let map = Topology::detect().place(&Placement::AllCores, Some(1)).unwrap();
+/// let runtime = RuntimeOptions { pin: false, ..RuntimeOptions::default() };
+/// let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
+/// // The list starts empty (one embedded origin answers), then names a backend.
+/// let listed = Arc::new(Mutex::new(Vec::new()));
+/// let read = Arc::clone(&listed);
+/// let launch = Launch {
+///     embedded_origins: 1,
+///     ..Launch::new(Arc::new(move || Ok(read.lock().unwrap().clone())))
+/// };
+/// let (server, gateway) = launch::start(launch, Server::new(config), &map, &runtime).unwrap();
+/// let origin = gateway.embedded_origins()[0];
+/// listed.lock().unwrap().push("127.0.0.1:7001".parse().unwrap());
+/// assert_eq!(gateway.reload(), Ok((1, 0)), "added the listed one, kept the origin");
+/// assert_eq!(gateway.backends().len(), 2);
+/// assert!(gateway.backends().contains(&origin));
+/// server.shutdown(Duration::from_secs(5)).unwrap();
+/// drop(gateway); // closes the pool and stops the origin
+/// ```
 pub struct GatewayHandle {
     reload: Reload,
     current: Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>,

@@ -542,9 +542,11 @@ mod tests {
         // The library names the field (a typed error); the CLI names flag, variable and key.
         assert!(
             err.contains("deadlock")
-                && err.contains("flag --max-concurrent-streams, variable \
+                && err.contains(
+                    "flag --max-concurrent-streams, variable \
                                  SHARDPOOL_MAX_CONCURRENT_STREAMS, config key \
-                                 `max_concurrent_streams`"),
+                                 `max_concurrent_streams`"
+                ),
             "{err}"
         );
         let err = knobs(&["--max-concurrent-streams", "lots"])
