@@ -33,6 +33,7 @@ use std::time::Duration;
 pub struct Config {
     pub(crate) shards: Option<usize>,
     pub(crate) max_size: usize,
+    pub(crate) max_size_limit: Option<usize>,
     pub(crate) max_idle_per_key: Option<usize>,
     pub(crate) max_total_idle: Option<usize>,
     pub(crate) max_total: Option<usize>,
@@ -55,6 +56,7 @@ impl Default for Config {
         Config {
             shards: None,
             max_size: 64,
+            max_size_limit: None,
             max_idle_per_key: None,
             max_total_idle: None,
             max_total: None,
@@ -89,6 +91,26 @@ impl Config {
     #[must_use]
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.max_size = max_size;
+        self
+    }
+
+    /// The largest `max_size` that [`ShardedPool::set_max_size`](super::ShardedPool::set_max_size)
+    /// may give a key at run time. Default: `max_size`, so a key can be shrunk and grown back but
+    /// not grown beyond its configured size. At most [`MAX_SIZE`].
+    ///
+    /// Each key allocates its node arena (see [`Config::max_size`]) for this many connections when
+    /// it is first used, so a higher limit costs 128 bytes per connection of headroom per key,
+    /// and nothing on the checkout or return path.
+    ///
+    /// ```
+    /// use shardpool::{Config, ConfigError};
+    /// assert!(Config::default().max_size(8).max_size_limit(32).validate().is_ok());
+    /// let err = Config::default().max_size(8).max_size_limit(4).validate().unwrap_err();
+    /// assert_eq!(err, ConfigError::MaxSizeAboveLimit { max_size: 8, limit: 4 });
+    /// ```
+    #[must_use]
+    pub fn max_size_limit(mut self, limit: usize) -> Self {
+        self.max_size_limit = Some(limit);
         self
     }
 
@@ -286,6 +308,18 @@ impl Config {
                 max_size: self.max_size,
             });
         }
+        let max_size_limit = self.max_size_limit.unwrap_or(self.max_size);
+        if max_size_limit > MAX_SIZE {
+            return Err(ConfigError::MaxSizeTooLarge {
+                max_size: max_size_limit,
+            });
+        }
+        if self.max_size > max_size_limit {
+            return Err(ConfigError::MaxSizeAboveLimit {
+                max_size: self.max_size,
+                limit: max_size_limit,
+            });
+        }
         let max_idle_per_key = self.max_idle_per_key.unwrap_or(self.max_size);
         if max_idle_per_key > self.max_size {
             return Err(ConfigError::IdleAboveSize {
@@ -336,6 +370,7 @@ impl Config {
         Ok(Validated {
             shards,
             max_size: self.max_size,
+            max_size_limit,
             max_idle_per_key,
             max_total_idle: self.max_total_idle,
             max_total: self.max_total,
@@ -522,7 +557,10 @@ fn check_steal_order(order: &[Vec<usize>], shards: usize) -> Result<(), ConfigEr
 #[derive(Clone, Debug)]
 pub struct Validated {
     pub(crate) shards: usize,
+    /// Every new key's `max_size`; `ShardedPool::set_max_size` changes one key's.
     pub(crate) max_size: usize,
+    /// `Config::max_size_limit`: the nodes each key allocates, and the most `set_max_size` allows.
+    pub(crate) max_size_limit: usize,
     pub(crate) max_idle_per_key: usize,
     pub(crate) max_total_idle: Option<usize>,
     /// `Config::max_total`; `None`: unlimited.
@@ -628,11 +666,28 @@ pub enum ConfigError {
         /// The live limit it exceeds.
         max_size: usize,
     },
-    /// `max_size` above [`MAX_SIZE`].
+    /// `max_size` (or `max_size_limit`) above [`MAX_SIZE`].
     MaxSizeTooLarge {
         /// The requested live limit.
         max_size: usize,
     },
+    /// `max_size` above `max_size_limit`, in the config or in
+    /// [`ShardedPool::set_max_size`](super::ShardedPool::set_max_size).
+    MaxSizeAboveLimit {
+        /// The requested live limit.
+        max_size: usize,
+        /// `Config::max_size_limit`.
+        limit: usize,
+    },
+    /// [`ShardedPool::set_max_size`](super::ShardedPool::set_max_size) below `min_idle`.
+    MinIdleAboveSize {
+        /// `Config::min_idle`.
+        min_idle: usize,
+        /// The requested live limit.
+        max_size: usize,
+    },
+    /// A run-time change of a pool that is closed.
+    Closed,
     /// `max_total_idle(0)` while keys may keep idle connections.
     ZeroTotalIdle,
     /// `max_total(0)`: no connection could ever be created.
@@ -691,6 +746,17 @@ impl fmt::Display for ConfigError {
                 "max_size ({max_size}) is above {MAX_SIZE}, the most live connections one key \
                  can have: lower it, or spread the destination over several keys"
             ),
+            ConfigError::MaxSizeAboveLimit { max_size, limit } => write!(
+                f,
+                "max_size ({max_size}) is above max_size_limit ({limit}): lower it, or build the \
+                 pool with a higher max_size_limit"
+            ),
+            ConfigError::MinIdleAboveSize { min_idle, max_size } => write!(
+                f,
+                "max_size ({max_size}) is below min_idle ({min_idle}): pre-warming could never \
+                 reach min_idle; raise it"
+            ),
+            ConfigError::Closed => write!(f, "the pool is closed: there is nothing to change"),
             ConfigError::ZeroTotalIdle => write!(
                 f,
                 "max_total_idle is 0: allow at least one idle connection, or set \
@@ -794,6 +860,14 @@ mod tests {
             (
                 Config::default().max_size(MAX_SIZE + 1),
                 "spread the destination over several keys",
+            ),
+            (
+                Config::default().max_size(8).max_size_limit(MAX_SIZE + 1),
+                "spread the destination over several keys",
+            ),
+            (
+                Config::default().max_size(8).max_size_limit(7),
+                "higher max_size_limit",
             ),
         ];
         for (config, fix) in cases {

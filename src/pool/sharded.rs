@@ -294,9 +294,14 @@ pub(crate) struct KeyPool<M: Manage> {
     /// One idle stack per shard, over one node arena that holds every entry of this key (see
     /// `stack`): `max_size` nodes.
     idle: IdleStacks<Entry<M>>,
-    /// Permits in use: connections of this key that exist or are being created (invariant 1), plus
-    /// the [`PERMIT_WAITING`] flag while checkouts wait.
+    /// The permit word: permits in use (connections of this key that exist or are being created,
+    /// invariant 1) in the bits of [`LIVE_MASK`], the key's `max_size` above [`CAP_SHIFT`], and the
+    /// [`PERMIT_WAITING`] flag while checkouts wait. The cap shares the word so that a resize, a
+    /// taker, a release and a registering waiter all meet on one atomic (invariant 8).
     live: CachePadded<AtomicUsize>,
+    /// Held while the cap changes and while a return that met the `OVER` flag decides between
+    /// closing and clearing it (`ShardedPool::set_max_size`, `KeyPool::settle_over`; invariant 8).
+    resize: Mutex<()>,
     closed: AtomicBool,
     waiters: WaitQueue<Leased<M>>,
 }
@@ -390,6 +395,28 @@ impl<M: Manage> Drop for Permit<'_, M> {
 
 /// Set in `KeyPool::live` while checkouts wait, so a freed permit notifies one of them.
 const PERMIT_WAITING: usize = 1 << (usize::BITS - 1);
+
+/// Where the key's `max_size` sits in `KeyPool::live`: 15 bits from here, below
+/// [`PERMIT_WAITING`] even with a 32-bit `usize`.
+const CAP_SHIFT: u32 = 15;
+/// The permits in use, in `KeyPool::live`.
+const LIVE_MASK: usize = (1 << CAP_SHIFT) - 1;
+const _: () = assert!(
+    super::config::MAX_SIZE <= LIVE_MASK && 2 * CAP_SHIFT < usize::BITS,
+    "a key's live count and cap fit in their fields, below the flag"
+);
+
+/// The permits in use in a permit word.
+#[inline(always)]
+fn live_of(word: usize) -> usize {
+    word & LIVE_MASK
+}
+
+/// The key's `max_size` in a permit word.
+#[inline(always)]
+fn cap_of(word: usize) -> usize {
+    (word & !PERMIT_WAITING) >> CAP_SHIFT
+}
 
 /// How a checkout got its connection, for the metrics.
 #[derive(Clone, Copy)]
@@ -508,6 +535,84 @@ impl<M: Manage> ShardedPool<M> {
     pub fn key_gauges(&self, key: &M::Key) -> Option<(usize, usize)> {
         let kp = self.inner.keys.lookup(key)?;
         Some((kp.live_count(), kp.idle_count()))
+    }
+
+    /// Changes `key`'s `max_size` (its most live connections) at run time, to `max_size`.
+    ///
+    /// * Growing lets checkouts waiting on the key create at once: every one of them is told to
+    ///   retry.
+    /// * Shrinking closes idle connections of the key now, down to the new size (or until none is
+    ///   idle), and refuses new creates above it at once. A checked-out connection that comes back
+    ///   while the key is still over the new size is closed instead of kept, so the key is within
+    ///   the new size once the connections in use at the time of the call have come back. Until
+    ///   then it may have more.
+    ///
+    /// A key not seen yet is added (as its first checkout would add it) with this size; keys added
+    /// later by checkouts start at `Config::max_size`, and so does a key that
+    /// [`remove_key`](ConnectionPool::remove_key) removed and a checkout added again. The new size
+    /// must be at least 1, at least `Config::min_idle`, and at most `Config::max_size_limit`
+    /// (which defaults to `Config::max_size`: raise it to allow growth). The hot path does not
+    /// change: while a shrunk key is over its size, its returns take the cold path (one flag in the
+    /// idle stack's word), and otherwise nothing is added to a checkout or a return.
+    ///
+    /// This is a [`ShardedPool`] method: [`MutexPool`](crate::baseline::MutexPool) has no run-time
+    /// resize.
+    ///
+    /// ```
+    /// use shardpool::{Config, ConfigError, ConnectionPool, Manage, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = &'static str; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &&'static str) -> std::io::Result<()> { Ok(()) } }
+    /// let pool = ShardedPool::new(M, Config::default().max_size(4).max_size_limit(8)).unwrap();
+    /// let conns: Vec<_> = (0..3).map(|_| pool.get_blocking(&"db").unwrap()).collect();
+    /// pool.set_max_size(&"db", 1).unwrap(); // three in use: over the new size
+    /// assert_eq!(pool.max_size_of(&"db"), Some(1));
+    /// drop(conns); // each return closes while the key is over its size; the last one is kept
+    /// assert_eq!(pool.key_gauges(&"db"), Some((1, 1)), "(live, idle)");
+    /// pool.set_max_size(&"db", 8).unwrap(); // growing, up to max_size_limit
+    /// assert_eq!(
+    ///     pool.set_max_size(&"db", 9),
+    ///     Err(ConfigError::MaxSizeAboveLimit { max_size: 9, limit: 8 })
+    /// );
+    /// assert_eq!(pool.set_max_size(&"db", 0), Err(ConfigError::ZeroMaxSize));
+    /// ```
+    pub fn set_max_size(&self, key: &M::Key, max_size: usize) -> Result<(), ConfigError> {
+        let config = &self.inner.shared.config;
+        if max_size == 0 {
+            return Err(ConfigError::ZeroMaxSize);
+        }
+        if max_size > config.max_size_limit {
+            return Err(ConfigError::MaxSizeAboveLimit {
+                max_size,
+                limit: config.max_size_limit,
+            });
+        }
+        if max_size < config.min_idle {
+            return Err(ConfigError::MinIdleAboveSize {
+                min_idle: config.min_idle,
+                max_size,
+            });
+        }
+        let kp = self.key_pool(key).map_err(|_| ConfigError::Closed)?;
+        kp.resize(max_size);
+        Ok(())
+    }
+
+    /// `key`'s `max_size` now (`Config::max_size` unless [`ShardedPool::set_max_size`] changed
+    /// it), or `None` for a key the pool does not know.
+    ///
+    /// ```
+    /// # use shardpool::{Config, Manage, ShardedPool};
+    /// # struct M;
+    /// # impl Manage for M { type Key = u8; type Conn = (); type Error = std::io::Error;
+    /// #     async fn create(&self, _: &u8) -> std::io::Result<()> { Ok(()) } }
+    /// let pool = ShardedPool::new(M, Config::default().max_size(4)).unwrap();
+    /// assert_eq!(pool.max_size_of(&1), None, "not used yet");
+    /// drop(pool.get_blocking(&1).unwrap());
+    /// assert_eq!(pool.max_size_of(&1), Some(4));
+    /// ```
+    pub fn max_size_of(&self, key: &M::Key) -> Option<usize> {
+        Some(self.inner.keys.lookup(key)?.max_size())
     }
 
     /// The key pool of `key`, added if new; `Closed` once the pool is closed.
@@ -840,12 +945,14 @@ impl<M: Manage> KeyPool<M> {
             key,
             // A node per connection that may exist (invariant 1), so creating one always finds a
             // free node (`new_entry`). `Config` caps `max_size` at the stacks' capacity.
+            // `max_size_limit` nodes, so that `set_max_size` can grow the key up to it.
             idle: IdleStacks::new(
                 (0..config.shards).map(|s| config.share(config.max_idle_per_key, s)),
-                config.max_size,
+                config.max_size_limit,
             ),
             shared: Arc::clone(shared),
-            live: CachePadded::new(AtomicUsize::new(0)),
+            live: CachePadded::new(AtomicUsize::new(config.max_size << CAP_SHIFT)),
+            resize: Mutex::new(()),
             closed: AtomicBool::new(false),
             waiters: WaitQueue::default(),
         }
@@ -867,7 +974,13 @@ impl<M: Manage> KeyPool<M> {
     /// Live connections of this key (a gauge).
     fn live_count(&self) -> usize {
         // Ordering: Relaxed. A gauge; it publishes nothing.
-        self.live.load(Ordering::Relaxed) & !PERMIT_WAITING
+        live_of(self.live.load(Ordering::Relaxed))
+    }
+
+    /// This key's `max_size` now (a gauge).
+    fn max_size(&self) -> usize {
+        // Ordering: Relaxed. A gauge; it publishes nothing.
+        cap_of(self.live.load(Ordering::Relaxed))
     }
 
     /// Idle connections of this key across shards (a gauge).
@@ -1055,8 +1168,11 @@ impl<M: Manage> KeyPool<M> {
         #[cfg(not(shardpool_seeded_bug = "total_unlocked"))]
         let _takers = lock(&total.takers);
         // Ordering: Acquire pairs with the Release in `release_permit`, as in
-        // `try_acquire_key_permit`.
-        if self.live.load(Ordering::Acquire) & !PERMIT_WAITING >= self.shared.config.max_size {
+        // `try_acquire_key_permit`. A resize changes the cap in this word, by an RMW, so it is
+        // ordered before or after this load; it adds no permit, so the check stays true until our
+        // add (invariant 8).
+        let word = self.live.load(Ordering::Acquire);
+        if live_of(word) >= cap_of(word) {
             return Err(Full::Key);
         }
         // Ordering: Acquire pairs with the Release in `Total::release`: the connection whose total
@@ -1106,10 +1222,10 @@ impl<M: Manage> KeyPool<M> {
 
     /// Takes a permit of this key alone if fewer than `max_size` are in use (invariant 1).
     fn try_acquire_key_permit(&self) -> bool {
-        let max = self.shared.config.max_size;
-        // Ordering: Relaxed for the first look; the CAS below decides.
+        // Ordering: Relaxed for the first look; the CAS below decides. The cap is read from the
+        // same word, so a resize and this CAS are ordered by the word (invariant 8).
         let mut word = self.live.load(Ordering::Relaxed);
-        while word & !PERMIT_WAITING < max {
+        while live_of(word) < cap_of(word) {
             // Ordering: Acquire on success pairs with the Release in `release_permit`, so the
             // connection whose permit we take over was dropped before we create its successor.
             match self.live.compare_exchange_weak(
@@ -1308,7 +1424,10 @@ impl<M: Manage> KeyPool<M> {
     /// (rust-lang/rust#55005). The cold path can afford the reference count.
     #[cold]
     fn put_refused(shard: usize, refused: Refused<Leased<M>>) {
-        let (Refused::Full(lease) | Refused::Waiting(lease) | Refused::Closed(lease)) = &refused;
+        let (Refused::Full(lease)
+        | Refused::Waiting(lease)
+        | Refused::Closed(lease)
+        | Refused::Over(lease)) = &refused;
         let key_pool = Arc::clone(&lease.entry().key_pool);
         let refused = match refused {
             Refused::Full(lease) => match key_pool.place_elsewhere(shard, lease) {
@@ -1327,13 +1446,82 @@ impl<M: Manage> KeyPool<M> {
                         // (which would take the queue's lock again). A freed total permit may
                         // notify the total's queue here: the lock order is a key's queue, then
                         // the total's, then a waiter's slot, and nothing takes them the other way.
-                        Err(Refused::Full(l) | Refused::Closed(l) | Refused::Waiting(l)) => {
-                            l.close(shard)
-                        }
+                        // Over its cap (invariant 8), the entry closes anyway.
+                        Err(
+                            Refused::Full(l)
+                            | Refused::Closed(l)
+                            | Refused::Waiting(l)
+                            | Refused::Over(l),
+                        ) => l.close(shard),
                     }
                 });
             }
+            Refused::Over(lease) => key_pool.settle_over(shard, lease),
             Refused::Full(lease) | Refused::Closed(lease) => lease.close(shard),
+        }
+    }
+
+    /// A return that met the `OVER` flag (the key's `max_size` was lowered; invariant 8): closes the
+    /// entry while the key is over its cap; otherwise the flag is stale, so clears it and puts the
+    /// entry back as a return would. Decided under `resize`, so a concurrent shrink cannot set
+    /// the flag between our check and our clearing it.
+    #[cold]
+    fn settle_over(&self, shard: usize, lease: Leased<M>) {
+        let resize = lock(&self.resize);
+        // Ordering: Relaxed. The lock orders us after the last cap change; a release racing with
+        // this load only lowers the count, and a stale (higher) count just closes one more.
+        let word = self.live.load(Ordering::Relaxed);
+        // Seeded bug for the loom models (docs/protocol.md): a return over the cap clears the flag
+        // and pushes, so the key keeps more connections than its lowered `max_size`.
+        let over = live_of(word) > cap_of(word) && !cfg!(shardpool_seeded_bug = "over_pushes");
+        if !over {
+            self.idle.set_over(false);
+        }
+        drop(resize);
+        if over {
+            lease.close(shard);
+        } else {
+            KeyPool::put_idle(shard, lease);
+        }
+    }
+
+    /// Sets this key's `max_size` to `max` (already validated): see `ShardedPool::set_max_size`.
+    fn resize(&self, max: usize) {
+        let resize = lock(&self.resize);
+        // Ordering: Relaxed for the first look; the CAS decides.
+        let mut word = self.live.load(Ordering::Relaxed);
+        loop {
+            let new = (word & (PERMIT_WAITING | LIVE_MASK)) | (max << CAP_SHIFT);
+            // Ordering: Relaxed. The cap publishes no memory; as an RMW on the permit word this CAS
+            // is ordered with every taker's add, release's sub and waiter's flag (invariant 8).
+            match self
+                .live
+                .compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(current) => word = current,
+            }
+        }
+        // Over the new cap: from here every push is refused until a return finds the key back
+        // within it (`settle_over`). Within it: clear a flag a shrink left behind.
+        self.idle.set_over(live_of(word) > max);
+        drop(resize);
+        // Grown with checkouts waiting: they may now create. The flag was in the word our CAS
+        // replaced, so every waiter that flagged it before is queued now (invariant 8).
+        // Seeded bug for the loom models (docs/protocol.md): a grow tells no waiter.
+        if max > cap_of(word)
+            && word & PERMIT_WAITING != 0
+            && !cfg!(shardpool_seeded_bug = "grow_silent")
+        {
+            self.waiters.notify_all();
+        }
+        // Close idle connections down to the new cap now; checked-out ones close as they return.
+        for shard in 0..self.shared.config.shards {
+            while self.live_count() > self.max_size()
+                && let Some(lease) = self.pop_idle(shard)
+            {
+                lease.close(shard);
+            }
         }
     }
 

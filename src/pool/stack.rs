@@ -20,10 +20,10 @@
 //! Each list (every shard's `head`, and `free`) is a single `AtomicU64` word:
 //!
 //! ```text
-//!  63               30  29       28        27       14 13        0
-//! +-------------------+--------+---------+-----------+-----------+
-//! |   tag (34 bits)   | CLOSED | WAITING | len (14)  | top (14)  |   top == NIL: empty
-//! +-------------------+--------+---------+-----------+-----------+
+//!  63           31  30     29       28        27       14 13        0
+//! +---------------+------+--------+---------+-----------+-----------+
+//! | tag (33 bits) | OVER | CLOSED | WAITING | len (14)  | top (14)  |   top == NIL: empty
+//! +---------------+------+--------+---------+-----------+-----------+
 //! ```
 //!
 //! Every successful CAS increments the tag, so a thread that read the word, was delayed, and tries
@@ -31,11 +31,18 @@
 //! stack and back, fails and retries. `len` rides in the same word, so [`IdleStacks::len`] is one
 //! load and always exact, and a push checks the shard's capacity in the CAS that links it.
 //!
-//! The two flag bits (on the `head` words only) let the pool's protocol ride on the push itself:
+//! The three flag bits (on the `head` words only) let the pool's protocol ride on the push itself:
 //! * `WAITING`: a checkout is waiting for this key. A push that sees it is refused with
 //!   [`Refused::Waiting`], and the pusher hands its value to the waiter instead.
 //! * `CLOSED`: the key is closed. A push that sees it is refused with [`Refused::Closed`], and the
 //!   pusher drops its value; pops still drain what is left.
+//! * `OVER`: the key has more live connections than its `max_size`, lowered at run time
+//!   (`ShardedPool::set_max_size`). A push that sees it is refused with [`Refused::Over`], and the
+//!   pusher closes its value (or, if the key is no longer over its cap, clears the flag and pushes
+//!   again).
+//!
+//! A push tests the three flags with one branch (any flag set: the cold path sorts out which), so
+//! they cost the hot path nothing while clear.
 //!
 //! Because the flag and the push are the same word, a set flag and a push are ordered by the word's
 //! own modification order: either the push came first (and whoever set the flag sees the value on
@@ -57,7 +64,7 @@
 //! # Limits
 //!
 //! At most [`MAX_CAPACITY`] nodes per key and values per stack; the pool's `max_size` is capped
-//! there, so every connection that may exist has a node. The tag wraps after 2³⁴ changes of
+//! there, so every connection that may exist has a node. The tag wraps after 2³³ changes of
 //! one list; a thread would have to stall between its load and its CAS for exactly that many
 //! operations on the same list (minutes of a single stack's full speed) for ABA to return, which we
 //! accept.
@@ -73,8 +80,9 @@ const NIL: u16 = INDEX_MASK as u16;
 const LEN_SHIFT: u32 = INDEX_BITS;
 const WAITING: u64 = 1 << (2 * INDEX_BITS);
 const CLOSED: u64 = 1 << (2 * INDEX_BITS + 1);
-const FLAGS: u64 = WAITING | CLOSED;
-const TAG_SHIFT: u32 = 2 * INDEX_BITS + 2;
+const OVER: u64 = 1 << (2 * INDEX_BITS + 2);
+const FLAGS: u64 = WAITING | CLOSED | OVER;
+const TAG_SHIFT: u32 = 2 * INDEX_BITS + 3;
 
 /// The success ordering of the CAS that links a node (see `link`).
 #[cfg(not(shardpool_seeded_bug = "stack_relaxed"))]
@@ -122,6 +130,9 @@ pub(crate) enum Refused<T> {
     Waiting(T),
     /// The stack is closed: close the value.
     Closed(T),
+    /// The key is over its (lowered) `max_size` (the `OVER` flag): close the value, unless the key
+    /// is no longer over it.
+    Over(T),
 }
 
 /// The right to one node of an [`IdleStacks`] and to the value in it: held by exactly one owner, and
@@ -338,6 +349,16 @@ impl<T> IdleStacks<T> {
         }
     }
 
+    /// Sets or clears the `OVER` flag on every shard's stack.
+    pub(crate) fn set_over(&self, over: bool) {
+        for head in self.heads.iter() {
+            update_flags(
+                &head.word,
+                |flags| if over { flags | OVER } else { flags & !OVER },
+            );
+        }
+    }
+
     /// Sets the `CLOSED` flag on every shard's stack: from now on every push is refused. Pops still
     /// drain the stacks.
     pub(crate) fn close(&self) {
@@ -423,20 +444,33 @@ enum Refusal {
     Full,
     Waiting,
     Closed,
+    Over,
 }
 
 impl Refusal {
     /// Why a push onto a stack whose word is `word` and capacity `capacity` must give up, if it
-    /// must (`CLOSED` wins over `WAITING`, both over `Full`).
+    /// must (`CLOSED` wins over `OVER`, which wins over `WAITING`; every flag over `Full`). One
+    /// test covers the flags, so a push with none set pays a single branch for all three.
+    #[inline(always)]
     fn of(word: Word, capacity: usize) -> Option<Refusal> {
-        if word.flags() & CLOSED != 0 {
-            Some(Refusal::Closed)
-        } else if word.flags() & WAITING != 0 {
-            Some(Refusal::Waiting)
+        if word.flags() != 0 {
+            Some(Refusal::flagged(word.flags()))
         } else if word.len() >= capacity {
             Some(Refusal::Full)
         } else {
             None
+        }
+    }
+
+    /// Which of the set `flags` refuses the push.
+    #[cold]
+    fn flagged(flags: u64) -> Refusal {
+        if flags & CLOSED != 0 {
+            Refusal::Closed
+        } else if flags & OVER != 0 {
+            Refusal::Over
+        } else {
+            Refusal::Waiting
         }
     }
 
@@ -445,6 +479,7 @@ impl Refusal {
             Refusal::Full => Refused::Full(value),
             Refusal::Waiting => Refused::Waiting(value),
             Refusal::Closed => Refused::Closed(value),
+            Refusal::Over => Refused::Over(value),
         }
     }
 }
@@ -474,6 +509,7 @@ mod tests {
             Refused::Full(l) => Refused::Full(stacks.vacate(l)),
             Refused::Waiting(l) => Refused::Waiting(stacks.vacate(l)),
             Refused::Closed(l) => Refused::Closed(stacks.vacate(l)),
+            Refused::Over(l) => Refused::Over(stacks.vacate(l)),
         })
     }
 
@@ -528,6 +564,31 @@ mod tests {
             Err(Refused::Closed(4)),
             "every shard's stack stays closed"
         );
+    }
+
+    #[test]
+    fn over_refuses_pushes_below_closed_above_waiting() {
+        let stacks = IdleStacks::new([2, 2], 4);
+        put(&stacks, 0, 1).unwrap();
+        stacks.set_over(true);
+        stacks.set_waiting(true);
+        assert_eq!(
+            put(&stacks, 1, 2),
+            Err(Refused::Over(2)),
+            "over wins over waiting"
+        );
+        assert_eq!(pop_id(&stacks, 0), Some(1), "pops still take what is idle");
+        stacks.set_waiting(false);
+        stacks.set_over(false);
+        put(&stacks, 1, 3).unwrap();
+        stacks.set_over(true);
+        stacks.close();
+        assert_eq!(
+            put(&stacks, 0, 4),
+            Err(Refused::Closed(4)),
+            "closed wins over over"
+        );
+        assert_eq!(pop_id(&stacks, 1), Some(3));
     }
 
     #[test]

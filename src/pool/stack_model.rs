@@ -24,6 +24,8 @@ struct State {
     waiting: bool,
     /// The key is closed: pushes are refused with [`Refused::Closed`]; pops still drain.
     closed: bool,
+    /// The key is over its lowered `max_size`: pushes are refused with [`Refused::Over`].
+    over: bool,
 }
 
 /// Bounded LIFOs, one per shard, over one node arena, with the real idle stacks' interface (see
@@ -49,6 +51,7 @@ impl<T> IdleStacks<T> {
                     nodes: VecDeque::with_capacity(capacity),
                     waiting: false,
                     closed: false,
+                    over: false,
                 };
                 (capacity, Mutex::new(state))
             })
@@ -88,13 +91,16 @@ impl<T> IdleStacks<T> {
         value
     }
 
-    /// Pushes the leased node on top of shard `shard`'s stack, unless it is closed, flagged
-    /// `WAITING`, or full (checked in that order, as the real stacks do: a flag wins over `Full`).
+    /// Pushes the leased node on top of shard `shard`'s stack, unless it is closed, flagged `OVER`,
+    /// flagged `WAITING`, or full (checked in that order, as the real stacks do: a flag wins over
+    /// `Full`).
     pub(crate) fn push(&self, shard: usize, lease: Lease<T>) -> Result<(), Refused<Lease<T>>> {
         let (capacity, state) = &self.stacks[shard];
         let mut state = lock(state);
         if state.closed {
             Err(Refused::Closed(lease))
+        } else if state.over {
+            Err(Refused::Over(lease))
         } else if state.waiting {
             Err(Refused::Waiting(lease))
         } else if state.nodes.len() >= *capacity {
@@ -117,6 +123,13 @@ impl<T> IdleStacks<T> {
     pub(crate) fn set_waiting(&self, waiting: bool) {
         for (_, state) in self.stacks.iter() {
             lock(state).waiting = waiting;
+        }
+    }
+
+    /// Sets or clears the `OVER` flag on every shard's stack.
+    pub(crate) fn set_over(&self, over: bool) {
+        for (_, state) in self.stacks.iter() {
+            lock(state).over = over;
         }
     }
 
