@@ -35,6 +35,8 @@ SEEDED_BUGS=(
     "leftover_forgotten|dropped_waiter_vs_handoff|invariant 3 broken"
     "total_unlocked|total_cap_two_keys|invariant 7 broken"
     "total_release_silent|total_cap_two_keys|deadlock"
+    "grow_silent|resize_grow|deadlock"
+    "over_pushes|resize_shrink|invariant 8 broken"
 )
 
 passed=0

@@ -273,6 +273,26 @@ impl Harness {
         Self::build_with(max_size, tracker, |c| c.max_total(max_total))
     }
 
+    /// As [`Harness::new`], for models that resize [`KEY`] (`ShardedPool::set_max_size`, invariant
+    /// 8): `max_size` to start with, up to `limit` (`Config::max_size_limit`), which the tracker
+    /// checks at every create. That the key is within a lowered size once its connections are back
+    /// the model checks itself ([`Harness::assert_within`]).
+    pub fn resizable(max_size: usize, limit: usize) -> Self {
+        Self::build(max_size, limit, 0, |c| c.max_size_limit(limit))
+    }
+
+    /// Invariant 8 at quiescence: [`KEY`] has at most `max_size` live connections, and as many
+    /// exist.
+    pub fn assert_within(&self, max_size: usize) {
+        let (live, _) = self.pool.key_gauges(&KEY).unwrap_or((0, 0));
+        assert!(
+            live <= max_size && self.tracker.existing() <= max_size,
+            "invariant 8 broken: {live} live connections ({} exist) after resizing max_size to \
+             {max_size}",
+            self.tracker.existing()
+        );
+    }
+
     fn build(
         max_size: usize,
         max_existing: usize,
