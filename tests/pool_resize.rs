@@ -165,3 +165,40 @@ fn bad_sizes_are_refused() {
     assert_eq!(pool.set_max_size(&1, 2), Err(ConfigError::Closed));
     assert!(matches!(block_on(pool.get(&1)), Err(Error::Closed)));
 }
+
+/// Four threads check out and return on both shards while the main thread resizes the key over
+/// and over (1 to 4); no more than the limit (4) ever exist, and once the key is set to 2 and
+/// every connection is back the key is within 2, with nothing lost.
+#[test]
+fn resizes_under_load_end_within_the_last_size() {
+    let (pool, tally) = pool(4, 4);
+    let workers: Vec<_> = (0..4usize)
+        .map(|t| {
+            let (pool, tally) = (pool.clone(), Arc::clone(&tally));
+            std::thread::spawn(move || {
+                for _ in 0..400 {
+                    let conn = block_on(pool.get_on(t, &1)).expect("a connection");
+                    tally.claim(conn.id);
+                    std::thread::yield_now();
+                    tally.release(conn.id);
+                }
+            })
+        })
+        .collect();
+    for round in 0..300usize {
+        pool.set_max_size(&1, 1 + round % 4).unwrap();
+        std::thread::yield_now();
+    }
+    pool.set_max_size(&1, 2).unwrap();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let (live, idle) = pool.key_gauges(&1).unwrap();
+    assert!(live <= 2, "live {live} after the last resize to 2");
+    assert_eq!(live, idle, "everything is back");
+    assert_eq!(tally.alive.load(Ordering::SeqCst), live, "nothing lost");
+    assert!(
+        tally.peak_per_key[1].load(Ordering::SeqCst) <= 4,
+        "never over the limit"
+    );
+}

@@ -1446,7 +1446,8 @@ impl<M: Manage> KeyPool<M> {
                         // (which would take the queue's lock again). A freed total permit may
                         // notify the total's queue here: the lock order is a key's queue, then
                         // the total's, then a waiter's slot, and nothing takes them the other way.
-                        // Over its cap (invariant 8), the entry closes anyway.
+                        // Refused by `OVER` (invariant 8), the entry closes too: the key is
+                        // over its cap, or the flag is stale and the next return clears it.
                         Err(
                             Refused::Full(l)
                             | Refused::Closed(l)
