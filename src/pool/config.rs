@@ -99,8 +99,10 @@ impl Config {
     /// not grown beyond its configured size. At most [`MAX_SIZE`].
     ///
     /// Each key allocates its node arena (see [`Config::max_size`]) for this many connections when
-    /// it is first used, so a higher limit costs 128 bytes per connection of headroom per key,
-    /// and nothing on the checkout or return path.
+    /// it is first used, so a higher limit costs one node per connection of headroom per key (128
+    /// bytes for a connection type of up to about 90 bytes), and nothing on the checkout or return
+    /// path. [`MutexPool`](crate::baseline::MutexPool), which has no run-time resize, accepts and
+    /// ignores it.
     ///
     /// ```
     /// use shardpool::{Config, ConfigError};
