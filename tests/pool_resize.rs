@@ -202,3 +202,19 @@ fn resizes_under_load_end_within_the_last_size() {
         "never over the limit"
     );
 }
+
+/// With `max_size_limit` above `max_size` the idle limit defaults to the limit, so a key grown
+/// at run time keeps every returned connection idle instead of closing those above the
+/// configured `max_size`.
+#[test]
+fn a_grown_key_keeps_its_connections_idle() {
+    let (pool, tally) = pool(2, 4);
+    pool.set_max_size(&1, 4).unwrap();
+    let conns: Vec<_> = (0..4)
+        .map(|i| block_on(pool.get_on(i, &1)).unwrap())
+        .collect();
+    drop(conns);
+    assert_eq!(pool.key_gauges(&1), Some((4, 4)), "all four kept idle");
+    assert_eq!(pool.stats().total.closes, 0);
+    assert_eq!(tally.alive.load(Ordering::SeqCst), 4);
+}

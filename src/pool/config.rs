@@ -116,7 +116,10 @@ impl Config {
         self
     }
 
-    /// The most idle connections kept per key, across all shards. Default: `max_size`.
+    /// The most idle connections kept per key, across all shards. Default: `max_size_limit`,
+    /// which is `max_size` unless set. At most that: with a `max_size_limit` above `max_size`,
+    /// a key grown at run time ([`ShardedPool::set_max_size`](super::ShardedPool::set_max_size))
+    /// may keep all its connections idle (and a key never has more idle than live).
     ///
     /// The limit is split evenly over the shards (each shard's idle stack holds its share, so the
     /// limit is exact); a return that finds its own shard's share full spills to the other shards
@@ -322,11 +325,12 @@ impl Config {
                 limit: max_size_limit,
             });
         }
-        let max_idle_per_key = self.max_idle_per_key.unwrap_or(self.max_size);
-        if max_idle_per_key > self.max_size {
+        // Up to `max_size_limit`, so that a key grown at run time keeps its connections idle.
+        let max_idle_per_key = self.max_idle_per_key.unwrap_or(max_size_limit);
+        if max_idle_per_key > max_size_limit {
             return Err(ConfigError::IdleAboveSize {
                 max_idle_per_key,
-                max_size: self.max_size,
+                max_size: max_size_limit,
             });
         }
         if let Some(total) = self.max_total_idle
@@ -661,11 +665,11 @@ pub enum ConfigError {
     },
     /// `max_size(0)`.
     ZeroMaxSize,
-    /// `max_idle_per_key` above `max_size`.
+    /// `max_idle_per_key` above `max_size` (above `max_size_limit`, when that is set).
     IdleAboveSize {
         /// The requested idle limit.
         max_idle_per_key: usize,
-        /// The live limit it exceeds.
+        /// The live limit it exceeds (`max_size_limit`, when that is set).
         max_size: usize,
     },
     /// `max_size` (or `max_size_limit`) above [`MAX_SIZE`].

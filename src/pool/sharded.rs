@@ -551,7 +551,8 @@ impl<M: Manage> ShardedPool<M> {
     /// later by checkouts start at `Config::max_size`, and so does a key that
     /// [`remove_key`](ConnectionPool::remove_key) removed and a checkout added again. The new size
     /// must be at least 1, at least `Config::min_idle`, and at most `Config::max_size_limit`
-    /// (which defaults to `Config::max_size`: raise it to allow growth). The hot path does not
+    /// (which defaults to `Config::max_size`: raise it to allow growth; `max_idle_per_key` then
+    /// defaults to it too, so a grown key keeps its connections idle). The hot path does not
     /// change: while a shrunk key is over its size, its returns take the cold path (one flag in the
     /// idle stack's word), and otherwise nothing is added to a checkout or a return.
     ///
