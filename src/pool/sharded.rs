@@ -1490,6 +1490,11 @@ impl<M: Manage> KeyPool<M> {
     /// Sets this key's `max_size` to `max` (already validated): see `ShardedPool::set_max_size`.
     fn resize(&self, max: usize) {
         let resize = lock(&self.resize);
+        // With `max_total`, a taker checks the cap by a load and adds by a `fetch_add`, both under
+        // `Total::takers`: lowering the cap between the two would let it add above the new cap
+        // after our CAS read the count (and so leave `OVER` clear). Holding `takers` keeps the CAS
+        // out of that window (lock order: `resize`, then `takers`).
+        let takers = self.shared.total.as_ref().map(|total| lock(&total.takers));
         // Ordering: Relaxed for the first look; the CAS decides.
         let mut word = self.live.load(Ordering::Relaxed);
         loop {
@@ -1504,6 +1509,7 @@ impl<M: Manage> KeyPool<M> {
                 Err(current) => word = current,
             }
         }
+        drop(takers);
         // Over the new cap: from here every push is refused until a return finds the key back
         // within it (`settle_over`). Within it: clear a flag a shrink left behind.
         self.idle.set_over(live_of(word) > max);
