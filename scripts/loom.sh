@@ -37,6 +37,7 @@ SEEDED_BUGS=(
     "total_release_silent|total_cap_two_keys|deadlock"
     "grow_silent|resize_grow|deadlock"
     "over_pushes|resize_shrink|invariant 8 broken"
+    "resize_skips_takers|resize_shrink_total|invariant 8 broken"
 )
 
 passed=0

@@ -50,9 +50,10 @@
 //!    frees no permit): `maintain` closes idle connections for it, and `wait_timeout` bounds it.
 //! 8. **Resize.** A key's `max_size` lives in its permit word, next to the count and the
 //!    `WAITING` flag, and `ShardedPool::set_max_size` changes it by an RMW on that word under the
-//!    key's `resize` lock. So invariant 1 holds against the cap of the instant: a taker's check and
-//!    add (a CAS, or a load and add under `Total::takers`, which a resize does not add to) reads
-//!    the cap of the same word. *Growing* wakes every waiter, with invariant 4's argument: a
+//!    key's `resize` lock (and, with `max_total`, under `Total::takers`). So invariant 1 holds
+//!    against the cap of the instant: a taker's check and add (a CAS, or a load and add under
+//!    `Total::takers`, which the resize's CAS also holds, so it cannot lower the cap between the
+//!    two) reads the cap of the same word. *Growing* wakes every waiter, with invariant 4's argument: a
 //!    waiter's flag and the resize's CAS are RMWs of one word, so either the CAS comes first (the
 //!    waiter's retry reads the new cap) or the CAS returns the flag and the resizer tells every
 //!    queued waiter to retry (one that queues after that reads the new cap on its retry).
@@ -60,7 +61,9 @@
 //!    is over it, an `OVER` flag, set in every idle stack's head word under the lock after the
 //!    CAS, refuses every push: a return's push CAS either lands before the flag (the resizer's
 //!    drain, after the flag, pops it) or is refused, and the returner, under the lock, closes its
-//!    connection while `live > cap` and otherwise clears the flag and pushes again. The lock
+//!    connection (permit included) while `live > cap` and otherwise clears the flag and pushes
+//!    again; the drain also decides and closes each connection under the lock, so no two closers
+//!    both count a connection the other is closing (which took the key below its cap). The lock
 //!    keeps a shrink from setting the flag between a returner's check and its clearing. So once
 //!    every connection checked out at the shrink has come back, `live ≤ cap`. The flag costs the
 //!    return nothing while clear: a push tests its three flags with one branch.

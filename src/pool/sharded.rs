@@ -1439,24 +1439,28 @@ impl<M: Manage> KeyPool<M> {
         };
         match refused {
             Refused::Waiting(lease) => {
+                let mut over = None;
                 key_pool.waiters.hand_off(lease, &*key_pool, |lease| {
                     match key_pool.place(shard, lease) {
                         Ok(()) => {}
+                        // Refused by `OVER` (invariant 8): settled after the queue's lock is
+                        // released, since `settle_over` closes under the resize lock and a close
+                        // may notify (resize lock, then queue lock). A flag left by a shrink that
+                        // is stale by now must not close a connection the key has room for.
+                        Err(Refused::Over(l)) => over = Some(l),
                         // With the queue locked and empty no stack is flagged WAITING, and the
                         // permit word's flag is clear too, so closing here cannot try to notify
                         // (which would take the queue's lock again). A freed total permit may
                         // notify the total's queue here: the lock order is a key's queue, then
                         // the total's, then a waiter's slot, and nothing takes them the other way.
-                        // Refused by `OVER` (invariant 8), the entry closes too: the key is
-                        // over its cap, or the flag is stale and the next return clears it.
-                        Err(
-                            Refused::Full(l)
-                            | Refused::Closed(l)
-                            | Refused::Waiting(l)
-                            | Refused::Over(l),
-                        ) => l.close(shard),
+                        Err(Refused::Full(l) | Refused::Closed(l) | Refused::Waiting(l)) => {
+                            l.close(shard)
+                        }
                     }
                 });
+                if let Some(lease) = over {
+                    key_pool.settle_over(shard, lease);
+                }
             }
             Refused::Over(lease) => key_pool.settle_over(shard, lease),
             Refused::Full(lease) | Refused::Closed(lease) => lease.close(shard),
@@ -1476,13 +1480,16 @@ impl<M: Manage> KeyPool<M> {
         // Seeded bug for the loom models (docs/protocol.md): a return over the cap clears the flag
         // and pushes, so the key keeps more connections than its lowered `max_size`.
         let over = live_of(word) > cap_of(word) && !cfg!(shardpool_seeded_bug = "over_pushes");
-        if !over {
-            self.idle.set_over(false);
-        }
-        drop(resize);
         if over {
+            // Closed under the lock, permit included, so the next return over the cap (or the
+            // shrink's drain) reads the count without it: two returns that both read the count
+            // before either closed would both close, taking the key below its cap (to 0 with
+            // enough of them).
             lease.close(shard);
+            drop(resize);
         } else {
+            self.idle.set_over(false);
+            drop(resize);
             KeyPool::put_idle(shard, lease);
         }
     }
@@ -1494,7 +1501,13 @@ impl<M: Manage> KeyPool<M> {
         // `Total::takers`: lowering the cap between the two would let it add above the new cap
         // after our CAS read the count (and so leave `OVER` clear). Holding `takers` keeps the CAS
         // out of that window (lock order: `resize`, then `takers`).
-        let takers = self.shared.total.as_ref().map(|total| lock(&total.takers));
+        // Seeded bug for the loom models (docs/protocol.md): the CAS runs without `takers`.
+        let takers = self
+            .shared
+            .total
+            .as_ref()
+            .filter(|_| !cfg!(shardpool_seeded_bug = "resize_skips_takers"))
+            .map(|total| lock(&total.takers));
         // Ordering: Relaxed for the first look; the CAS decides.
         let mut word = self.live.load(Ordering::Relaxed);
         loop {
@@ -1524,10 +1537,16 @@ impl<M: Manage> KeyPool<M> {
             self.waiters.notify_all();
         }
         // Close idle connections down to the new cap now; checked-out ones close as they return.
+        // Each decision and its close under the lock, as in `settle_over`.
         for shard in 0..self.shared.config.shards {
-            while self.live_count() > self.max_size()
-                && let Some(lease) = self.pop_idle(shard)
-            {
+            loop {
+                let _resize = lock(&self.resize);
+                if self.live_count() <= self.max_size() {
+                    break;
+                }
+                let Some(lease) = self.pop_idle(shard) else {
+                    break;
+                };
                 lease.close(shard);
             }
         }
