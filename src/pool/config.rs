@@ -347,6 +347,14 @@ impl Config {
                 max_idle_per_key,
             });
         }
+        // Implied by the check above while the idle limit was at most `max_size`; with a
+        // `max_size_limit` above `max_size` it is not, and `set_max_size` refuses the same pair.
+        if self.min_idle > self.max_size {
+            return Err(ConfigError::MinIdleAboveSize {
+                min_idle: self.min_idle,
+                max_size: self.max_size,
+            });
+        }
         for (name, value) in [
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
@@ -685,7 +693,8 @@ pub enum ConfigError {
         /// `Config::max_size_limit`.
         limit: usize,
     },
-    /// [`ShardedPool::set_max_size`](super::ShardedPool::set_max_size) below `min_idle`.
+    /// `max_size` below `min_idle`: in the config (possible once `max_size_limit` lets the idle
+    /// limit exceed `max_size`), or in [`ShardedPool::set_max_size`](super::ShardedPool::set_max_size).
     MinIdleAboveSize {
         /// `Config::min_idle`.
         min_idle: usize,
@@ -874,6 +883,10 @@ mod tests {
             (
                 Config::default().max_size(8).max_size_limit(7),
                 "higher max_size_limit",
+            ),
+            (
+                Config::default().max_size(2).max_size_limit(8).min_idle(4),
+                "below min_idle",
             ),
         ];
         for (config, fix) in cases {
