@@ -1474,8 +1474,10 @@ impl<M: Manage> KeyPool<M> {
     #[cold]
     fn settle_over(&self, shard: usize, lease: Leased<M>) {
         let resize = lock(&self.resize);
-        // Ordering: Relaxed. The lock orders us after the last cap change; a release racing with
-        // this load only lowers the count, and a stale (higher) count just closes one more.
+        // Ordering: Relaxed. The lock orders us after the last cap change and after every close
+        // decided under it (permit released before its unlock); a release outside the lock (an
+        // expiry, an eviction, a discard) racing with this load only lowers the count, and a
+        // stale (higher) count just closes one more.
         let word = self.live.load(Ordering::Relaxed);
         // Seeded bug for the loom models (docs/protocol.md): a return over the cap clears the flag
         // and pushes, so the key keeps more connections than its lowered `max_size`.
