@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Tally, TestManager};
+use common::{Tally, TestManager, until_waiting};
 use shardpool::baseline::MutexPool;
 use shardpool::pool::block_on;
 use shardpool::{Config, ConfigError, ConnectionPool, Error, PooledConn, ShardedPool};
@@ -20,13 +20,6 @@ fn pool(max_size: usize, max_total: usize) -> (ShardedPool<TestManager>, Arc<Tal
         .idle_timeout(None)
         .wait_timeout(Some(Duration::from_secs(10)));
     (ShardedPool::new(m, config).expect("valid config"), tally)
-}
-
-/// Waits until some checkout has started waiting.
-fn until_waiting(pool: &ShardedPool<TestManager>, waits: u64) {
-    while pool.stats().total.waits < waits {
-        std::thread::yield_now();
-    }
 }
 
 #[test]

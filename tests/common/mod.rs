@@ -145,3 +145,11 @@ impl Tally {
         assert!(self.in_use.lock().unwrap().remove(&id));
     }
 }
+
+/// Waits until `waits` checkouts of `pool` have started waiting (the pool's `waits` counter).
+pub fn until_waiting(pool: &shardpool::ShardedPool<TestManager>, waits: u64) {
+    use shardpool::ConnectionPool;
+    while pool.stats().total.waits < waits {
+        std::thread::yield_now();
+    }
+}
