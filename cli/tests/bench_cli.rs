@@ -372,23 +372,25 @@ fn failed_calls_are_counted_by_status_and_fail_the_run_beyond_max_error_rate() {
 fn a_closed_stdout_or_a_missing_directory_is_not_a_panic() {
     let server = TestServer::start(Behaviour::Healthy);
     let target = server.addr.to_string();
-    let json = scratch_path("piped.json");
-    // `shardpool bench ... | head -0`: the reader is gone before the table is printed.
-    let mut child = std::process::Command::new(process::BIN)
-        .args([
+    let short = |requests: &'static str| {
+        [
             "bench",
             "--target",
-            &target,
+            target.as_str(),
             "-c",
             "1",
             "--requests",
-            "200",
+            requests,
             "--warmup",
             "0s",
             "--quiet",
-            "--json",
-            json.to_str().unwrap(),
-        ])
+        ]
+    };
+    let json = scratch_path("piped.json");
+    // `shardpool bench ... | head -0`: the reader is gone before the table is printed.
+    let mut child = std::process::Command::new(process::BIN)
+        .args(short("200"))
+        .args(["--json", json.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -408,23 +410,9 @@ fn a_closed_stdout_or_a_missing_directory_is_not_a_panic() {
     let dir = std::env::temp_dir().join(format!("shardpool-no-such-dir-{}", std::process::id()));
     for flag in ["--json", "--svg"] {
         let path = dir.join("out.file");
-        fails_with(
-            &[
-                "bench",
-                "--target",
-                &target,
-                "-c",
-                "1",
-                "--requests",
-                "50",
-                "--warmup",
-                "0s",
-                "--quiet",
-                flag,
-                path.to_str().unwrap(),
-            ],
-            &[flag, "does not exist", "mkdir -p"],
-        );
+        let mut args = short("50").to_vec();
+        args.extend([flag, path.to_str().unwrap()]);
+        fails_with(&args, &[flag, "does not exist", "mkdir -p"]);
         assert!(!dir.exists(), "{flag} created {}", dir.display());
     }
 }
