@@ -301,7 +301,10 @@ pub(crate) struct KeyPool<M: Manage> {
     live: CachePadded<AtomicUsize>,
     /// Held while the cap changes and while a return that met the `OVER` flag decides between
     /// closing and clearing it (`ShardedPool::set_max_size`, `KeyPool::settle_over`; invariant 8).
-    resize: Mutex<()>,
+    /// Guards the count of connections a resize decision doomed whose permits are not yet released
+    /// (`closing`): the connection is dropped outside the lock, then its permit is released and the
+    /// count lowered together under it, so every decider reads `live - closing` exactly.
+    resize: Mutex<usize>,
     closed: AtomicBool,
     waiters: WaitQueue<Leased<M>>,
 }
@@ -386,6 +389,18 @@ impl<M: Manage> Drop for CloseOnUnwind<M> {
 /// and when a closing connection has been dropped (also if its `Drop` panicked). A create that
 /// succeeds forgets it: the permit passes to the new connection.
 struct Permit<'a, M: Manage>(&'a KeyPool<M>);
+
+/// A permit of a connection that a resize decision counted in `KeyPool::resize` (closing): the
+/// release and the count's decrement happen together under the lock (invariant 8).
+struct DoomedPermit<'a, M: Manage>(&'a KeyPool<M>);
+
+impl<M: Manage> Drop for DoomedPermit<'_, M> {
+    fn drop(&mut self) {
+        let mut closing = lock(&self.0.resize);
+        self.0.release_permit();
+        *closing -= 1;
+    }
+}
 
 impl<M: Manage> Drop for Permit<'_, M> {
     fn drop(&mut self) {
@@ -953,7 +968,7 @@ impl<M: Manage> KeyPool<M> {
             ),
             shared: Arc::clone(shared),
             live: CachePadded::new(AtomicUsize::new(config.max_size << CAP_SHIFT)),
-            resize: Mutex::new(()),
+            resize: Mutex::new(0),
             closed: AtomicBool::new(false),
             waiters: WaitQueue::default(),
         }
@@ -1473,25 +1488,23 @@ impl<M: Manage> KeyPool<M> {
     /// the flag between our check and our clearing it.
     #[cold]
     fn settle_over(&self, shard: usize, lease: Leased<M>) {
-        let resize = lock(&self.resize);
-        // Ordering: Relaxed. The lock orders us after the last cap change and after every close
-        // decided under it (permit released before its unlock); a release outside the lock (an
-        // expiry, an eviction, a discard) racing with this load only lowers the count, and a
-        // stale (higher) count just closes one more.
+        let mut closing = lock(&self.resize);
+        // Ordering: Relaxed. The lock orders us after the last cap change and after every doomed
+        // permit's release (released under it); a release outside the lock only lowers the count.
         let word = self.live.load(Ordering::Relaxed);
         // Seeded bug for the loom models (docs/protocol.md): a return over the cap clears the flag
         // and pushes, so the key keeps more connections than its lowered `max_size`.
-        let over = live_of(word) > cap_of(word) && !cfg!(shardpool_seeded_bug = "over_pushes");
+        let over =
+            live_of(word) - *closing > cap_of(word) && !cfg!(shardpool_seeded_bug = "over_pushes");
         if over {
-            // Closed under the lock, permit included, so the next return over the cap (or the
-            // shrink's drain) reads the count without it: two returns that both read the count
-            // before either closed would both close, taking the key below its cap (to 0 with
-            // enough of them).
-            lease.close(shard);
-            drop(resize);
+            // Counted as closing under the lock, so the next decider does not count it; dropped
+            // after the unlock, so its `Drop` may re-enter the pool.
+            *closing += 1;
+            drop(closing);
+            lease.close_doomed(shard);
         } else {
             self.idle.set_over(false);
-            drop(resize);
+            drop(closing);
             KeyPool::put_idle(shard, lease);
         }
     }
@@ -1542,14 +1555,16 @@ impl<M: Manage> KeyPool<M> {
         // Each decision and its close under the lock, as in `settle_over`.
         for shard in 0..self.shared.config.shards {
             loop {
-                let _resize = lock(&self.resize);
-                if self.live_count() <= self.max_size() {
+                let mut closing = lock(&self.resize);
+                if self.live_count() - *closing <= self.max_size() {
                     break;
                 }
                 let Some(lease) = self.pop_idle(shard) else {
                     break;
                 };
-                lease.close(shard);
+                *closing += 1;
+                drop(closing);
+                lease.close_doomed(shard);
             }
         }
     }
@@ -1738,6 +1753,18 @@ impl<M: Manage> Leased<M> {
             shardpool_seeded_bug = "permit_before_vacate"
         )))]
         let _permit = Permit(&key_pool);
+        key_pool.shared.counters(shard).closes.incr();
+        drop(conn);
+    }
+
+    /// `close` for a connection counted in the resize lock's `closing`: dropped without the lock
+    /// held (its `Drop` may return another connection of this key), then the permit released and
+    /// the count lowered under the lock.
+    fn close_doomed(self, shard: usize) {
+        let stacks: *const IdleStacks<Entry<M>> = &self.key_pool().idle;
+        // SAFETY: as in `close`.
+        let Entry { conn, key_pool, .. } = unsafe { &*stacks }.vacate(self);
+        let _permit = DoomedPermit(&key_pool);
         key_pool.shared.counters(shard).closes.incr();
         drop(conn);
     }
