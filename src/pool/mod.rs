@@ -60,10 +60,14 @@
 //!    *Shrinking* cannot make `live` exceed the new cap by a create after its CAS; while `live`
 //!    is over it, an `OVER` flag, set in every idle stack's head word under the lock after the
 //!    CAS, refuses every push: a return's push CAS either lands before the flag (the resizer's
-//!    drain, after the flag, pops it) or is refused, and the returner, under the lock, closes its
-//!    connection (permit included) while `live > cap` and otherwise clears the flag and pushes
-//!    again; the drain also decides and closes each connection under the lock, so no two closers
-//!    both count a connection the other is closing (which took the key below its cap). The lock
+//!    drain, after the flag, pops it) or is refused, and the returner, under the lock, decides
+//!    to close its connection while `live - closing > cap` (`closing`, guarded by the lock,
+//!    counts connections decided closed whose permits are not yet released) and otherwise
+//!    clears the flag and pushes again; the drain decides each connection the same way. A
+//!    decided connection is counted in `closing` under the lock, dropped after the unlock (its
+//!    `Drop` may return another connection of the key, which takes the lock again), and its
+//!    permit released and `closing` lowered together under the lock; so no two deciders both
+//!    count a connection the other is closing (which took the key below its cap). The lock
 //!    keeps a shrink from setting the flag between a returner's check and its clearing. So once
 //!    every connection checked out at the shrink has come back, `live ≤ cap`. The flag costs the
 //!    return nothing while clear: a push tests its three flags with one branch.
