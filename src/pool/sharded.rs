@@ -1483,9 +1483,10 @@ impl<M: Manage> KeyPool<M> {
     }
 
     /// A return that met the `OVER` flag (the key's `max_size` was lowered; invariant 8): closes the
-    /// entry while the key is over its cap; otherwise the flag is stale, so clears it and puts the
-    /// entry back as a return would. Decided under `resize`, so a concurrent shrink cannot set
-    /// the flag between our check and our clearing it.
+    /// entry while the key, less the connections already being closed, is over its cap; otherwise
+    /// the flag is stale, so clears it and puts the entry back as a return would. Decided under
+    /// `resize`, so a concurrent shrink cannot set the flag between our check and our clearing
+    /// it; the close itself runs after the unlock (`Leased::close_doomed`).
     #[cold]
     fn settle_over(&self, shard: usize, lease: Leased<M>) {
         let mut closing = lock(&self.resize);
@@ -1552,7 +1553,7 @@ impl<M: Manage> KeyPool<M> {
             self.waiters.notify_all();
         }
         // Close idle connections down to the new cap now; checked-out ones close as they return.
-        // Each decision and its close under the lock, as in `settle_over`.
+        // Each decision under the lock and each close after it, as in `settle_over`.
         for shard in 0..self.shared.config.shards {
             loop {
                 let mut closing = lock(&self.resize);
