@@ -41,8 +41,12 @@ enum Command {
 /// An error for the user: what went wrong and, where possible, how to fix it.
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// The commit this binary was built from (cli/build.rs), for the provenance of reports.
-pub const COMMIT: &str = env!("SHARDPOOL_COMMIT");
+/// The commit this binary was built from (cli/build.rs), for the provenance of reports;
+/// "unknown" when these modules are built without that script (the fuzz targets include them).
+pub const COMMIT: &str = match option_env!("SHARDPOOL_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
 
 /// Writes `text` to stdout. A reader that went away (`shardpool bench | head -3`: EPIPE) or any
 /// other write error only ends the output: the run goes on to write its files and to exit with
